@@ -1,0 +1,23 @@
+//! LLM protocol vocabulary shared by every weir layer.
+//!
+//! - [`sse`]: an incremental Server-Sent Events decoder over `Bytes` frames;
+//! - [`chunk`]: cheap reads of OpenAI chat-completion chunks (content, finish reason, usage,
+//!   in-band errors);
+//! - [`request`]: request metadata read once from the JSON body, and the model rewrite;
+//! - [`error`]: OpenAI-style error bodies, as JSON or as an SSE event;
+//! - [`failure`]: the one failure classification that breaker, failover and metrics share.
+//!
+//! This crate knows the wire formats; it holds no I/O, no runtime and no tower types, so any
+//! layer (or any other proxy) can use it.
+
+pub mod chunk;
+pub mod error;
+pub mod failure;
+pub mod request;
+pub mod sse;
+
+pub use chunk::{Chunk, Usage};
+pub use error::{ErrorBody, ErrorKind};
+pub use failure::{Failure, Rejection};
+pub use request::{Endpoint, LlmRequest};
+pub use sse::{SseDecoder, SseEvent};
