@@ -1,0 +1,181 @@
+//! What one mock request should do, read from the `x-mock` header or the model name.
+//!
+//! Directives are `key=value` pairs separated by `,` or `;`. They come from the model name after
+//! an `@` (`mock@chunks=5,fault=reset_after:2`, so a weir route can pick a behaviour) and from
+//! the `x-mock` header (which wins).
+//!
+//! | directive | meaning | default |
+//! |---|---|---|
+//! | `chunks=N` | content chunks in the answer | 20 |
+//! | `delay_ms=D` | pause between chunks | 0 |
+//! | `first_ms=F` | pause before the first chunk (slow first token) | 0 |
+//! | `headers_ms=H` | pause before the response headers | 0 |
+//! | `retry_after=S` | `Retry-After` on a 429 | none |
+//! | `key=K` | a name that separates `500_once` counters | the directive string |
+//! | `fault=...` | one of the faults below | none |
+//!
+//! Faults: `429`, `500`, `500_once`, `503`, `reset` (TCP reset before headers), `silent` (no
+//! answer at all), `reset_after:K` (the connection is aborted after K chunks: the
+//! chunked body never ends), `stall_after:K`, `malformed_at:K`, `error_event_at:K`
+//! (an in-band `{"error":...}` event after K chunks, then the end), `no_done` (the stream ends
+//! after its finish reason, without `[DONE]`), `context_length`, `content_policy`.
+
+use std::time::Duration;
+
+/// A fault the mock injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// 429, with `Retry-After` when `retry_after` is set.
+    TooManyRequests,
+    /// 500 every time.
+    ServerError,
+    /// 500 the first time for this key, then healthy.
+    ServerErrorOnce,
+    /// 503 every time.
+    Unavailable,
+    /// TCP reset before any response byte.
+    Reset,
+    /// Never answer.
+    Silent,
+    /// TCP reset after K chunks.
+    ResetAfter(u32),
+    /// Stop sending after K chunks, keeping the connection open.
+    StallAfter(u32),
+    /// A malformed event in place of chunk K (the stream goes on).
+    MalformedAt(u32),
+    /// An in-band error event after K chunks, then the stream ends (no `[DONE]`).
+    ErrorEventAt(u32),
+    /// The finish-reason chunk is the last thing sent: no `[DONE]`.
+    NoDone,
+    /// 400 `context_length_exceeded`.
+    ContextLength,
+    /// 400 `content_policy_violation`.
+    ContentPolicy,
+}
+
+/// The behaviour of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Script {
+    /// Content chunks in a full answer.
+    pub chunks: u32,
+    /// Pause between chunks.
+    pub delay: Duration,
+    /// Pause before the first chunk.
+    pub first: Duration,
+    /// Pause before headers.
+    pub headers: Duration,
+    /// `Retry-After` seconds on a 429.
+    pub retry_after: Option<u32>,
+    /// The counter key for `500_once`.
+    pub key: Option<String>,
+    /// The fault, if any.
+    pub fault: Option<Fault>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Self {
+            chunks: 20,
+            delay: Duration::ZERO,
+            first: Duration::ZERO,
+            headers: Duration::ZERO,
+            retry_after: None,
+            key: None,
+            fault: None,
+        }
+    }
+}
+
+impl Script {
+    /// Applies the directives of `spec` over `self`. Unknown or bad directives are errors, so a
+    /// typo in a test fails loudly instead of testing nothing.
+    pub fn apply(&mut self, spec: &str) -> Result<(), String> {
+        for part in spec.split([',', ';']).map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("mock directive `{part}` is not key=value"))?;
+            let number = |v: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("mock directive `{key}` needs a number, got `{v}`"))
+            };
+            let ms = |v: &str| number(v).map(|n| Duration::from_millis(n.into()));
+            match key {
+                "chunks" => self.chunks = number(value)?,
+                "delay_ms" => self.delay = ms(value)?,
+                "first_ms" => self.first = ms(value)?,
+                "headers_ms" => self.headers = ms(value)?,
+                "retry_after" => self.retry_after = Some(number(value)?),
+                "key" => self.key = Some(value.to_owned()),
+                "fault" => self.fault = Some(parse_fault(value, number)?),
+                _ => return Err(format!("unknown mock directive `{key}`")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The script for a request: the model's directives (after `@`), then the header's.
+    pub fn for_request(model: &str, header: Option<&str>) -> Result<Self, String> {
+        let mut script = Self::default();
+        if let Some((_, spec)) = model.split_once('@') {
+            script.apply(spec)?;
+        }
+        if let Some(spec) = header {
+            script.apply(spec)?;
+        }
+        Ok(script)
+    }
+}
+
+fn parse_fault(value: &str, number: impl Fn(&str) -> Result<u32, String>) -> Result<Fault, String> {
+    let (name, arg) = match value.split_once(':') {
+        Some((name, arg)) => (name, Some(number(arg)?)),
+        None => (value, None),
+    };
+    let needs = |arg: Option<u32>| arg.ok_or_else(|| format!("fault `{name}` needs `:K`"));
+    Ok(match name {
+        "429" => Fault::TooManyRequests,
+        "500" => Fault::ServerError,
+        "500_once" => Fault::ServerErrorOnce,
+        "503" => Fault::Unavailable,
+        "reset" => Fault::Reset,
+        "silent" => Fault::Silent,
+        "reset_after" => Fault::ResetAfter(needs(arg)?),
+        "stall_after" => Fault::StallAfter(needs(arg)?),
+        "malformed_at" => Fault::MalformedAt(needs(arg)?),
+        "error_event_at" => Fault::ErrorEventAt(needs(arg)?),
+        "no_done" => Fault::NoDone,
+        "context_length" => Fault::ContextLength,
+        "content_policy" => Fault::ContentPolicy,
+        _ => return Err(format!("unknown mock fault `{value}`")),
+    })
+}
+
+/// The text of content chunk `i`: the mock's answer is these, in order.
+pub fn token(i: u32) -> String {
+    format!("tok{i} ")
+}
+
+/// The whole answer of `chunks` chunks.
+pub fn answer(chunks: u32) -> String {
+    (0..chunks).map(token).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_then_header() {
+        let s = Script::for_request("mock@chunks=5,fault=reset_after:2", Some("chunks=7")).unwrap();
+        assert_eq!(s.chunks, 7);
+        assert_eq!(s.fault, Some(Fault::ResetAfter(2)));
+        assert_eq!(Script::for_request("plain", None).unwrap(), Script::default());
+    }
+
+    #[test]
+    fn typos_fail() {
+        assert!(Script::for_request("m@chunk=5", None).is_err());
+        assert!(Script::for_request("m@fault=reset_after", None).is_err());
+        assert!(Script::for_request("m@delay_ms=x", None).is_err());
+    }
+}
