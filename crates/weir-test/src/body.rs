@@ -7,7 +7,6 @@ use http_body::{Body, Frame, SizeHint};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -56,9 +55,9 @@ pub struct StreamBody {
     emitted: u32,
     waited: bool,
     malformed_sent: bool,
+    yielded: bool,
     phase: Phase,
     sleep: Option<Pin<Box<Sleep>>>,
-    reset: Arc<AtomicBool>,
 }
 
 pub(crate) struct StreamParams {
@@ -69,7 +68,6 @@ pub(crate) struct StreamParams {
     pub include_usage: bool,
     pub prompt_tokens: u64,
     pub prefill: Option<String>,
-    pub reset: Arc<AtomicBool>,
 }
 
 impl StreamBody {
@@ -90,9 +88,9 @@ impl StreamBody {
             emitted: 0,
             waited: false,
             malformed_sent: false,
+            yielded: false,
             phase: Phase::Content,
             sleep: None,
-            reset: p.reset,
         }
     }
 
@@ -210,7 +208,12 @@ impl Body for StreamBody {
                         Some(Fault::StallAfter(k)) if this.emitted == k => return Poll::Pending,
                         Some(Fault::ResetAfter(k)) if this.emitted == k => {
                             // An abort, not an RST: an RST would make the peer's kernel drop
-                            // the K chunks its reader has not taken yet.
+                            // the K chunks its reader has not taken yet. Yield once first, so
+                            // that hyper flushes them (it drops its write buffer on error).
+                            if !std::mem::replace(&mut this.yielded, true) {
+                                cx.waker().wake_by_ref();
+                                return Poll::Pending;
+                            }
                             return Poll::Ready(Some(Err(Injected("reset after chunks"))));
                         }
                         Some(Fault::ErrorEventAt(k)) if this.emitted == k => {

@@ -407,7 +407,6 @@ async fn handle(
             include_usage,
             prompt_tokens,
             prefill,
-            reset,
         });
         return Ok(Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
