@@ -54,6 +54,7 @@ struct Shared {
     log: Mutex<Vec<LoggedRequest>>,
     counters: Mutex<HashMap<String, u32>>,
     ids: AtomicU64,
+    connections: AtomicU64,
 }
 
 /// A running mock upstream. Dropping it stops the server and closes its connections.
@@ -86,6 +87,7 @@ impl MockUpstream {
             log: Mutex::new(Vec::new()),
             counters: Mutex::new(HashMap::new()),
             ids: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         });
         let (shutdown, stop) = watch::channel(false);
         tokio::spawn(accept_loop(listener, shared.clone(), stop));
@@ -111,7 +113,12 @@ impl MockUpstream {
         self.shared.log.lock().expect("log lock").clone()
     }
 
-    /// Waits until the server has stopped accepting and its connections are closed.
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting and closes every connection.
     pub fn stop(&self) {
         let _ = self.shutdown.send(true);
     }
@@ -137,6 +144,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        shared.connections.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {

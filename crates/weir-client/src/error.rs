@@ -1,0 +1,84 @@
+use std::fmt;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Connect,
+    Timeout,
+    Request,
+    TlsRoots,
+}
+
+/// Why a request got no response. Opaque: ask it what it is.
+pub struct Error {
+    kind: Kind,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    pub(crate) fn timeout() -> Self {
+        Self {
+            kind: Kind::Timeout,
+            source: None,
+        }
+    }
+
+    pub(crate) fn from_client(error: hyper_util::client::legacy::Error) -> Self {
+        let kind = if error.is_connect() {
+            Kind::Connect
+        } else {
+            Kind::Request
+        };
+        Self {
+            kind,
+            source: Some(error.into()),
+        }
+    }
+
+    pub(crate) fn tls_roots(error: std::io::Error) -> Self {
+        Self {
+            kind: Kind::TlsRoots,
+            source: Some(error.into()),
+        }
+    }
+
+    /// The connection could not be made: refused, DNS, TLS handshake, connect timeout. Nothing
+    /// reached the upstream, so a retry is always safe.
+    pub fn is_connect(&self) -> bool {
+        self.kind == Kind::Connect
+    }
+
+    /// No response headers within the response timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == Kind::Timeout
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("weir_client::Error");
+        d.field("kind", &self.kind);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            Kind::Connect => "could not connect to the upstream",
+            Kind::Timeout => "the upstream sent no response headers in time",
+            Kind::Request => "the upstream request failed",
+            Kind::TlsRoots => "could not load the native TLS roots",
+        })
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
