@@ -1,1 +1,71 @@
-//! wip
+//! weir: a streaming gateway for LLM APIs.
+//!
+//! This crate is the binary's library: the TOML [`config`], the OpenAI-compatible
+//! [`proxy`](Gateway), the [`server`] with its admin listener and graceful drain, and
+//! [`telemetry`] setup. `main.rs` only parses arguments, handles signals and calls [`start`].
+//!
+//! ```no_run
+//! # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = weir::config::load("weir.toml".as_ref())?;
+//! let running = weir::start(&config).await?;
+//! println!("serving on {}", running.addr());
+//! let all_finished = running.drain().await;
+//! # Ok(()) }
+//! ```
+
+mod body;
+pub mod config;
+mod headers;
+mod proxy;
+pub mod server;
+pub mod telemetry;
+
+pub use body::{ResponseBody, StreamFailed};
+pub use proxy::Gateway;
+pub use server::Running;
+
+use std::sync::Arc;
+
+/// Why weir could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A provider's client could not be built (native TLS roots unreadable).
+    Client(weir_client::Error),
+    /// A listener could not be bound.
+    Bind(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Client(e) => write!(f, "cannot build an upstream client: {e}"),
+            Self::Bind(e) => write!(f, "cannot bind a listener: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Client(e) => Some(e),
+            Self::Bind(e) => Some(e),
+        }
+    }
+}
+
+/// Builds the gateway from `config`, binds its listeners and starts serving.
+pub async fn start(config: &config::Config) -> Result<Running, StartError> {
+    let gateway = Arc::new(Gateway::new(config).map_err(StartError::Client)?);
+    let options = server::ServeOptions {
+        header_read_timeout: config.server.header_read_timeout,
+    };
+    server::serve(
+        gateway,
+        config.server.listen,
+        config.server.admin_listen,
+        options,
+        config.server.drain_timeout,
+    )
+    .await
+    .map_err(StartError::Bind)
+}

@@ -1,1 +1,106 @@
-fn main() {}
+//! The `weir` command: parse arguments, load the config, serve, drain on a signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+weir: a streaming gateway for LLM APIs
+
+usage:
+  weir [run] --config FILE     serve the configured routes
+  weir check --config FILE     validate a config file and exit
+  weir --version
+
+Logs go to stderr; WEIR_LOG (e.g. `weir=debug`) overrides the config's log level.";
+
+/// EX_USAGE: a bad command line or config.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1).peekable();
+    let command = match args.peek().map(String::as_str) {
+        Some("run") | Some("check") => args.next(),
+        _ => None,
+    };
+    let mut config_path: Option<PathBuf> = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-c" | "--config" => config_path = args.next().map(PathBuf::from),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "-V" | "--version" => {
+                println!("weir {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("weir: unknown argument `{other}`\n\n{USAGE}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    let Some(config_path) = config_path else {
+        eprintln!("weir: --config FILE is required\n\n{USAGE}");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let config = match weir::config::load(&config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("weir: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if command.as_deref() == Some("check") {
+        println!(
+            "{}: ok ({} providers, {} routes)",
+            config_path.display(),
+            config.providers.len(),
+            config.routes.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    weir::telemetry::init(&config.telemetry);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: weir::config::Config) -> ExitCode {
+    let running = match weir::start(&config).await {
+        Ok(running) => running,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("weir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        listen = %running.addr(),
+        admin = %running.admin_addr(),
+        routes = config.routes.len(),
+        "weir is serving"
+    );
+    shutdown_signal().await;
+    tracing::info!(deadline = ?config.server.drain_timeout, "draining: no new connections, in-flight streams may finish");
+    if running.drain().await {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("drain deadline passed with streams still open; exiting");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

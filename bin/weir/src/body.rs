@@ -1,0 +1,316 @@
+//! The body weir answers with: a small JSON error, or the upstream's body passed through frame
+//! by frame.
+//!
+//! For a stream (`text/event-stream`) weir watches the events as they pass (the decoder copies
+//! nothing) so that a client can always tell a complete answer from a cut one:
+//!
+//! - `data: [DONE]` seen, or the upstream ended with a `finish_reason`: complete. A stream that
+//!   had a finish reason but no `[DONE]` gets one, so SDKs end cleanly.
+//! - The upstream broke (reset, error), went silent for the idle timeout (SSE comments do not
+//!   count as activity), or ended without a finish reason: weir sends one
+//!   `data: {"error":{...}}` event and ends the body with an error, so that HTTP/1.1 clients
+//!   see an unterminated chunked body and HTTP/2 clients a reset stream. Never `[DONE]` after a
+//!   cut.
+//! - The upstream sent its own in-band error event and ended: the body ends with an error too.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use memchr::memmem;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+use weir_llm::{ErrorBody, ErrorKind, Failure, SseDecoder};
+
+/// The body type of every weir response.
+#[derive(Debug)]
+pub struct ResponseBody {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(Box<UpstreamBody>),
+}
+
+impl ResponseBody {
+    /// A complete body.
+    pub fn full(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Full(Some(data).filter(|d| !d.is_empty())),
+        }
+    }
+
+    pub(crate) fn upstream(body: UpstreamBody) -> Self {
+        Self {
+            kind: Kind::Upstream(Box::new(body)),
+        }
+    }
+}
+
+/// A stream that failed after its headers were sent. The client has been told in band.
+#[derive(Debug)]
+pub struct StreamFailed(Failure);
+
+impl StreamFailed {
+    /// What happened.
+    pub fn failure(&self) -> Failure {
+        self.0
+    }
+}
+
+impl std::fmt::Display for StreamFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "upstream stream failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for StreamFailed {}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = StreamFailed;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
+        match &mut self.kind {
+            Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Upstream(body) => body.poll(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(data) => data.is_none(),
+            Kind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Upstream(body) if body.sse.is_none() => body.inner.size_hint(),
+            // weir may add an event: the length is not the upstream's.
+            Kind::Upstream(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Streaming,
+    /// The error event was sent; yield once so hyper flushes it before the error drops it.
+    Flush(Failure),
+    Fail(Failure),
+    Done,
+}
+
+/// What weir watches in an SSE stream.
+#[derive(Debug)]
+struct Watch {
+    decoder: SseDecoder,
+    done: bool,
+    finished: bool,
+    upstream_error: bool,
+}
+
+static FINISH_REASON: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\""));
+
+/// Whether an event's JSON carries a non-null `finish_reason`. A substring scan, not a parse.
+fn has_finish_reason(data: &[u8]) -> bool {
+    let mut rest = data;
+    while let Some(at) = FINISH_REASON.find(rest) {
+        rest = &rest[at + b"\"finish_reason\"".len()..];
+        let value = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace() && *b != b':')
+            .map(|i| rest[i]);
+        if value == Some(b'"') {
+            return true;
+        }
+    }
+    false
+}
+
+fn is_error_event(data: &[u8]) -> bool {
+    let trimmed = data.trim_ascii_start();
+    trimmed.starts_with(b"{\"error\"") || trimmed.starts_with(b"{ \"error\"")
+}
+
+impl Watch {
+    /// Reads the events in `data`; true when one of them was a content event.
+    fn observe(&mut self, data: &Bytes) -> Result<bool, Failure> {
+        self.decoder.push(data.clone());
+        let mut progress = false;
+        while let Some(event) = self
+            .decoder
+            .next_event()
+            .map_err(|_| Failure::MalformedEvent)?
+        {
+            progress = true;
+            if event.is_done() {
+                self.done = true;
+            } else if is_error_event(&event.data) {
+                self.upstream_error = true;
+            } else if !self.finished && has_finish_reason(&event.data) {
+                self.finished = true;
+            }
+        }
+        Ok(progress)
+    }
+}
+
+/// The upstream's body, forwarded frame by frame. See the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    sse: Option<Watch>,
+    provider: Arc<str>,
+    idle: Duration,
+    last_progress: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+    state: State,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(inner: Incoming, sse: bool, provider: Arc<str>, idle: Duration) -> Self {
+        Self {
+            inner,
+            sse: sse.then(|| Watch {
+                decoder: SseDecoder::new(),
+                done: false,
+                finished: false,
+                upstream_error: false,
+            }),
+            provider,
+            idle,
+            last_progress: Instant::now(),
+            sleep: None,
+            state: State::Streaming,
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
+        let upstream_said_so = self.sse.as_ref().is_some_and(|w| w.upstream_error);
+        if self.sse.is_none() || upstream_said_so {
+            self.state = State::Done;
+            return Poll::Ready(Some(Err(StreamFailed(failure))));
+        }
+        let message = match failure {
+            Failure::StreamStalled => format!(
+                "The upstream provider `{}` stopped sending for {:?}; the answer is incomplete.",
+                self.provider, self.idle
+            ),
+            Failure::MalformedEvent => format!(
+                "The upstream provider `{}` sent an unreadable event; the answer is incomplete.",
+                self.provider
+            ),
+            _ => format!(
+                "The upstream provider `{}` ended the stream before the answer was complete.",
+                self.provider
+            ),
+        };
+        self.state = State::Flush(failure);
+        let event = ErrorBody::new(ErrorKind::BadGateway, message)
+            .code(failure.as_str())
+            .to_sse_event();
+        Poll::Ready(Some(Ok(Frame::data(event))))
+    }
+
+    /// Pending unless the idle timeout has passed since the last content.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.last_progress + self.idle;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx)
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
+        match self.state {
+            State::Streaming => {}
+            State::Flush(failure) => {
+                self.state = State::Fail(failure);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            State::Fail(failure) => {
+                self.state = State::Done;
+                return Poll::Ready(Some(Err(StreamFailed(failure))));
+            }
+            State::Done => return Poll::Ready(None),
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let progress = match &mut self.sse {
+                        Some(watch) => match watch.observe(data) {
+                            Ok(progress) => progress,
+                            Err(failure) => return self.fail(failure),
+                        },
+                        None => !data.is_empty(),
+                    };
+                    if progress {
+                        self.last_progress = Instant::now();
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => self.fail(Failure::StreamBroken),
+            Poll::Ready(None) => match &self.sse {
+                None => {
+                    self.state = State::Done;
+                    Poll::Ready(None)
+                }
+                Some(watch) if watch.done => {
+                    self.state = State::Done;
+                    Poll::Ready(None)
+                }
+                Some(watch) if watch.finished && !watch.upstream_error => {
+                    self.state = State::Done;
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))))
+                }
+                Some(_) => self.fail(Failure::StreamBroken),
+            },
+            Poll::Pending => match self.poll_idle(cx) {
+                Poll::Ready(()) => self.fail(Failure::StreamStalled),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self.state {
+            State::Done => true,
+            State::Streaming => {
+                self.inner.is_end_stream() && self.sse.as_ref().is_none_or(|w| w.done)
+            }
+            State::Flush(_) | State::Fail(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_reason_scan() {
+        assert!(has_finish_reason(br#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#));
+        assert!(has_finish_reason(br#"{"choices": [{"finish_reason": "length"}]}"#));
+        assert!(!has_finish_reason(br#"{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#));
+        assert!(!has_finish_reason(br#"{"choices":[{"delta":{"content":"\"finish_reason\""}}]}"#));
+        assert!(is_error_event(br#" {"error":{"message":"x"}}"#));
+        assert!(!is_error_event(br#"{"choices":[]}"#));
+    }
+}

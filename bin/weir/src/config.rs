@@ -1,0 +1,565 @@
+//! The TOML configuration file.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8080"
+//! admin_listen = "127.0.0.1:9090"
+//!
+//! [[providers]]
+//! name = "openai"
+//! base_url = "https://api.openai.com/v1"
+//! api_key = "${OPENAI_API_KEY}"
+//!
+//! [[routes]]
+//! model = "gpt-4.1"
+//! targets = [{ provider = "openai", model = "gpt-4.1" }]
+//! ```
+//!
+//! Loading never half-succeeds: every unknown key, wrong type, dangling reference or missing
+//! environment variable is refused with the file, the line and the key. Upstream API keys come
+//! only from the environment (`"${VAR}"`) and are held in [`Secret`], whose `Debug` is redacted.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`
+    pub server: Server,
+    /// `[telemetry]`
+    pub telemetry: Telemetry,
+    /// `[[providers]]`, in file order.
+    pub providers: Vec<Provider>,
+    /// `[[routes]]`, in file order.
+    pub routes: Vec<Route>,
+}
+
+/// `[server]`: listeners and limits of the client-facing side.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// The public address (OpenAI-compatible API).
+    pub listen: SocketAddr,
+    /// The admin address (`/healthz`, `/readyz`). Keep it off the public network.
+    pub admin_listen: SocketAddr,
+    /// The largest request body accepted (413 above).
+    pub max_request_bytes: usize,
+    /// How long a client may take to send its request headers (slowloris bound).
+    pub header_read_timeout: Duration,
+    /// On SIGTERM, how long in-flight streams may run before weir exits anyway.
+    pub drain_timeout: Duration,
+}
+
+/// `[telemetry]`: logs for now.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// `text` or `json` log lines on stderr.
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive (`info`, `weir=debug`, ...). `WEIR_LOG` overrides it.
+    pub log_level: String,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A value that must never be shown: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself. Call it only where the value is sent upstream.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// `[[providers]]`: one upstream API.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// The name routes refer to.
+    pub name: String,
+    /// The base URL, without a trailing `/` (`https://api.openai.com/v1`).
+    pub base_url: http::Uri,
+    /// Sent as `Authorization: Bearer <key>`.
+    pub api_key: Option<Secret>,
+    /// Extra headers sent on every request (values may be `${VAR}`; they are treated as
+    /// secrets).
+    pub headers: Vec<(http::HeaderName, Secret)>,
+    /// Plain `http://` allowed (local models, tests).
+    pub allow_http: bool,
+    /// Speak HTTP/2 with prior knowledge (h2c) to a plain-http upstream.
+    pub http2: bool,
+    /// TLS roots: `webpki` (built in) or `native` (the OS store).
+    pub tls_roots: weir_client::TlsRoots,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed for the response headers (for a non-streaming request, the whole answer).
+    pub response_timeout: Duration,
+    /// Longest silence allowed between two events of a stream.
+    pub idle_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections kept.
+    pub pool_max_idle: usize,
+}
+
+/// `[[routes]]`: a model name clients ask for, and where it goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The model name clients send.
+    pub model: String,
+    /// The upstream that serves it.
+    pub target: Target,
+}
+
+/// One target of a route.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Index into [`Config::providers`].
+    pub provider: usize,
+    /// The model name sent upstream.
+    pub model: String,
+}
+
+/// Why a configuration was refused. `Display` is the message for the operator:
+/// `file:line:column: key: what is wrong`.
+#[derive(Debug)]
+pub struct ConfigError {
+    file: PathBuf,
+    line: usize,
+    column: usize,
+    key: String,
+    message: String,
+}
+
+impl ConfigError {
+    /// The 1-based line of the offending key or value (0 when the error is about the file).
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    /// The key at fault (dotted path), empty when unknown.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- raw file shape ----------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Spanned<RawServer>,
+    #[serde(default)]
+    telemetry: Option<RawTelemetry>,
+    #[serde(default)]
+    providers: Vec<Spanned<RawProvider>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Spanned<String>,
+    admin_listen: Spanned<String>,
+    #[serde(default)]
+    max_request_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    header_read_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    #[serde(default)]
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    log_level: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: Spanned<String>,
+    base_url: Spanned<String>,
+    #[serde(default)]
+    api_key: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    allow_http: bool,
+    #[serde(default)]
+    http2: bool,
+    #[serde(default)]
+    tls_roots: Option<Spanned<String>>,
+    #[serde(default)]
+    connect_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    response_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pool_idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pool_max_idle: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    model: Spanned<String>,
+    #[serde(default)]
+    strategy: Option<Spanned<String>>,
+    targets: Spanned<Vec<Spanned<RawTarget>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    provider: Spanned<String>,
+    model: Spanned<String>,
+}
+
+// ---- loading -----------------------------------------------------------------------------
+
+/// Reads and validates a configuration file; `${VAR}` references read the process
+/// environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: 0,
+        column: 0,
+        key: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(path, &text, &|name| std::env::var(name).ok())
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn error(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(&self, value: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) => parse_duration(v.get_ref()).ok_or_else(|| {
+                self.error(
+                    v.span(),
+                    key,
+                    format!("`{}` is not a duration (write e.g. \"500ms\", \"30s\", \"2m\")", v.get_ref()),
+                )
+            }),
+        }
+    }
+}
+
+/// Parses and validates configuration text. `env` resolves `${VAR}` references.
+pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let cx = Ctx { file, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let mut error = cx.error(span, "", e.message().trim().to_owned());
+        if e.span().is_none() {
+            error.line = 0;
+        }
+        error
+    })?;
+
+    let server = raw.server.get_ref();
+    let addr = |v: &Spanned<String>, key: &str| -> Result<SocketAddr, ConfigError> {
+        v.get_ref().parse().map_err(|_| {
+            cx.error(v.span(), key, format!("`{}` is not an address like \"127.0.0.1:8080\"", v.get_ref()))
+        })
+    };
+    let max_request_bytes = match &server.max_request_bytes {
+        None => 4 << 20,
+        Some(v) if *v.get_ref() == 0 => {
+            return Err(cx.error(v.span(), "server.max_request_bytes", "must be above 0"))
+        }
+        Some(v) => usize::try_from(*v.get_ref())
+            .map_err(|_| cx.error(v.span(), "server.max_request_bytes", "too large"))?,
+    };
+    let server = Server {
+        listen: addr(&server.listen, "server.listen")?,
+        admin_listen: addr(&server.admin_listen, "server.admin_listen")?,
+        max_request_bytes,
+        header_read_timeout: cx.duration(&server.header_read_timeout, "server.header_read_timeout", Duration::from_secs(10))?,
+        drain_timeout: cx.duration(&server.drain_timeout, "server.drain_timeout", Duration::from_secs(30))?,
+    };
+    if server.listen == server.admin_listen {
+        let span = raw.server.get_ref().admin_listen.span();
+        return Err(cx.error(span, "server.admin_listen", "must differ from server.listen"));
+    }
+
+    let telemetry = raw.telemetry.unwrap_or(RawTelemetry {
+        log_format: None,
+        log_level: None,
+    });
+    let telemetry = Telemetry {
+        log_format: telemetry.log_format.unwrap_or(LogFormat::Text),
+        log_level: telemetry.log_level.unwrap_or_else(|| "info".to_owned()),
+    };
+
+    let mut providers = Vec::with_capacity(raw.providers.len());
+    let mut names = HashSet::new();
+    for (i, p) in raw.providers.iter().enumerate() {
+        providers.push(provider(&cx, i, p.get_ref(), env, &mut names)?);
+    }
+    if providers.is_empty() {
+        return Err(cx.error(0..0, "providers", "at least one [[providers]] entry is needed"));
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut models = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let r = r.get_ref();
+        let key = |k: &str| format!("routes[{i}].{k}");
+        let model = r.model.get_ref();
+        if model.is_empty() {
+            return Err(cx.error(r.model.span(), &key("model"), "must not be empty"));
+        }
+        if !models.insert(model.clone()) {
+            return Err(cx.error(r.model.span(), &key("model"), format!("model `{model}` is routed twice")));
+        }
+        if let Some(strategy) = &r.strategy {
+            if strategy.get_ref() != "failover" {
+                return Err(cx.error(
+                    strategy.span(),
+                    &key("strategy"),
+                    format!("unknown strategy `{}` (this version supports \"failover\")", strategy.get_ref()),
+                ));
+            }
+        }
+        let targets = r.targets.get_ref();
+        let target = match targets.as_slice() {
+            [] => return Err(cx.error(r.targets.span(), &key("targets"), "needs one target")),
+            [one] => one.get_ref(),
+            [_, second, ..] => {
+                return Err(cx.error(
+                    second.span(),
+                    &key("targets"),
+                    "this version routes to one target per model; failover across several targets is not built yet",
+                ))
+            }
+        };
+        let provider = providers
+            .iter()
+            .position(|p| p.name == *target.provider.get_ref())
+            .ok_or_else(|| {
+                cx.error(
+                    target.provider.span(),
+                    &key("targets[0].provider"),
+                    format!("no provider is named `{}`", target.provider.get_ref()),
+                )
+            })?;
+        if target.model.get_ref().is_empty() {
+            return Err(cx.error(target.model.span(), &key("targets[0].model"), "must not be empty"));
+        }
+        routes.push(Route {
+            model: model.clone(),
+            target: Target {
+                provider,
+                model: target.model.get_ref().clone(),
+            },
+        });
+    }
+    if routes.is_empty() {
+        return Err(cx.error(0..0, "routes", "at least one [[routes]] entry is needed"));
+    }
+
+    Ok(Config {
+        server,
+        telemetry,
+        providers,
+        routes,
+    })
+}
+
+fn provider(
+    cx: &Ctx<'_>,
+    i: usize,
+    p: &RawProvider,
+    env: &dyn Fn(&str) -> Option<String>,
+    names: &mut HashSet<String>,
+) -> Result<Provider, ConfigError> {
+    let key = |k: &str| format!("providers[{i}].{k}");
+    let name = p.name.get_ref();
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || !name.chars().all(valid) {
+        return Err(cx.error(p.name.span(), &key("name"), "use letters, digits, `-`, `_` and `.` only"));
+    }
+    if !names.insert(name.clone()) {
+        return Err(cx.error(p.name.span(), &key("name"), format!("provider name `{name}` is used twice")));
+    }
+    let url_text = p.base_url.get_ref().trim_end_matches('/');
+    let base_url: http::Uri = url_text
+        .parse()
+        .map_err(|_| cx.error(p.base_url.span(), &key("base_url"), format!("`{url_text}` is not a URL")))?;
+    let bad = |why: &str| cx.error(p.base_url.span(), &key("base_url"), why.to_owned());
+    match base_url.scheme_str() {
+        Some("https") => {}
+        Some("http") if p.allow_http => {}
+        Some("http") => return Err(bad("plain http:// needs `allow_http = true` on this provider")),
+        _ => return Err(bad("must start with https:// (or http:// with allow_http = true)")),
+    }
+    let Some(authority) = base_url.authority() else {
+        return Err(bad("has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad("must not carry credentials (user:password@); use api_key"));
+    }
+    if base_url.query().is_some() {
+        return Err(bad("must not have a query string"));
+    }
+
+    let api_key = match &p.api_key {
+        None => None,
+        Some(v) => Some(env_secret(cx, v, &key("api_key"), env, true)?),
+    };
+    let mut headers = Vec::with_capacity(p.headers.len());
+    for (name, value) in &p.headers {
+        let header: http::HeaderName = name.get_ref().parse().map_err(|_| {
+            cx.error(name.span(), &key("headers"), format!("`{}` is not a header name", name.get_ref()))
+        })?;
+        if matches!(header.as_str(), "host" | "content-length" | "transfer-encoding" | "connection") {
+            return Err(cx.error(name.span(), &key("headers"), format!("`{header}` cannot be set")));
+        }
+        let value_key = key(&format!("headers.{}", name.get_ref()));
+        let secret = env_secret(cx, value, &value_key, env, false)?;
+        if http::HeaderValue::from_str(secret.expose()).is_err() {
+            return Err(cx.error(value.span(), &value_key, "is not a valid header value"));
+        }
+        headers.push((header, secret));
+    }
+    let tls_roots = match p.tls_roots.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("webpki", _)) => weir_client::TlsRoots::Webpki,
+        Some(("native", _)) => weir_client::TlsRoots::Native,
+        Some((other, span)) => {
+            return Err(cx.error(span, &key("tls_roots"), format!("`{other}` is neither \"webpki\" nor \"native\"")))
+        }
+    };
+    Ok(Provider {
+        name: name.clone(),
+        base_url,
+        api_key,
+        headers,
+        allow_http: p.allow_http,
+        http2: p.http2,
+        tls_roots,
+        connect_timeout: cx.duration(&p.connect_timeout, &key("connect_timeout"), Duration::from_secs(10))?,
+        response_timeout: cx.duration(&p.response_timeout, &key("response_timeout"), Duration::from_secs(120))?,
+        idle_timeout: cx.duration(&p.idle_timeout, &key("idle_timeout"), Duration::from_secs(60))?,
+        pool_idle_timeout: cx.duration(&p.pool_idle_timeout, &key("pool_idle_timeout"), Duration::from_secs(90))?,
+        pool_max_idle: p.pool_max_idle.unwrap_or(256),
+    })
+}
+
+/// Expands `${VAR}` references. With `whole`, the value must be exactly one reference: keys
+/// never sit in the file.
+fn env_secret(
+    cx: &Ctx<'_>,
+    value: &Spanned<String>,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    whole: bool,
+) -> Result<Secret, ConfigError> {
+    let text = value.get_ref();
+    let is_ref = |s: &str| s.starts_with("${") && s.ends_with('}') && s[2..s.len() - 1].find(['$', '{', '}']).is_none();
+    if whole && !is_ref(text) {
+        return Err(cx.error(
+            value.span(),
+            key,
+            "must name an environment variable, like \"${OPENAI_API_KEY}\": weir reads no key from the config file",
+        ));
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| cx.error(value.span(), key, "has an unclosed `${`"))?;
+        let var = &after[..end];
+        if var.is_empty() {
+            return Err(cx.error(value.span(), key, "has an empty `${}`"));
+        }
+        let resolved = env(var).ok_or_else(|| {
+            cx.error(value.span(), key, format!("environment variable `{var}` is not set"))
+        })?;
+        out.push_str(&resolved);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(Secret(out))
+}
+
+/// `"250ms"`, `"30s"`, `"2m"`, `"1h"`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+#[cfg(test)]
+mod tests;

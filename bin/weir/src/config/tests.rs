@@ -1,0 +1,159 @@
+use super::*;
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"
+drain_timeout = "5s"
+
+[[providers]]
+name = "openai"
+base_url = "https://api.openai.com/v1/"
+api_key = "${OPENAI_API_KEY}"
+headers = { "OpenAI-Organization" = "org-${ORG}" }
+response_timeout = "30s"
+
+[[providers]]
+name = "local"
+base_url = "http://127.0.0.1:8000/v1"
+allow_http = true
+
+[[routes]]
+model = "gpt-4.1"
+strategy = "failover"
+targets = [{ provider = "openai", model = "gpt-4.1-2025-04-14" }]
+
+[[routes]]
+model = "llama"
+targets = [{ provider = "local", model = "meta/llama" }]
+"#;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "OPENAI_API_KEY" => Some("sk-canary-123".to_owned()),
+        "ORG" => Some("acme".to_owned()),
+        _ => None,
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    parse(Path::new("weir.toml"), text, &env)
+}
+
+fn error(text: &str) -> String {
+    load(text).unwrap_err().to_string()
+}
+
+#[test]
+fn reads_a_good_file() {
+    let config = load(GOOD).unwrap();
+    assert_eq!(config.server.listen.port(), 8080);
+    assert_eq!(config.server.drain_timeout, Duration::from_secs(5));
+    assert_eq!(config.server.max_request_bytes, 4 << 20);
+    let openai = &config.providers[0];
+    assert_eq!(openai.base_url.to_string(), "https://api.openai.com/v1");
+    assert_eq!(openai.api_key.as_ref().unwrap().expose(), "sk-canary-123");
+    assert_eq!(openai.headers[0].0.as_str(), "openai-organization");
+    assert_eq!(openai.headers[0].1.expose(), "org-acme");
+    assert_eq!(openai.response_timeout, Duration::from_secs(30));
+    assert_eq!(config.routes[1].target.provider, 1);
+    assert_eq!(config.routes[0].target.model, "gpt-4.1-2025-04-14");
+}
+
+#[test]
+fn debug_never_shows_a_secret() {
+    let config = load(GOOD).unwrap();
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("sk-canary-123"), "{shown}");
+    assert!(!shown.contains("org-acme"));
+    assert!(shown.contains("[redacted]"));
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let text = GOOD.replace("drain_timeout = \"5s\"", "drain_timeout = \"5s\"\nlisten_backlog = 5");
+    let message = error(&text);
+    assert!(message.starts_with("weir.toml:6:"), "{message}");
+    assert!(message.contains("listen_backlog"), "{message}");
+}
+
+#[test]
+fn wrong_type_names_the_line() {
+    let text = GOOD.replace("allow_http = true", "allow_http = \"yes\"");
+    let message = error(&text);
+    assert!(message.starts_with("weir.toml:17:14:"), "{message}");
+}
+
+#[test]
+fn missing_env_var_is_named() {
+    let text = GOOD.replace("${OPENAI_API_KEY}", "${NOT_SET_ANYWHERE}");
+    let message = error(&text);
+    assert!(message.starts_with("weir.toml:10:11:"), "{message}");
+    assert!(message.contains("providers[0].api_key"), "{message}");
+    assert!(message.contains("`NOT_SET_ANYWHERE` is not set"), "{message}");
+}
+
+#[test]
+fn literal_api_key_is_refused_without_echoing_it() {
+    let text = GOOD.replace("${OPENAI_API_KEY}", "sk-literal-secret");
+    let message = error(&text);
+    assert!(message.contains("must name an environment variable"), "{message}");
+    assert!(!message.contains("sk-literal-secret"), "{message}");
+}
+
+#[test]
+fn dangling_provider_reference() {
+    let text = GOOD.replace("provider = \"local\"", "provider = \"nowhere\"");
+    let message = error(&text);
+    assert!(message.starts_with("weir.toml:26:25:"), "{message}");
+    assert!(message.contains("routes[1].targets[0].provider"), "{message}");
+    assert!(message.contains("no provider is named `nowhere`"), "{message}");
+}
+
+#[test]
+fn plain_http_needs_consent() {
+    let text = GOOD.replace("allow_http = true", "");
+    let message = error(&text);
+    assert!(message.contains("providers[1].base_url"), "{message}");
+    assert!(message.contains("allow_http"), "{message}");
+}
+
+#[test]
+fn credentials_in_url_refused() {
+    let text = GOOD.replace("https://api.openai.com/v1/", "https://user:pw@api.openai.com/v1");
+    let message = error(&text);
+    assert!(message.contains("must not carry credentials"), "{message}");
+}
+
+#[test]
+fn bad_values() {
+    let text = GOOD.replace("drain_timeout = \"5s\"", "drain_timeout = \"soon\"");
+    assert!(error(&text).contains("server.drain_timeout: `soon` is not a duration"));
+    let text = GOOD.replace("127.0.0.1:9090", "localhost");
+    assert!(error(&text).contains("server.admin_listen"));
+    let text = GOOD.replace("model = \"llama\"", "model = \"gpt-4.1\"");
+    assert!(error(&text).contains("routed twice"));
+    let text = GOOD.replace("strategy = \"failover\"", "strategy = \"random\"");
+    assert!(error(&text).contains("unknown strategy `random`"));
+}
+
+#[test]
+fn several_targets_are_refused_until_failover_exists() {
+    let text = GOOD.replace(
+        "targets = [{ provider = \"local\", model = \"meta/llama\" }]",
+        "targets = [{ provider = \"local\", model = \"a\" },\n           { provider = \"openai\", model = \"b\" }]",
+    );
+    let message = error(&text);
+    assert!(message.starts_with("weir.toml:27:"), "{message}");
+    assert!(message.contains("one target"), "{message}");
+}
+
+#[test]
+fn durations() {
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+    assert_eq!(parse_duration("1d"), None);
+    assert_eq!(parse_duration("s"), None);
+}
