@@ -1,1 +1,214 @@
-//! e2e
+//! End-to-end harness: a mock upstream and the real weir stack on loopback ports, and a plain
+//! HTTP client that reads answers frame by frame, as an application would.
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::path::Path;
+use weir_llm::SseDecoder;
+use weir_test::{MockConfig, MockUpstream};
+
+/// The provider key the mock expects, and weir's config provides through the environment.
+pub const PROVIDER_KEY: &str = "sk-provider-canary-7d1c";
+
+/// A mock upstream and a running weir in front of it.
+#[derive(Debug)]
+pub struct Harness {
+    /// The mock upstream.
+    pub mock: MockUpstream,
+    /// weir, until drained.
+    pub weir: Option<weir::Running>,
+    /// weir's public address.
+    pub addr: SocketAddr,
+    /// weir's admin address.
+    pub admin: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// The config used by the harness: one provider (the mock) and routes onto it. `extra` is
+/// appended to the `[[providers]]` table (e.g. `idle_timeout = "2s"`).
+pub fn config_text(mock: &MockUpstream, provider_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+max_request_bytes = 65536
+drain_timeout = "10s"
+
+[[providers]]
+name = "mock"
+base_url = "{base}"
+api_key = "${{WEIR_E2E_PROVIDER_KEY}}"
+allow_http = true
+{provider_extra}
+
+[[routes]]
+model = "gpt-test"
+targets = [{{ provider = "mock", model = "mock-upstream" }}]
+
+[[routes]]
+model = "short"
+targets = [{{ provider = "mock", model = "mock-upstream@chunks=3" }}]
+"#,
+        base = mock.base_url()
+    )
+}
+
+impl Harness {
+    /// Starts a mock (that requires [`PROVIDER_KEY`]) and weir with the default config.
+    pub async fn start() -> Self {
+        Self::with_provider("").await
+    }
+
+    /// Same, with lines added to the provider table.
+    pub async fn with_provider(provider_extra: &str) -> Self {
+        let mock = MockUpstream::start_with(MockConfig {
+            api_key: Some(PROVIDER_KEY.to_owned()),
+            ..MockConfig::default()
+        })
+        .await;
+        let text = config_text(&mock, provider_extra);
+        let config = weir::config::parse(Path::new("e2e.toml"), &text, &|name| {
+            (name == "WEIR_E2E_PROVIDER_KEY").then(|| PROVIDER_KEY.to_owned())
+        })
+        .expect("the e2e config is valid");
+        let weir = weir::start(&config).await.expect("weir starts");
+        Self {
+            mock,
+            addr: weir.addr(),
+            admin: weir.admin_addr(),
+            weir: Some(weir),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// weir's public base URL (`http://127.0.0.1:port/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Sends a request to weir's public port.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Response<Incoming> {
+        self.client.request(request).await.expect("weir answers")
+    }
+
+    /// `POST path` with a JSON body and extra headers.
+    pub async fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
+        let mut request = Request::post(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(Full::new(Bytes::copy_from_slice(body.as_bytes()))).unwrap())
+            .await
+    }
+
+    /// `GET` on the admin port.
+    pub async fn admin_get(&self, path: &str) -> StatusCode {
+        let request = Request::get(format!("http://{}{path}", self.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.client.request(request).await.expect("admin answers").status()
+    }
+
+    /// Sends the same request straight to the mock (the baseline for "unchanged").
+    pub async fn post_direct(&self, body: &str) -> Response<Incoming> {
+        let request = Request::post(format!("{}/chat/completions", self.mock.base_url()))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {PROVIDER_KEY}"))
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap();
+        self.client.request(request).await.expect("the mock answers")
+    }
+}
+
+/// What a client read from a body: the bytes, and whether it ended cleanly.
+#[derive(Debug)]
+pub struct Read {
+    /// Every byte received, in order.
+    pub bytes: Bytes,
+    /// How many data frames they came in.
+    pub frames: usize,
+    /// The transport error that ended the body, if it did not end cleanly.
+    pub error: Option<String>,
+}
+
+impl Read {
+    /// The `data:` payloads of the SSE events received.
+    pub fn events(&self) -> Vec<String> {
+        let mut decoder = SseDecoder::new();
+        decoder.push(self.bytes.clone());
+        let mut out = Vec::new();
+        while let Some(event) = decoder.next_event().expect("events within bounds") {
+            out.push(event.data_str().into_owned());
+        }
+        out
+    }
+
+    /// The concatenated `delta.content` of the chunks.
+    pub fn content(&self) -> String {
+        self.events()
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .filter_map(|e| {
+                let chunk = weir_llm::Chunk::parse(e.as_bytes()).ok()?;
+                chunk.content.map(|c| c.into_owned())
+            })
+            .collect()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.bytes).expect("a JSON body")
+    }
+}
+
+/// Reads a body to its end (or its error), frame by frame.
+pub async fn read(response: Response<Incoming>) -> Read {
+    let mut body = response.into_body();
+    let mut bytes = BytesMut::new();
+    let mut frames = 0;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    frames += 1;
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                return Read {
+                    bytes: bytes.freeze(),
+                    frames,
+                    error: Some(e.to_string()),
+                }
+            }
+        }
+    }
+    Read {
+        bytes: bytes.freeze(),
+        frames,
+        error: None,
+    }
+}
+
+/// Asserts an OpenAI-style error body and returns its `error` object.
+pub fn assert_openai_error(read: &Read) -> serde_json::Value {
+    let json = read.json();
+    let error = json.get("error").expect("an `error` object").clone();
+    assert!(error["message"].is_string(), "message: {error}");
+    assert!(error["type"].is_string(), "type: {error}");
+    assert!(error.get("code").is_some(), "code: {error}");
+    error
+}
+
+/// Headers as a map, for assertions.
+pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}

@@ -337,7 +337,7 @@ pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
         header_read_timeout: cx.duration(&server.header_read_timeout, "server.header_read_timeout", Duration::from_secs(10))?,
         drain_timeout: cx.duration(&server.drain_timeout, "server.drain_timeout", Duration::from_secs(30))?,
     };
-    if server.listen == server.admin_listen {
+    if server.listen == server.admin_listen && server.listen.port() != 0 {
         let span = raw.server.get_ref().admin_listen.span();
         return Err(cx.error(span, "server.admin_listen", "must differ from server.listen"));
     }

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
@@ -58,6 +59,7 @@ pub struct StreamBody {
     yielded: bool,
     phase: Phase,
     sleep: Option<Pin<Box<Sleep>>>,
+    stats: Arc<StreamStats>,
 }
 
 pub(crate) struct StreamParams {
@@ -68,6 +70,7 @@ pub(crate) struct StreamParams {
     pub include_usage: bool,
     pub prompt_tokens: u64,
     pub prefill: Option<String>,
+    pub stats: Arc<StreamStats>,
 }
 
 impl StreamBody {
@@ -91,6 +94,7 @@ impl StreamBody {
             yielded: false,
             phase: Phase::Content,
             sleep: None,
+            stats: p.stats,
         }
     }
 
@@ -160,6 +164,24 @@ impl StreamBody {
     }
 }
 
+/// Counts streams dropped before their end (the client, or a proxy, went away).
+#[derive(Debug, Default)]
+pub(crate) struct StreamStats {
+    pub(crate) cancelled: std::sync::atomic::AtomicU64,
+    pub(crate) notify: tokio::sync::Notify,
+}
+
+impl Drop for StreamBody {
+    fn drop(&mut self) {
+        if self.phase != Phase::End {
+            self.stats
+                .cancelled
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.stats.notify.notify_waiters();
+        }
+    }
+}
+
 struct Writer<'a>(&'a mut BytesMut);
 
 impl std::fmt::Write for Writer<'_> {
@@ -205,7 +227,14 @@ impl Body for StreamBody {
                         continue;
                     }
                     match this.script.fault {
-                        Some(Fault::StallAfter(k)) if this.emitted == k => return Poll::Pending,
+                        Some(Fault::StallAfter(k)) if this.emitted == k => {
+                            let Some(ping) = this.script.ping else {
+                                return Poll::Pending;
+                            };
+                            ready!(this.wait(cx, ping));
+                            let comment = Bytes::from_static(b": ping\n\n");
+                            return Poll::Ready(Some(Ok(Frame::data(comment))));
+                        }
                         Some(Fault::ResetAfter(k)) if this.emitted == k => {
                             // An abort, not an RST: an RST would make the peer's kernel drop
                             // the K chunks its reader has not taken yet. Yield once first, so

@@ -10,6 +10,7 @@
 //! | `delay_ms=D` | pause between chunks | 0 |
 //! | `first_ms=F` | pause before the first chunk (slow first token) | 0 |
 //! | `headers_ms=H` | pause before the response headers | 0 |
+//! | `ping_ms=P` | while stalled, an SSE comment (`: ping`) every P ms | none |
 //! | `retry_after=S` | `Retry-After` on a 429 | none |
 //! | `key=K` | a name that separates `500_once` counters | the directive string |
 //! | `fault=...` | one of the faults below | none |
@@ -64,6 +65,8 @@ pub struct Script {
     pub first: Duration,
     /// Pause before headers.
     pub headers: Duration,
+    /// While stalled, a keep-alive comment this often.
+    pub ping: Option<Duration>,
     /// `Retry-After` seconds on a 429.
     pub retry_after: Option<u32>,
     /// The counter key for `500_once`.
@@ -79,6 +82,7 @@ impl Default for Script {
             delay: Duration::ZERO,
             first: Duration::ZERO,
             headers: Duration::ZERO,
+            ping: None,
             retry_after: None,
             key: None,
             fault: None,
@@ -104,6 +108,7 @@ impl Script {
                 "delay_ms" => self.delay = ms(value)?,
                 "first_ms" => self.first = ms(value)?,
                 "headers_ms" => self.headers = ms(value)?,
+                "ping_ms" => self.ping = Some(ms(value)?),
                 "retry_after" => self.retry_after = Some(number(value)?),
                 "key" => self.key = Some(value.to_owned()),
                 "fault" => self.fault = Some(parse_fault(value, number)?),

@@ -1,4 +1,4 @@
-use crate::body::{json_str, Injected, Shape, StreamBody, StreamParams};
+use crate::body::{json_str, Injected, Shape, StreamBody, StreamParams, StreamStats};
 use crate::script::{answer, Fault, Script};
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
@@ -55,6 +55,7 @@ struct Shared {
     counters: Mutex<HashMap<String, u32>>,
     ids: AtomicU64,
     connections: AtomicU64,
+    streams: Arc<StreamStats>,
 }
 
 /// A running mock upstream. Dropping it stops the server and closes its connections.
@@ -88,6 +89,7 @@ impl MockUpstream {
             counters: Mutex::new(HashMap::new()),
             ids: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            streams: Arc::default(),
         });
         let (shutdown, stop) = watch::channel(false);
         tokio::spawn(accept_loop(listener, shared.clone(), stop));
@@ -116,6 +118,22 @@ impl MockUpstream {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Streams dropped before their end so far (their reader went away).
+    pub fn cancelled_streams(&self) -> u64 {
+        self.shared.streams.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Waits until at least `n` streams have been dropped before their end.
+    pub async fn wait_cancelled(&self, n: u64) {
+        loop {
+            let notified = self.shared.streams.notify.notified();
+            if self.cancelled_streams() >= n {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Stops accepting and closes every connection.
@@ -415,6 +433,7 @@ async fn handle(
             include_usage,
             prompt_tokens,
             prefill,
+            stats: shared.streams.clone(),
         });
         return Ok(Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
