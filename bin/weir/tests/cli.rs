@@ -1,0 +1,110 @@
+//! The `weir` process: config errors exit 64 with file and line; SIGTERM drains and exits 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+fn weir() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("weir-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const CONFIG: &str = r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[providers]]
+name = "mock"
+base_url = "BASE"
+allow_http = true
+
+[[routes]]
+model = "m"
+targets = [{ provider = "mock", model = "mock" }]
+"#;
+
+#[test]
+fn check_refuses_a_bad_config_with_file_line_and_key() {
+    let dir = temp_dir("bad");
+    let path = write_config(&dir, &CONFIG.replace("allow_http = true", "allow_http = true\ntimeout = 3"));
+    let out = weir().args(["check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:9:", path.display())), "{stderr}");
+    assert!(stderr.contains("timeout"), "{stderr}");
+
+    let good = write_config(&dir, &CONFIG.replace("BASE", "http://127.0.0.1:1/v1"));
+    let out = weir().args(["check", "-c"]).arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn missing_env_var_is_named_at_start() {
+    let dir = temp_dir("env");
+    let text = CONFIG
+        .replace("BASE", "http://127.0.0.1:1/v1")
+        .replace("allow_http = true", "allow_http = true\napi_key = \"${WEIR_TEST_SURELY_UNSET}\"");
+    let path = write_config(&dir, &text);
+    let out = weir().arg("--config").arg(&path).env_remove("WEIR_TEST_SURELY_UNSET").output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WEIR_TEST_SURELY_UNSET"));
+}
+
+#[test]
+fn sigterm_drains_a_live_stream_then_exits_zero() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(weir_test::MockUpstream::start());
+    let dir = temp_dir("term");
+    let path = write_config(
+        &dir,
+        &CONFIG
+            .replace("BASE", &mock.base_url())
+            .replace("model = \"mock\"", "model = \"mock@chunks=10,delay_ms=100\""),
+    );
+    let mut child = weir()
+        .arg("--config")
+        .arg(&path)
+        .env("WEIR_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The "serving" log line carries the bound address.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before serving");
+        if let Some(at) = line.find("listen=") {
+            break line[at + 7..].split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let mut tcp = TcpStream::connect(&addr).unwrap();
+    let body = r#"{"model":"m","stream":true}"#;
+    write!(tcp, "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut first = [0u8; 15];
+    tcp.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200 OK");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    tcp.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("tok9 "), "the whole answer arrived");
+    assert!(rest.contains("data: [DONE]"), "and its end");
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let mut log = String::new();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(log.contains("drained"), "{log}");
+}
