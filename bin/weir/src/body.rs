@@ -15,7 +15,6 @@
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use memchr::memmem;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +23,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use weir_llm::{ErrorBody, ErrorKind, Failure, SseDecoder};
+
+/// The upstream's body as the client hands it over.
+pub(crate) type Upstream = weir_client::ResponseBody<http_body_util::Full<Bytes>>;
 
 /// The body type of every weir response.
 #[derive(Debug)]
@@ -170,7 +172,7 @@ impl Watch {
 /// The upstream's body, forwarded frame by frame. See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
-    inner: Incoming,
+    inner: Upstream,
     sse: Option<Watch>,
     provider: Arc<str>,
     idle: Duration,
@@ -180,7 +182,7 @@ pub(crate) struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, sse: bool, provider: Arc<str>, idle: Duration) -> Self {
+    pub(crate) fn new(inner: Upstream, sse: bool, provider: Arc<str>, idle: Duration) -> Self {
         Self {
             inner,
             sse: sse.then(|| Watch {
@@ -197,11 +199,18 @@ impl UpstreamBody {
         }
     }
 
-    fn fail(&mut self, failure: Failure) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
-        let upstream_said_so = self.sse.as_ref().is_some_and(|w| w.upstream_error);
-        if self.sse.is_none() || upstream_said_so {
-            self.state = State::Done;
-            return Poll::Ready(Some(Err(StreamFailed(failure))));
+    /// Ends the stream as failed. An SSE client first gets an error event, unless the upstream
+    /// sent its own; every path then yields once (so that hyper flushes what it holds: it drops
+    /// its write buffer when a body errors) before the body ends with the error.
+    fn fail(
+        &mut self,
+        cx: &mut Context<'_>,
+        failure: Failure,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
+        self.state = State::Flush(failure);
+        let told = self.sse.as_ref().is_none_or(|w| w.upstream_error);
+        if told {
+            return self.poll(cx);
         }
         let message = match failure {
             Failure::StreamStalled => format!(
@@ -217,7 +226,6 @@ impl UpstreamBody {
                 self.provider
             ),
         };
-        self.state = State::Flush(failure);
         let event = ErrorBody::new(ErrorKind::BadGateway, message)
             .code(failure.as_str())
             .to_sse_event();
@@ -256,7 +264,7 @@ impl UpstreamBody {
                     let progress = match &mut self.sse {
                         Some(watch) => match watch.observe(data) {
                             Ok(progress) => progress,
-                            Err(failure) => return self.fail(failure),
+                            Err(failure) => return self.fail(cx, failure),
                         },
                         None => !data.is_empty(),
                     };
@@ -266,7 +274,7 @@ impl UpstreamBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => self.fail(Failure::StreamBroken),
+            Poll::Ready(Some(Err(_))) => self.fail(cx, Failure::StreamBroken),
             Poll::Ready(None) => match &self.sse {
                 None => {
                     self.state = State::Done;
@@ -280,10 +288,10 @@ impl UpstreamBody {
                     self.state = State::Done;
                     Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))))
                 }
-                Some(_) => self.fail(Failure::StreamBroken),
+                Some(_) => self.fail(cx, Failure::StreamBroken),
             },
             Poll::Pending => match self.poll_idle(cx) {
-                Poll::Ready(()) => self.fail(Failure::StreamStalled),
+                Poll::Ready(()) => self.fail(cx, Failure::StreamStalled),
                 Poll::Pending => Poll::Pending,
             },
         }

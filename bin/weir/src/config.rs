@@ -105,8 +105,8 @@ pub struct Provider {
     pub headers: Vec<(http::HeaderName, Secret)>,
     /// Plain `http://` allowed (local models, tests).
     pub allow_http: bool,
-    /// Speak HTTP/2 with prior knowledge (h2c) to a plain-http upstream.
-    pub http2: bool,
+    /// `auto` (HTTP/2 when TLS negotiates it), `http1`, or `http2` (h2c on plain http).
+    pub http_version: weir_client::HttpVersion,
     /// TLS roots: `webpki` (built in) or `native` (the OS store).
     pub tls_roots: weir_client::TlsRoots,
     /// TCP connect timeout.
@@ -225,7 +225,7 @@ struct RawProvider {
     #[serde(default)]
     allow_http: bool,
     #[serde(default)]
-    http2: bool,
+    http_version: Option<Spanned<String>>,
     #[serde(default)]
     tls_roots: Option<Spanned<String>>,
     #[serde(default)]
@@ -489,13 +489,21 @@ fn provider(
             return Err(cx.error(span, &key("tls_roots"), format!("`{other}` is neither \"webpki\" nor \"native\"")))
         }
     };
+    let http_version = match p.http_version.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("auto", _)) => weir_client::HttpVersion::Auto,
+        Some(("http1", _)) => weir_client::HttpVersion::Http1,
+        Some(("http2", _)) => weir_client::HttpVersion::Http2,
+        Some((other, span)) => {
+            return Err(cx.error(span, &key("http_version"), format!("`{other}` is not \"auto\", \"http1\" or \"http2\"")))
+        }
+    };
     Ok(Provider {
         name: name.clone(),
         base_url,
         api_key,
         headers,
         allow_http: p.allow_http,
-        http2: p.http2,
+        http_version,
         tls_roots,
         connect_timeout: cx.duration(&p.connect_timeout, &key("connect_timeout"), Duration::from_secs(10))?,
         response_timeout: cx.duration(&p.response_timeout, &key("response_timeout"), Duration::from_secs(120))?,

@@ -24,15 +24,21 @@ impl Error {
         }
     }
 
-    pub(crate) fn from_client(error: hyper_util::client::legacy::Error) -> Self {
-        let kind = if error.is_connect() {
-            Kind::Connect
-        } else {
-            Kind::Request
-        };
+    pub(crate) fn connect(source: BoxError) -> Self {
         Self {
-            kind,
-            source: Some(error.into()),
+            kind: Kind::Connect,
+            source: Some(source),
+        }
+    }
+
+    pub(crate) fn connect_hyper(source: hyper::Error) -> Self {
+        Self::connect(source.into())
+    }
+
+    pub(crate) fn request(source: hyper::Error) -> Self {
+        Self {
+            kind: Kind::Request,
+            source: Some(source.into()),
         }
     }
 

@@ -1,7 +1,5 @@
-use crate::Error;
+use crate::{Error, ResponseBody};
 use http::Response;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::ResponseFuture as Inner;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,24 +7,30 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
 
+type Inner<B> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, Error>> + Send>>;
+
 pin_project! {
     /// The response future of [`HttpClient`](crate::HttpClient): resolves at response headers,
     /// or fails when the response timeout passes first.
-    pub struct ResponseFuture {
-        inner: Inner,
+    pub struct ResponseFuture<B>
+    where
+        B: http_body::Body,
+        B: 'static,
+    {
+        inner: Inner<B>,
         #[pin]
         sleep: Option<Sleep>,
     }
 }
 
-impl std::fmt::Debug for ResponseFuture {
+impl<B: http_body::Body + 'static> std::fmt::Debug for ResponseFuture<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl ResponseFuture {
-    pub(crate) fn new(inner: Inner, timeout: Option<Duration>) -> Self {
+impl<B: http_body::Body + 'static> ResponseFuture<B> {
+    pub(crate) fn new(inner: Inner<B>, timeout: Option<Duration>) -> Self {
         Self {
             inner,
             sleep: timeout.map(tokio::time::sleep),
@@ -34,13 +38,13 @@ impl ResponseFuture {
     }
 }
 
-impl Future for ResponseFuture {
-    type Output = Result<Response<Incoming>, Error>;
+impl<B: http_body::Body + 'static> Future for ResponseFuture<B> {
+    type Output = Result<Response<ResponseBody<B>>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(result) = Pin::new(this.inner).poll(cx) {
-            return Poll::Ready(result.map_err(Error::from_client));
+        if let Poll::Ready(result) = this.inner.as_mut().poll(cx) {
+            return Poll::Ready(result);
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             if sleep.poll(cx).is_ready() {

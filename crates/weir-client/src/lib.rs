@@ -1,13 +1,17 @@
 //! A pooled, streaming HTTP client as a tower [`Service`](tower_service::Service).
 //!
-//! [`HttpClient`] is hyper-util's pooled client over rustls (HTTP/1.1 and HTTP/2 by ALPN,
-//! TCP_NODELAY, bounded idle pool) with two timeouts that a gateway needs and hyper-util leaves
-//! to its user: a connect timeout and a **response-header timeout**. The response body is
-//! hyper's [`Incoming`](hyper::body::Incoming), handed over as it arrives: the client never
-//! buffers it.
+//! [`HttpClient`] pools connections to upstreams over hyper's connection API, hyper-util's
+//! connector and rustls (HTTP/1.1, and HTTP/2 by ALPN or prior knowledge; TCP_NODELAY; a
+//! bounded idle pool), with two timeouts that a gateway needs: a connect timeout and a
+//! **response-header timeout**. The response body ([`ResponseBody`]) is handed over as it
+//! arrives: the client never buffers it.
 //!
-//! The client is always ready (hyper-util's pool never pushes back): limits belong to the
-//! layers in front of it.
+//! An HTTP/1.1 connection is driven by the response body itself, in the reader's task, rather
+//! than by a task of its own: see the `pool` module notes. For a streaming proxy this is the
+//! difference between one write per burst and one write (and two task switches) per frame.
+//!
+//! The client is always ready (its pool never pushes back): limits belong to the layers in
+//! front of it.
 //!
 //! ```no_run
 //! use bytes::Bytes;
@@ -30,18 +34,25 @@
 
 mod error;
 mod future;
+mod pool;
 
 pub use error::Error;
 pub use future::ResponseFuture;
+pub use pool::ResponseBody;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::{header, HeaderValue, Request, Response, Uri};
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pool::{Http1, Key, Pool};
+use std::future::Future;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tower_service::Service;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where the client takes its TLS trust roots from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,6 +64,18 @@ pub enum TlsRoots {
     Native,
 }
 
+/// Which HTTP version the client speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/2 when TLS negotiates it (ALPN), else HTTP/1.1. Plain `http://` is HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: ALPN `h2` on TLS, prior knowledge (h2c) on plain `http://`.
+    Http2,
+}
+
 /// Builds an [`HttpClient`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
@@ -60,7 +83,7 @@ pub struct ClientBuilder {
     response_timeout: Option<Duration>,
     pool_idle_timeout: Option<Duration>,
     pool_max_idle_per_host: usize,
-    http2_only: bool,
+    version: HttpVersion,
     allow_http: bool,
     roots: TlsRoots,
     read_buf_size: Option<usize>,
@@ -81,7 +104,7 @@ impl ClientBuilder {
             response_timeout: Some(Duration::from_secs(60)),
             pool_idle_timeout: Some(Duration::from_secs(90)),
             pool_max_idle_per_host: 256,
-            http2_only: false,
+            version: HttpVersion::Auto,
             allow_http: false,
             roots: TlsRoots::Webpki,
             read_buf_size: None,
@@ -94,8 +117,9 @@ impl ClientBuilder {
         self
     }
 
-    /// How long after sending a request its response headers may take (`None`: no limit). It
-    /// covers connecting too. It does not cover the body: a stream may last as long as it runs.
+    /// How long after a request is handed over its response headers may take (`None`: no
+    /// limit). It covers connecting too. It does not cover the body: a stream may last as long
+    /// as it runs.
     pub fn response_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.response_timeout = timeout.into();
         self
@@ -107,15 +131,15 @@ impl ClientBuilder {
         self
     }
 
-    /// How many idle connections are kept per host.
+    /// How many idle HTTP/1.1 connections are kept per host.
     pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
         self.pool_max_idle_per_host = max;
         self
     }
 
-    /// Speak HTTP/2 only (h2c with prior knowledge on plain `http://` upstreams).
-    pub fn http2_only(mut self, yes: bool) -> Self {
-        self.http2_only = yes;
+    /// The HTTP version policy.
+    pub fn http_version(mut self, version: HttpVersion) -> Self {
+        self.version = version;
         self
     }
 
@@ -142,9 +166,9 @@ impl ClientBuilder {
     /// read.
     pub fn build<B>(&self) -> Result<HttpClient<B>, Error>
     where
-        B: http_body::Body + Send + 'static + Unpin,
+        B: http_body::Body + Send + Unpin + 'static,
         B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B::Error: Into<BoxError>,
     {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -160,67 +184,241 @@ impl ClientBuilder {
         } else {
             builder.https_only()
         };
-        let connector = if self.http2_only {
-            builder.enable_http2().wrap_connector(http)
-        } else {
-            builder.enable_http1().enable_http2().wrap_connector(http)
+        let connector = match self.version {
+            HttpVersion::Auto => builder.enable_http1().enable_http2().wrap_connector(http),
+            HttpVersion::Http1 => builder.enable_http1().wrap_connector(http),
+            HttpVersion::Http2 => builder.enable_http2().wrap_connector(http),
         };
-        let mut client = Client::builder(TokioExecutor::new());
-        client
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_max_idle_per_host(self.pool_max_idle_per_host)
-            .http2_only(self.http2_only);
+        let mut http1 = http1::Builder::new();
         if let Some(size) = self.read_buf_size {
-            client.http1_read_buf_exact_size(size);
+            http1.read_buf_exact_size(Some(size));
         }
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
         Ok(HttpClient {
-            inner: client.build(connector),
+            shared: Arc::new(Shared {
+                connector,
+                http1,
+                http2,
+                version: self.version,
+                pool: Arc::new(Pool::new(self.pool_idle_timeout, self.pool_max_idle_per_host)),
+            }),
             response_timeout: self.response_timeout,
         })
     }
 }
 
+struct Shared<B: http_body::Body + 'static> {
+    connector: HttpsConnector<HttpConnector>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    version: HttpVersion,
+    pool: Arc<Pool<B>>,
+}
+
 /// The pooled client. Clones share one pool. See the [crate docs](crate).
-#[derive(Debug)]
-pub struct HttpClient<B> {
-    inner: Client<HttpsConnector<HttpConnector>, B>,
+pub struct HttpClient<B: http_body::Body + 'static> {
+    shared: Arc<Shared<B>>,
     response_timeout: Option<Duration>,
 }
 
-impl<B> Clone for HttpClient<B> {
+impl<B: http_body::Body + 'static> std::fmt::Debug for HttpClient<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("version", &self.shared.version)
+            .field("response_timeout", &self.response_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: http_body::Body + 'static> Clone for HttpClient<B> {
     fn clone(&self) -> Self {
         Self {
-            inner: self.inner.clone(),
+            shared: self.shared.clone(),
             response_timeout: self.response_timeout,
         }
     }
 }
 
-impl<B> HttpClient<B> {
+impl<B> HttpClient<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     /// The response-header timeout in force.
     pub fn response_timeout(&self) -> Option<Duration> {
         self.response_timeout
     }
+
+    /// Idle HTTP/1.1 connections in the pool, over all hosts.
+    pub fn idle_connections(&self) -> usize {
+        self.shared.pool.idle()
+    }
 }
 
-impl<B> tower_service::Service<Request<B>> for HttpClient<B>
+enum Conn<B: http_body::Body + 'static> {
+    Http1(Http1<B>),
+    Http2(http2::SendRequest<B>),
+}
+
+impl<B> Shared<B>
 where
-    B: http_body::Body + Send + 'static + Unpin,
+    B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<BoxError>,
 {
-    type Response = Response<Incoming>;
+    async fn connect(&self, key: &Key) -> Result<Conn<B>, Error> {
+        let uri = Uri::builder()
+            .scheme(key.scheme.clone())
+            .authority(key.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| Error::connect(e.into()))?;
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(Error::connect)?;
+        let h2 = match self.version {
+            HttpVersion::Http2 => true,
+            HttpVersion::Http1 => false,
+            HttpVersion::Auto => io.connected().is_negotiated_h2(),
+        };
+        if h2 {
+            let (sender, conn) = self.http2.handshake(io).await.map_err(Error::connect_hyper)?;
+            tokio::spawn(conn);
+            self.pool.insert_http2(key.clone(), sender.clone());
+            Ok(Conn::Http2(sender))
+        } else {
+            let (sender, conn) = self.http1.handshake(io).await.map_err(Error::connect_hyper)?;
+            Ok(Conn::Http1(Http1 { sender, conn }))
+        }
+    }
+
+    async fn request(self: Arc<Self>, mut request: Request<B>) -> Result<Response<ResponseBody<B>>, Error> {
+        let key = key(request.uri())?;
+        let mut pooled = match self.version {
+            HttpVersion::Http1 => None,
+            _ => self.pool.checkout_http2(&key),
+        }
+        .map(Conn::Http2);
+        if pooled.is_none() && self.version != HttpVersion::Http2 {
+            pooled = self.pool.checkout_http1(&key).map(Conn::Http1);
+        }
+        let from_pool = pooled.is_some();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => self.connect(&key).await?,
+        };
+        let request = match conn {
+            Conn::Http2(mut sender) => {
+                let response = sender.send_request(request).await.map_err(Error::request)?;
+                return Ok(response.map(ResponseBody::detached));
+            }
+            Conn::Http1(conn) => {
+                origin_form(&mut request, &key);
+                match send_http1(conn, request, &key, &self.pool).await {
+                    Ok(response) => return Ok(response),
+                    // A pooled connection closed under us before the request was written:
+                    // nothing reached the upstream, so a fresh connection may try it.
+                    Err((_, Some(request))) if from_pool => request,
+                    Err((error, _)) => return Err(error),
+                }
+            }
+        };
+        match self.connect(&key).await? {
+            Conn::Http1(conn) => send_http1(conn, request, &key, &self.pool).await.map_err(|(e, _)| e),
+            Conn::Http2(mut sender) => {
+                let response = sender.send_request(request).await.map_err(Error::request)?;
+                Ok(response.map(ResponseBody::detached))
+            }
+        }
+    }
+}
+
+fn key(uri: &Uri) -> Result<Key, Error> {
+    match (uri.scheme(), uri.authority()) {
+        (Some(scheme), Some(authority)) => Ok(Key {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+        }),
+        _ => Err(Error::connect("the request URI needs a scheme and a host".into())),
+    }
+}
+
+/// HTTP/1.1 sends the path as the request target, and the authority as `Host`.
+fn origin_form<B>(request: &mut Request<B>, key: &Key) {
+    if !request.headers().contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(key.authority.as_str()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    *request.uri_mut() = path;
+}
+
+/// Sends on an HTTP/1.1 connection, driving it until the response headers arrive. On a
+/// failure before the request was written, the request comes back.
+async fn send_http1<B>(
+    mut conn: Http1<B>,
+    request: Request<B>,
+    key: &Key,
+    pool: &Arc<Pool<B>>,
+) -> Result<Response<ResponseBody<B>>, (Error, Option<Request<B>>)>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let mut response = std::pin::pin!(conn.sender.try_send_request(request));
+    let mut finished = false;
+    let result = std::future::poll_fn(|cx| {
+        if !finished && conn.poll_conn(cx).is_ready() {
+            // The connection ended; the response future now holds its error, if any.
+            finished = true;
+        }
+        response.as_mut().poll(cx)
+    })
+    .await;
+    match result {
+        Ok(response) if !finished => {
+            let pool = pool.clone();
+            Ok(response.map(|body| ResponseBody::http1(body, conn, key.clone(), pool)))
+        }
+        Ok(response) => Ok(response.map(ResponseBody::detached)),
+        Err(mut e) => {
+            let request = e.take_message();
+            Err((Error::request(e.into_error()), request))
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for HttpClient<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<B>>;
     type Error = Error;
-    type Future = ResponseFuture;
+    type Future = ResponseFuture<B>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<B>) -> ResponseFuture {
-        ResponseFuture::new(self.inner.request(request), self.response_timeout)
+    fn call(&mut self, request: Request<B>) -> ResponseFuture<B> {
+        ResponseFuture::new(
+            Box::pin(self.shared.clone().request(request)),
+            self.response_timeout,
+        )
     }
 }
 

@@ -15,7 +15,7 @@ fn post(url: String, body: &'static str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-async fn next_text(body: &mut Incoming) -> String {
+async fn next_text(body: &mut ResponseBody<Full<Bytes>>) -> String {
     let frame = body.frame().await.unwrap().unwrap();
     String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap()
 }
@@ -48,6 +48,72 @@ async fn reuses_pooled_connections() {
         assert!(text.ends_with(b"data: [DONE]\n\n"));
     }
     assert_eq!(mock.connections(), 1);
+    assert_eq!(client.idle_connections(), 1);
+}
+
+#[tokio::test]
+async fn a_burst_of_frames_is_handed_over_without_a_wakeup_per_frame() {
+    // The connection is driven by the body: frames already read are decoded on the spot. A
+    // client whose connection ran in a task of its own returned Pending before every frame.
+    let mock = MockUpstream::start().await;
+    let url = format!("{}/chat/completions", mock.base_url());
+    let response = client()
+        .oneshot(post(url, r#"{"model":"m@chunks=50","stream":true}"#))
+        .await
+        .unwrap();
+    let mut body = std::pin::pin!(response.into_body());
+    let (mut frames, mut pending) = (0, 0);
+    std::future::poll_fn(|cx| loop {
+        match http_body::Body::poll_frame(body.as_mut(), cx) {
+            Poll::Ready(Some(frame)) => {
+                frame.unwrap();
+                frames += 1;
+            }
+            Poll::Ready(None) => return Poll::Ready(()),
+            Poll::Pending => {
+                pending += 1;
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+    assert_eq!(frames, 53, "50 chunks, the finish chunk, [DONE], the chunked end");
+    assert!(pending <= 4, "{pending} times Pending for one burst of {frames} frames");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_by_the_server_is_replaced() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        // Answers one request per connection, keep-alive promised, then closes it.
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+            }
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            drop(tcp);
+            let _ = closed_tx.send(());
+        }
+    });
+    let client: HttpClient<Full<Bytes>> = ClientBuilder::new().allow_http(true).build().unwrap();
+    for _ in 0..2 {
+        let request = Request::get(format!("http://{addr}/")).body(Full::default()).unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        closed.recv().await.unwrap();
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
@@ -55,7 +121,7 @@ async fn h2c_with_prior_knowledge() {
     let mock = MockUpstream::start().await;
     let client: HttpClient<Full<Bytes>> = ClientBuilder::new()
         .allow_http(true)
-        .http2_only(true)
+        .http_version(HttpVersion::Http2)
         .build()
         .unwrap();
     let url = format!("{}/chat/completions", mock.base_url());

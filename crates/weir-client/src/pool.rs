@@ -1,0 +1,260 @@
+//! The connection pool, and the body that drives its HTTP/1.1 connection inline.
+//!
+//! hyper-util's legacy client spawns a task per connection and hands every body frame to the
+//! reader over a channel: the reader returns `Pending` between any two frames, so a proxy
+//! that forwards the body flushes (one `writev`) per frame and wakes a second task per frame.
+//! On a 20-chunk stream that is 20 writes, 20 cross-task wakeups and 20 `epoll_wait`s where
+//! one of each would do.
+//!
+//! Here an HTTP/1.1 connection is not a task: the [`ResponseBody`] owns it and polls it before
+//! reading the next frame, in the reader's own task. Frames already read from the socket are
+//! decoded and handed over without a wakeup, and a forwarding server writes a burst of chunks
+//! in one flush. When the body ends cleanly the connection goes back to the pool; when the body
+//! is dropped early (the client went away) the connection is closed, cancelling the upstream.
+//! HTTP/2 connections multiplex many streams, so they keep hyper's connection task.
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::MaybeHttpsStream;
+use hyper_util::rt::TokioIo;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+pub(crate) type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// Where a connection goes: scheme and authority.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Key {
+    pub(crate) scheme: Scheme,
+    pub(crate) authority: Authority,
+}
+
+/// An HTTP/1.1 connection: the request half and the connection future that does its I/O.
+pub(crate) struct Http1<B: Body + 'static> {
+    pub(crate) sender: http1::SendRequest<B>,
+    pub(crate) conn: http1::Connection<Io, B>,
+}
+
+impl<B> Http1<B>
+where
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Drives the connection's I/O. `Ready` means it is finished (closed or failed).
+    pub(crate) fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.conn).poll(cx).map(|_| ())
+    }
+
+    /// Whether an idle connection can take a new request: not closed by the peer meanwhile.
+    fn usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.poll_conn(&mut cx).is_ready() {
+            return false;
+        }
+        self.sender.is_ready()
+    }
+}
+
+struct Idle<B: Body + 'static> {
+    conn: Http1<B>,
+    since: Instant,
+}
+
+struct Hosts<B: Body + 'static> {
+    http1: HashMap<Key, VecDeque<Idle<B>>>,
+    http2: HashMap<Key, http2::SendRequest<B>>,
+}
+
+/// Idle HTTP/1.1 connections per host (most recently used first out), and one shared HTTP/2
+/// connection per host.
+pub(crate) struct Pool<B: Body + 'static> {
+    hosts: Mutex<Hosts<B>>,
+    idle_timeout: Option<Duration>,
+    max_idle_per_host: usize,
+}
+
+impl<B> Pool<B>
+where
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub(crate) fn new(idle_timeout: Option<Duration>, max_idle_per_host: usize) -> Self {
+        Self {
+            hosts: Mutex::new(Hosts {
+                http1: HashMap::new(),
+                http2: HashMap::new(),
+            }),
+            idle_timeout,
+            max_idle_per_host,
+        }
+    }
+
+    fn expired(&self, since: Instant, now: Instant) -> bool {
+        self.idle_timeout.is_some_and(|t| now.duration_since(since) >= t)
+    }
+
+    /// An idle HTTP/1.1 connection to `key` that is still usable. Closes the stale ones it meets.
+    pub(crate) fn checkout_http1(&self, key: &Key) -> Option<Http1<B>> {
+        let now = Instant::now();
+        let mut hosts = self.hosts.lock().expect("pool lock");
+        let idle = hosts.http1.get_mut(key)?;
+        while let Some(mut entry) = idle.pop_back() {
+            if !self.expired(entry.since, now) && entry.conn.usable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response ended cleanly.
+    pub(crate) fn checkin_http1(&self, key: Key, conn: Http1<B>) {
+        if self.max_idle_per_host == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut hosts = self.hosts.lock().expect("pool lock");
+        let idle = hosts.http1.entry(key).or_default();
+        idle.retain(|entry| !self.expired(entry.since, now));
+        if idle.len() >= self.max_idle_per_host {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { conn, since: now });
+    }
+
+    pub(crate) fn checkout_http2(&self, key: &Key) -> Option<http2::SendRequest<B>> {
+        let mut hosts = self.hosts.lock().expect("pool lock");
+        match hosts.http2.get(key) {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => {
+                hosts.http2.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub(crate) fn insert_http2(&self, key: Key, sender: http2::SendRequest<B>) {
+        self.hosts.lock().expect("pool lock").http2.insert(key, sender);
+    }
+
+    /// Idle HTTP/1.1 connections held, over all hosts.
+    pub(crate) fn idle(&self) -> usize {
+        self.hosts
+            .lock()
+            .expect("pool lock")
+            .http1
+            .values()
+            .map(VecDeque::len)
+            .sum()
+    }
+}
+
+/// A response body from [`HttpClient`](crate::HttpClient), streamed as it arrives. For
+/// HTTP/1.1 it carries the connection, and polling the body drives it.
+pub struct ResponseBody<B: Body + 'static> {
+    inner: Incoming,
+    conn: Option<Driven<B>>,
+}
+
+struct Driven<B: Body + 'static> {
+    conn: Http1<B>,
+    key: Key,
+    pool: Arc<Pool<B>>,
+}
+
+impl<B: Body + 'static> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("inner", &self.inner)
+            .field("http1", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl<B> ResponseBody<B>
+where
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    pub(crate) fn http1(inner: Incoming, conn: Http1<B>, key: Key, pool: Arc<Pool<B>>) -> Self {
+        let mut body = Self {
+            inner,
+            conn: Some(Driven { conn, key, pool }),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    /// A body with no connection to drive (HTTP/2, or a connection that already ended).
+    pub(crate) fn detached(inner: Incoming) -> Self {
+        Self { inner, conn: None }
+    }
+
+    /// The body ended cleanly: the connection may serve another request.
+    fn release(&mut self) {
+        if let Some(mut driven) = self.conn.take() {
+            // One more turn lets the connection finish the message and go idle.
+            if driven.conn.usable() {
+                driven.pool.checkin_http1(driven.key, driven.conn);
+            }
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        // A frame decoded on an earlier turn is handed over first; then the connection reads
+        // and decodes what the socket holds, and the body is asked again.
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() {
+            if let Some(driven) = &mut this.conn {
+                if driven.conn.poll_conn(cx).is_ready() {
+                    // Finished: whatever it had for the body is in the channel, or an error is.
+                    this.conn = None;
+                }
+                polled = Pin::new(&mut this.inner).poll_frame(cx);
+            }
+        }
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

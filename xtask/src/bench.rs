@@ -1,0 +1,469 @@
+//! `cargo xtask bench`: weir against a direct connection to the same mock upstream, in one
+//! run, with nginx as a peer when it is installed.
+//!
+//! Layout on this 2-core machine: the proxy under test (weir, or nginx) is pinned to core 1;
+//! the mock upstream and this load generator share core 0. Figures are ratios against the
+//! direct connection measured in the same run: these machines are shared and noisy.
+
+use crate::load::Conn;
+use crate::{cargo, Result};
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+const MOCK: &str = "127.0.0.1:18091";
+const WEIR: &str = "127.0.0.1:18080";
+const WEIR_ADMIN: &str = "127.0.0.1:18090";
+const NGINX: &str = "127.0.0.1:18081";
+const PATH: &str = "/v1/chat/completions";
+
+/// A child process whose output lines can be awaited; killed when dropped.
+pub(crate) struct Proc {
+    name: &'static str,
+    child: tokio::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Proc {
+    pub(crate) fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
+        let mut cmd = tokio::process::Command::from(std::mem::replace(cmd, Command::new("true")));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("{name}: {e}"))?;
+        let (tx, lines) = mpsc::unbounded_channel();
+        let out = child.stdout.take().expect("piped");
+        let err = child.stderr.take().expect("piped");
+        let forward = |tx: mpsc::UnboundedSender<String>, mut reader: BufReader<_>| async move {
+            let mut line = String::new();
+            while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
+                let _ = tx.send(std::mem::take(&mut line));
+            }
+        };
+        tokio::spawn(forward(tx.clone(), BufReader::new(Box::new(out) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)));
+        tokio::spawn(forward(tx, BufReader::new(Box::new(err) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)));
+        Ok(Self { name, child, lines })
+    }
+
+    pub(crate) async fn wait_line(&mut self, needle: &str) -> Result {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                if line.contains(needle) {
+                    return Ok(());
+                }
+                if line.contains("ERROR") || line.contains("error") {
+                    eprint!("{}: {line}", self.name);
+                }
+            }
+            Err(format!("{} exited before saying `{needle}`", self.name))
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .map_err(|_| format!("{} did not say `{needle}` within 30 s", self.name))?
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    pub(crate) fn terminate(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// CPU time of every thread of `pid`, in nanoseconds (schedstat: not tick-rounded).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn pinned(core: u32, program: &Path) -> Command {
+    if Command::new("taskset").arg("--version").output().is_ok() {
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(core.to_string()).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+struct Options {
+    quick: bool,
+    streams: Vec<usize>,
+    nginx: bool,
+}
+
+fn options(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        quick: false,
+        streams: vec![1000, 9500],
+        nginx: true,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => o.quick = true,
+            "--no-nginx" => o.nginx = false,
+            "--streams" => {
+                let list = args.next().ok_or("--streams needs a list like 1000,9500")?;
+                o.streams = list
+                    .split(',')
+                    .map(|n| n.trim().parse().map_err(|_| format!("--streams: `{n}` is not a number")))
+                    .collect::<Result<_>>()?;
+            }
+            other => return Err(format!("bench: unknown option `{other}`")),
+        }
+    }
+    Ok(o)
+}
+
+pub(crate) fn run(root: &Path, args: &[String]) -> Result {
+    let options = options(args)?;
+    // The load generator runs on core 0, beside the mock; the proxy under test gets core 1.
+    if std::env::var_os("WEIR_BENCH_PINNED").is_none() && Command::new("taskset").arg("--version").output().is_ok() {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let status = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(exe)
+            .arg("bench")
+            .args(args)
+            .env("WEIR_BENCH_PINNED", "1")
+            .status()
+            .map_err(|e| e.to_string())?;
+        return if status.success() { Ok(()) } else { Err("bench failed".into()) };
+    }
+    run_cmd_build(root)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(bench(root, options))
+}
+
+fn run_cmd_build(root: &Path) -> Result {
+    crate::run(cargo().current_dir(root).args(["build", "--release", "-p", "weir", "-p", "weir-test"]))
+}
+
+fn bench_config(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("weir-bench.toml");
+    let text = format!(
+        r#"# written by cargo xtask bench
+[server]
+listen = "{WEIR}"
+admin_listen = "{WEIR_ADMIN}"
+drain_timeout = "1s"
+
+[telemetry]
+log_level = "warn"
+
+[[providers]]
+name = "mock"
+base_url = "http://{MOCK}/v1"
+allow_http = true
+pool_max_idle = 1024
+
+[[routes]]
+model = "bench"
+targets = [{{ provider = "mock", model = "bench" }}]
+"#
+    );
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+fn nginx_config(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("nginx.conf");
+    let d = dir.display();
+    let text = format!(
+        r#"# written by cargo xtask bench: nginx as a streaming reverse proxy, for comparison
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+error_log {d}/nginx-error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream mock {{ server {MOCK}; keepalive 1024; }}
+    server {{
+        listen {NGINX} backlog=4096;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"#
+    );
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    pid: Option<u32>,
+}
+
+async fn bench(root: &Path, options: Options) -> Result {
+    let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let bin = root.join("target/release");
+    let mut mock = Proc::spawn("weir-mock", pinned(0, &bin.join("weir-mock")).args(["--listen", MOCK, "--threads", "1"]))?;
+    mock.wait_line("listening on").await?;
+    let mut weir = Proc::spawn(
+        "weir",
+        pinned(1, &bin.join("weir")).arg("--config").arg(bench_config(&dir)?).env("WEIR_LOG", "warn,weir=info"),
+    )?;
+    weir.wait_line("weir is serving").await?;
+
+    let have_nginx = options.nginx && Command::new("nginx").arg("-v").output().is_ok();
+    let mut nginx = if have_nginx {
+        let conf = nginx_config(&dir)?;
+        let mut cmd = pinned(1, Path::new("nginx"));
+        cmd.arg("-c").arg(&conf).arg("-p").arg(&dir).arg("-e").arg(dir.join("nginx-error.log"));
+        let proc = Proc::spawn("nginx", &mut cmd)?;
+        wait_port(NGINX.parse().expect("an address")).await?;
+        Some(proc)
+    } else {
+        None
+    };
+
+    let mut targets = vec![
+        Target { name: "direct", addr: MOCK.parse().expect("an address"), pid: None },
+        Target { name: "weir", addr: WEIR.parse().expect("an address"), pid: Some(weir.pid()) },
+    ];
+    if let Some(nginx) = &nginx {
+        targets.push(Target { name: "nginx", addr: NGINX.parse().expect("an address"), pid: Some(nginx.pid()) });
+    }
+
+    println!("weir bench: proxies pinned to core 1, mock upstream and load generator on core 0");
+    if !have_nginx && options.nginx {
+        println!("(nginx not installed: `apt-get install nginx-light` to compare against it)");
+    }
+    let ttft_n = if options.quick { 500 } else { 3000 };
+    ttft(&targets, ttft_n).await?;
+    let (streams, clients) = if options.quick { (4000, 16) } else { (20_000, 32) };
+    throughput(&targets, streams, clients).await?;
+    for n in &options.streams {
+        open_streams(&targets[1], *n).await?;
+    }
+
+    weir.terminate();
+    if let Some(nginx) = &mut nginx {
+        nginx.terminate();
+    }
+    mock.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn wait_port(addr: SocketAddr) -> Result {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("nothing listens on {addr}"))
+}
+
+fn request_body() -> Bytes {
+    Bytes::from_static(br#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"Write twenty tokens."}]}"#)
+}
+
+/// Time to first token at low load: one client, requests one after another, the targets
+/// interleaved request by request so that drift in the machine's load hits all alike.
+async fn ttft(targets: &[Target], n: usize) -> Result {
+    let body = request_body();
+    let mut conns = Vec::new();
+    for t in targets {
+        conns.push(Conn::open(t.addr).await?);
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); targets.len()];
+    for round in 0..(n + n / 10) {
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let ttft = conn.stream(PATH, &body, "chunks=20").await?;
+            if round >= n / 10 {
+                samples[i].push(ttft); // the first tenth warms up
+            }
+        }
+    }
+    println!("\ntime to first token, 20-chunk stream, 1 client, {n} requests per target (interleaved)");
+    println!("  {:<8} {:>10} {:>10} {:>12} {:>12}", "target", "p50 ms", "p99 ms", "added p50", "added p99");
+    let mut base = (Duration::ZERO, Duration::ZERO);
+    for (i, t) in targets.iter().enumerate() {
+        samples[i].sort_unstable();
+        let (p50, p99) = (percentile(&samples[i], 0.5), percentile(&samples[i], 0.99));
+        if i == 0 {
+            base = (p50, p99);
+            println!("  {:<8} {:>10.3} {:>10.3}", t.name, ms(p50), ms(p99));
+        } else {
+            println!(
+                "  {:<8} {:>10.3} {:>10.3} {:>9.3} ms {:>9.3} ms   ({:.2}x direct p50)",
+                t.name,
+                ms(p50),
+                ms(p99),
+                ms(p50.saturating_sub(base.0)),
+                ms(p99.saturating_sub(base.1)),
+                p50.as_secs_f64() / base.0.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Streams per second with `clients` concurrent keep-alive clients, and the proxy's CPU time
+/// per stream.
+async fn throughput(targets: &[Target], streams: usize, clients: usize) -> Result {
+    println!("\nthroughput, 20-chunk streams, {clients} concurrent clients, {streams} streams per target");
+    println!("  {:<8} {:>12} {:>10} {:>16}", "target", "streams/s", "vs direct", "CPU/stream µs");
+    let mut direct = 0.0;
+    for t in targets {
+        let done = Arc::new(AtomicUsize::new(0));
+        let cpu_before = t.pid.map(cpu_ns);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let done = done.clone();
+            let addr = t.addr;
+            tasks.push(tokio::spawn(async move {
+                let body = request_body();
+                let mut conn = Conn::open(addr).await?;
+                while done.fetch_add(1, Ordering::Relaxed) < streams {
+                    conn.stream(PATH, &body, "chunks=20").await?;
+                }
+                Ok::<(), String>(())
+            }));
+        }
+        for task in tasks {
+            task.await.map_err(|e| e.to_string())??;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let rate = streams as f64 / elapsed;
+        let cpu = match (t.pid, cpu_before) {
+            (Some(pid), Some(before)) => format!("{:.1}", (cpu_ns(pid) - before) as f64 / streams as f64 / 1e3),
+            _ => "-".into(),
+        };
+        if t.name == "direct" {
+            direct = rate;
+        }
+        println!("  {:<8} {:>12.0} {:>9.2}x {:>16}", t.name, rate, rate / direct, cpu);
+    }
+    Ok(())
+}
+
+/// `n` streams held open at once through the proxy (1 chunk per second each): resident memory
+/// per stream, and CPU share per 1,000 streams.
+async fn open_streams(t: &Target, n: usize) -> Result {
+    let pid = t.pid.ok_or("open streams are measured through a proxy")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = rss_kib(pid);
+    let opened = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (opened, failed, mut stop) = (opened.clone(), failed.clone(), stop.clone());
+        let addr = t.addr;
+        tasks.push(tokio::spawn(async move {
+            let body = request_body();
+            let stream = async {
+                let mut conn = Conn::open(addr).await?;
+                conn.open_stream(PATH, &body, "chunks=600,delay_ms=1000").await.map(|b| (conn, b))
+            };
+            match stream.await {
+                Ok((_conn, mut body)) => {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    use http_body_util::BodyExt;
+                    loop {
+                        tokio::select! {
+                            _ = stop.changed() => break,
+                            frame = body.frame() => if frame.is_none() { break },
+                        }
+                    }
+                }
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        if i % 250 == 249 {
+            // Connect in waves, so that the listen backlog never overflows.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    while opened.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n {
+        if start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = opened.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_open = rss_kib(pid);
+    let cpu_before = cpu_ns(pid);
+    let window = Duration::from_secs(5);
+    tokio::time::sleep(window).await;
+    let cpu = (cpu_ns(pid) - cpu_before) as f64 / window.as_nanos() as f64;
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let per_stream = (rss_open.saturating_sub(rss_before)) as f64 / ready.max(1) as f64;
+    println!(
+        "\n{n} open streams through {} ({ready} opened, {} failed, in {:.1} s)\n  resident: {} KiB before, {} KiB open → {:.2} KiB per stream\n  CPU: {:.2}% of one core at 1 chunk/s per stream → {:.2}% per 1,000 streams",
+        t.name,
+        failed.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+        rss_before,
+        rss_open,
+        per_stream,
+        cpu * 100.0,
+        cpu * 100.0 * 1000.0 / ready.max(1) as f64,
+    );
+    if ready < n {
+        return Err(format!("only {ready} of {n} streams opened"));
+    }
+    Ok(())
+}
