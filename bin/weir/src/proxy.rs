@@ -15,6 +15,9 @@ use tower::ServiceExt;
 use weir_client::{ClientBuilder, HttpClient};
 use weir_llm::{Endpoint, ErrorBody, ErrorKind, LlmRequest};
 
+/// The read buffer of each HTTP/1.1 upstream connection.
+const UPSTREAM_READ_BUF: usize = 4096;
+
 /// One provider, ready to take requests.
 #[derive(Debug)]
 struct Upstream {
@@ -37,6 +40,9 @@ impl Upstream {
             .http_version(p.http_version)
             .allow_http(p.allow_http)
             .tls_roots(p.tls_roots)
+            // SSE chunks are small: a fixed 4 KiB read buffer per upstream connection, rather
+            // than hyper's adaptive one that starts at 8 KiB.
+            .http1_read_buf_exact_size(UPSTREAM_READ_BUF)
             .build()?;
         let base = p.base_url.to_string();
         let base = base.trim_end_matches('/');

@@ -166,6 +166,9 @@ impl SseDecoder {
                 return Ok(Some(event));
             }
         }
+        // An emptied `Bytes` still points into the frame's buffer; letting go of it lets the
+        // reader (hyper's read buffer) reuse that memory instead of allocating anew.
+        self.pending = Bytes::new();
         Ok(None)
     }
 
@@ -195,8 +198,8 @@ impl SseDecoder {
             }
             if !self.pending.is_empty() {
                 self.line.extend_from_slice(&self.pending);
-                self.pending.clear();
             }
+            self.pending = Bytes::new();
             return Ok(None);
         };
         let line = if self.line.is_empty() {
@@ -412,6 +415,16 @@ mod tests {
         let event = decoder.next_event().unwrap().unwrap();
         let inside = frame.as_ptr_range();
         assert!(inside.contains(&event.data.as_ptr()), "no copy was made");
+    }
+
+    #[test]
+    fn a_drained_frame_is_not_held() {
+        let frame = Bytes::from(b"data: a\n\ndata: b\n\n".to_vec());
+        let mut decoder = SseDecoder::new();
+        decoder.push(frame.clone());
+        while decoder.next_event().unwrap().is_some() {}
+        // Only `frame` itself holds the buffer now, so it can be reclaimed.
+        assert!(frame.is_unique());
     }
 
     #[test]
