@@ -98,14 +98,23 @@ impl Harness {
     }
 
     /// `POST path` with a JSON body and extra headers.
-    pub async fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Response<Incoming> {
         let mut request = Request::post(format!("http://{}{path}", self.addr))
             .header("content-type", "application/json");
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        self.send(request.body(Full::new(Bytes::copy_from_slice(body.as_bytes()))).unwrap())
-            .await
+        self.send(
+            request
+                .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+                .unwrap(),
+        )
+        .await
     }
 
     /// `GET` on the admin port.
@@ -113,7 +122,11 @@ impl Harness {
         let request = Request::get(format!("http://{}{path}", self.admin))
             .body(Full::new(Bytes::new()))
             .unwrap();
-        self.client.request(request).await.expect("admin answers").status()
+        self.client
+            .request(request)
+            .await
+            .expect("admin answers")
+            .status()
     }
 
     /// Sends the same request straight to the mock (the baseline for "unchanged").
@@ -123,7 +136,10 @@ impl Harness {
             .header("authorization", format!("Bearer {PROVIDER_KEY}"))
             .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
             .unwrap();
-        self.client.request(request).await.expect("the mock answers")
+        self.client
+            .request(request)
+            .await
+            .expect("the mock answers")
     }
 }
 

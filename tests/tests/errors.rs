@@ -5,9 +5,18 @@ use weir_e2e::{assert_openai_error, header, read, Harness};
 #[tokio::test]
 async fn unknown_model_is_404() {
     let h = Harness::start().await;
-    let response = h.post("/v1/chat/completions", r#"{"model":"gpt-nope","stream":true}"#, &[]).await;
+    let response = h
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-nope","stream":true}"#,
+            &[],
+        )
+        .await;
     assert_eq!(response.status(), 404);
-    assert_eq!(header(response.headers(), "content-type"), Some("application/json"));
+    assert_eq!(
+        header(response.headers(), "content-type"),
+        Some("application/json")
+    );
     let error = assert_openai_error(&read(response).await);
     assert_eq!(error["code"], "model_not_found");
     assert_eq!(error["param"], "model");
@@ -18,7 +27,12 @@ async fn unknown_model_is_404() {
 #[tokio::test]
 async fn invalid_json_and_missing_model_are_400() {
     let h = Harness::start().await;
-    for body in [r#"{"model": "gpt-test", "#, r#"{"stream":true}"#, r#"["gpt-test"]"#, r#"{"model":"gpt-test","stream":"yes"}"#] {
+    for body in [
+        r#"{"model": "gpt-test", "#,
+        r#"{"stream":true}"#,
+        r#"["gpt-test"]"#,
+        r#"{"model":"gpt-test","stream":"yes"}"#,
+    ] {
         let response = h.post("/v1/chat/completions", body, &[]).await;
         assert_eq!(response.status(), 400, "{body}");
         let error = assert_openai_error(&read(response).await);
@@ -33,12 +47,16 @@ async fn body_over_the_limit_is_413_declared_or_not() {
     let big = format!(r#"{{"model":"gpt-test","pad":"{}"}}"#, "x".repeat(70_000));
     let declared = h.post("/v1/chat/completions", &big, &[]).await;
     assert_eq!(declared.status(), 413);
-    assert_eq!(assert_openai_error(&read(declared).await)["code"], "request_too_large");
+    assert_eq!(
+        assert_openai_error(&read(declared).await)["code"],
+        "request_too_large"
+    );
 
     // Chunked, no Content-Length: cut off while reading, before the whole body is sent.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
-    let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\ntransfer-encoding: chunked\r\n\r\n";
+    let head =
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\ntransfer-encoding: chunked\r\n\r\n";
     tcp.write_all(head.as_bytes()).await.unwrap();
     let chunk = format!("{:x}\r\n{}\r\n", 10_000, " ".repeat(10_000));
     for _ in 0..7 {
@@ -54,23 +72,39 @@ async fn body_over_the_limit_is_413_declared_or_not() {
 async fn wrong_method_and_unknown_path() {
     let h = Harness::start().await;
     let get = h
-        .send(http::Request::get(format!("{}/chat/completions", h.base_url())).body(Default::default()).unwrap())
+        .send(
+            http::Request::get(format!("{}/chat/completions", h.base_url()))
+                .body(Default::default())
+                .unwrap(),
+        )
         .await;
     assert_eq!(get.status(), 405);
     assert_eq!(header(get.headers(), "allow"), Some("POST"));
     assert_openai_error(&read(get).await);
     let unknown = h.post("/v1/assistants", "{}", &[]).await;
     assert_eq!(unknown.status(), 404);
-    assert_eq!(assert_openai_error(&read(unknown).await)["code"], "unknown_url");
+    assert_eq!(
+        assert_openai_error(&read(unknown).await)["code"],
+        "unknown_url"
+    );
 }
 
 #[tokio::test]
 async fn upstream_errors_pass_through_with_their_status() {
     let h = Harness::start().await;
-    let cases = [("fault=429,retry_after=3", 429), ("fault=503", 503), ("fault=context_length", 400), ("fault=content_policy", 400)];
+    let cases = [
+        ("fault=429,retry_after=3", 429),
+        ("fault=503", 503),
+        ("fault=context_length", 400),
+        ("fault=content_policy", 400),
+    ];
     for (directive, status) in cases {
         let response = h
-            .post("/v1/chat/completions", r#"{"model":"gpt-test","stream":true}"#, &[("x-mock", directive)])
+            .post(
+                "/v1/chat/completions",
+                r#"{"model":"gpt-test","stream":true}"#,
+                &[("x-mock", directive)],
+            )
             .await;
         assert_eq!(response.status(), status, "{directive}");
         if status == 429 {
@@ -87,12 +121,16 @@ async fn unreachable_upstream_is_502() {
     drop(dead);
     let h = Harness::start().await;
     // Point a second weir at a closed port.
-    let text = weir_e2e::config_text(&h.mock, "").replace(&h.mock.base_url(), &format!("http://127.0.0.1:{port}/v1"));
+    let text = weir_e2e::config_text(&h.mock, "")
+        .replace(&h.mock.base_url(), &format!("http://127.0.0.1:{port}/v1"));
     let config = weir::config::parse("x.toml".as_ref(), &text, &|_| Some("k".into())).unwrap();
     let weir = weir::start(&config).await.unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
     let request = http::Request::post(format!("http://{}/v1/chat/completions", weir.addr()))
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"model":"gpt-test","stream":true}"#)))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"gpt-test","stream":true}"#,
+        )))
         .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 502);
@@ -105,18 +143,29 @@ async fn silent_upstream_is_504_after_the_response_timeout() {
     let h = Harness::with_provider(r#"response_timeout = "5s""#).await;
     let started = tokio::time::Instant::now();
     let response = h
-        .post("/v1/chat/completions", r#"{"model":"gpt-test","stream":true}"#, &[("x-mock", "fault=silent")])
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-test","stream":true}"#,
+            &[("x-mock", "fault=silent")],
+        )
         .await;
     assert_eq!(response.status(), 504);
     assert_eq!(started.elapsed().as_secs(), 5);
-    assert_eq!(assert_openai_error(&read(response).await)["code"], "upstream_timeout");
+    assert_eq!(
+        assert_openai_error(&read(response).await)["code"],
+        "upstream_timeout"
+    );
 }
 
 #[tokio::test]
 async fn reset_before_headers_is_502() {
     let h = Harness::start().await;
     let response = h
-        .post("/v1/chat/completions", r#"{"model":"gpt-test","stream":true}"#, &[("x-mock", "fault=reset")])
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-test","stream":true}"#,
+            &[("x-mock", "fault=reset")],
+        )
         .await;
     assert_eq!(response.status(), 502);
     assert_openai_error(&read(response).await);

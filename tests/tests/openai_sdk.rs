@@ -30,10 +30,23 @@ async fn openai_python_sdk_streams_through_weir_unchanged() {
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SDK check failed:\n{stdout}\n{stderr}");
-    for step in ["ok streaming 21", "ok streaming usage 20", "ok non-streaming", "ok unknown model -> 404 model_not_found", "ok cut stream raises"] {
+    assert!(
+        out.status.success(),
+        "SDK check failed:\n{stdout}\n{stderr}"
+    );
+    for step in [
+        "ok streaming 21",
+        "ok streaming usage 20",
+        "ok non-streaming",
+        "ok unknown model -> 404 model_not_found",
+        "ok cut stream raises",
+    ] {
         assert!(stdout.contains(step), "missing `{step}` in:\n{stdout}");
     }
     // The SDK's key stayed at weir.
-    assert!(h.mock.requests().iter().all(|r| !format!("{:?}", r.headers).contains("sk-client-side-key")));
+    assert!(h
+        .mock
+        .requests()
+        .iter()
+        .all(|r| !format!("{:?}", r.headers).contains("sk-client-side-key")));
 }

@@ -19,35 +19,60 @@ async fn streamed_events_arrive_unchanged_and_in_order() {
     let events = through.events();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     assert!(events[events.len() - 2].contains(r#""usage":"#));
-    assert!(through.frames > 1, "streamed in several frames, not one buffer");
+    assert!(
+        through.frames > 1,
+        "streamed in several frames, not one buffer"
+    );
 }
 
 #[tokio::test]
 async fn non_streaming_answer_passes_through() {
     let h = Harness::start().await;
     let response = h
-        .post("/v1/chat/completions", r#"{"model":"short","messages":[]}"#, &[])
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"short","messages":[]}"#,
+            &[],
+        )
         .await;
     assert_eq!(response.status(), 200);
-    assert_eq!(header(response.headers(), "content-type"), Some("application/json"));
+    assert_eq!(
+        header(response.headers(), "content-type"),
+        Some("application/json")
+    );
     let json = read(response).await.json();
     assert_eq!(json["object"], "chat.completion");
     assert_eq!(json["choices"][0]["message"]["content"], answer(3));
-    assert_eq!(json["model"], "mock-upstream@chunks=3", "the model that answered");
+    assert_eq!(
+        json["model"], "mock-upstream@chunks=3",
+        "the model that answered"
+    );
 }
 
 #[tokio::test]
 async fn completions_embeddings_and_models() {
     let h = Harness::start().await;
     let completion = read(
-        h.post("/v1/completions", r#"{"model":"short","prompt":"x","stream":true}"#, &[])
-            .await,
+        h.post(
+            "/v1/completions",
+            r#"{"model":"short","prompt":"x","stream":true}"#,
+            &[],
+        )
+        .await,
     )
     .await;
     assert_eq!(completion.content(), answer(3));
     assert!(completion.bytes.ends_with(b"data: [DONE]\n\n"));
 
-    let embedding = read(h.post("/v1/embeddings", r#"{"model":"gpt-test","input":"hello"}"#, &[]).await).await;
+    let embedding = read(
+        h.post(
+            "/v1/embeddings",
+            r#"{"model":"gpt-test","input":"hello"}"#,
+            &[],
+        )
+        .await,
+    )
+    .await;
     assert_eq!(embedding.json()["data"][0]["object"], "embedding");
     let paths: Vec<String> = h.mock.requests().iter().map(|r| r.path.clone()).collect();
     assert_eq!(paths, ["/v1/completions", "/v1/embeddings"]);
@@ -60,7 +85,12 @@ async fn completions_embeddings_and_models() {
         )
         .await;
     let models = read(models).await.json();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["gpt-test", "short"]);
 }
 
@@ -94,10 +124,23 @@ async fn client_key_and_hop_by_hop_headers_stay_at_weir() {
             ],
         )
         .await;
-    assert_eq!(response.status(), 200, "the mock accepted weir's provider key");
+    assert_eq!(
+        response.status(),
+        200,
+        "the mock accepted weir's provider key"
+    );
     let sent = &h.mock.requests()[0].headers;
-    assert_eq!(header(sent, "authorization"), Some(format!("Bearer {PROVIDER_KEY}").as_str()));
-    for name in ["x-api-key", "connection", "x-hop-secret", "keep-alive", "te"] {
+    assert_eq!(
+        header(sent, "authorization"),
+        Some(format!("Bearer {PROVIDER_KEY}").as_str())
+    );
+    for name in [
+        "x-api-key",
+        "connection",
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+    ] {
         assert!(!sent.contains_key(name), "{name} was forwarded");
     }
     assert_eq!(header(sent, "x-app-trace"), Some("kept"));
@@ -108,17 +151,26 @@ async fn client_key_and_hop_by_hop_headers_stay_at_weir() {
 async fn request_id_is_kept_or_made_and_sent_both_ways() {
     let h = Harness::start().await;
     let given = h
-        .post("/v1/chat/completions", r#"{"model":"short"}"#, &[("x-request-id", "req-abc-123")])
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"short"}"#,
+            &[("x-request-id", "req-abc-123")],
+        )
         .await;
     assert_eq!(header(given.headers(), "x-request-id"), Some("req-abc-123"));
     read(given).await;
-    let made = h.post("/v1/chat/completions", r#"{"model":"short"}"#, &[]).await;
+    let made = h
+        .post("/v1/chat/completions", r#"{"model":"short"}"#, &[])
+        .await;
     let made_id = header(made.headers(), "x-request-id").unwrap().to_owned();
     assert!(made_id.starts_with("weir-"));
     read(made).await;
     let log = h.mock.requests();
     assert_eq!(header(&log[0].headers, "x-request-id"), Some("req-abc-123"));
-    assert_eq!(header(&log[1].headers, "x-request-id"), Some(made_id.as_str()));
+    assert_eq!(
+        header(&log[1].headers, "x-request-id"),
+        Some(made_id.as_str())
+    );
 }
 
 #[tokio::test]
@@ -128,7 +180,9 @@ async fn h2c_clients_are_served() {
         .http2_only(true)
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let request = http::Request::post(format!("{}/chat/completions", h.base_url()))
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(br#"{"model":"short","stream":true}"#)))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"short","stream":true}"#,
+        )))
         .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);

@@ -5,7 +5,11 @@ use weir_e2e::{read, Harness};
 
 async fn stream(h: &Harness, directive: &str) -> weir_e2e::Read {
     let response = h
-        .post("/v1/chat/completions", r#"{"model":"gpt-test","stream":true}"#, &[("x-mock", directive)])
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-test","stream":true}"#,
+            &[("x-mock", directive)],
+        )
         .await;
     assert_eq!(response.status(), 200);
     read(response).await
@@ -44,7 +48,10 @@ async fn keep_alive_comments_do_not_count_as_progress() {
     let started = tokio::time::Instant::now();
     let got = stream(&h, "chunks=6,fault=stall_after:2,ping_ms=500").await;
     assert_eq!(started.elapsed().as_secs(), 3);
-    assert!(got.bytes.windows(6).any(|w| w == b": ping"), "the comments were forwarded");
+    assert!(
+        got.bytes.windows(6).any(|w| w == b": ping"),
+        "the comments were forwarded"
+    );
     assert_eq!(last_error(&got.events())["code"], "stream_stalled");
 }
 
@@ -71,8 +78,16 @@ async fn upstream_in_band_error_ends_the_body_with_an_error() {
     let h = Harness::start().await;
     let got = stream(&h, "chunks=5,fault=error_event_at:2").await;
     let events = got.events();
-    assert_eq!(last_error(&events)["type"], "server_error", "the provider's own error event");
-    assert_eq!(events.iter().filter(|e| e.contains("\"error\"")).count(), 1, "not repeated");
+    assert_eq!(
+        last_error(&events)["type"],
+        "server_error",
+        "the provider's own error event"
+    );
+    assert_eq!(
+        events.iter().filter(|e| e.contains("\"error\"")).count(),
+        1,
+        "not repeated"
+    );
     assert!(!events.iter().any(|e| e == "[DONE]"));
     assert!(got.error.is_some());
 }
@@ -82,7 +97,11 @@ async fn client_going_away_cancels_the_upstream() {
     use http_body_util::BodyExt;
     let h = Harness::start().await;
     let response = h
-        .post("/v1/chat/completions", r#"{"model":"gpt-test","stream":true}"#, &[("x-mock", "chunks=100000,delay_ms=5")])
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-test","stream":true}"#,
+            &[("x-mock", "chunks=100000,delay_ms=5")],
+        )
         .await;
     let mut body = response.into_body();
     body.frame().await.unwrap().unwrap();

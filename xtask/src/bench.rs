@@ -34,7 +34,9 @@ pub(crate) struct Proc {
 impl Proc {
     pub(crate) fn spawn(name: &'static str, cmd: &mut Command) -> Result<Self> {
         let mut cmd = tokio::process::Command::from(std::mem::replace(cmd, Command::new("true")));
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| format!("{name}: {e}"))?;
         let (tx, lines) = mpsc::unbounded_channel();
         let out = child.stdout.take().expect("piped");
@@ -45,8 +47,14 @@ impl Proc {
                 let _ = tx.send(std::mem::take(&mut line));
             }
         };
-        tokio::spawn(forward(tx.clone(), BufReader::new(Box::new(out) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)));
-        tokio::spawn(forward(tx, BufReader::new(Box::new(err) as Box<dyn tokio::io::AsyncRead + Send + Unpin>)));
+        tokio::spawn(forward(
+            tx.clone(),
+            BufReader::new(Box::new(out) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ));
+        tokio::spawn(forward(
+            tx,
+            BufReader::new(Box::new(err) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ));
         Ok(Self { name, child, lines })
     }
 
@@ -73,14 +81,18 @@ impl Proc {
 
     pub(crate) fn terminate(&mut self) {
         if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
     }
 }
 
 /// CPU time of every thread of `pid`, in nanoseconds (schedstat: not tick-rounded).
 fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
     tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
@@ -130,7 +142,11 @@ fn options(args: &[String]) -> Result<Options> {
                 let list = args.next().ok_or("--streams needs a list like 1000,9500")?;
                 o.streams = list
                     .split(',')
-                    .map(|n| n.trim().parse().map_err(|_| format!("--streams: `{n}` is not a number")))
+                    .map(|n| {
+                        n.trim()
+                            .parse()
+                            .map_err(|_| format!("--streams: `{n}` is not a number"))
+                    })
                     .collect::<Result<_>>()?;
             }
             other => return Err(format!("bench: unknown option `{other}`")),
@@ -142,7 +158,9 @@ fn options(args: &[String]) -> Result<Options> {
 pub(crate) fn run(root: &Path, args: &[String]) -> Result {
     let options = options(args)?;
     // The load generator runs on core 0, beside the mock; the proxy under test gets core 1.
-    if std::env::var_os("WEIR_BENCH_PINNED").is_none() && Command::new("taskset").arg("--version").output().is_ok() {
+    if std::env::var_os("WEIR_BENCH_PINNED").is_none()
+        && Command::new("taskset").arg("--version").output().is_ok()
+    {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let status = Command::new("taskset")
             .args(["-c", "0"])
@@ -152,7 +170,11 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result {
             .env("WEIR_BENCH_PINNED", "1")
             .status()
             .map_err(|e| e.to_string())?;
-        return if status.success() { Ok(()) } else { Err("bench failed".into()) };
+        return if status.success() {
+            Ok(())
+        } else {
+            Err("bench failed".into())
+        };
     }
     run_cmd_build(root)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -163,7 +185,14 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result {
 }
 
 fn run_cmd_build(root: &Path) -> Result {
-    crate::run(cargo().current_dir(root).args(["build", "--release", "-p", "weir", "-p", "weir-test"]))
+    crate::run(cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "weir",
+        "-p",
+        "weir-test",
+    ]))
 }
 
 fn bench_config(dir: &Path) -> Result<PathBuf> {
@@ -248,11 +277,17 @@ async fn bench(root: &Path, options: Options) -> Result {
     let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let bin = root.join("target/release");
-    let mut mock = Proc::spawn("weir-mock", pinned(0, &bin.join("weir-mock")).args(["--listen", MOCK, "--threads", "1"]))?;
+    let mut mock = Proc::spawn(
+        "weir-mock",
+        pinned(0, &bin.join("weir-mock")).args(["--listen", MOCK, "--threads", "1"]),
+    )?;
     mock.wait_line("listening on").await?;
     let mut weir = Proc::spawn(
         "weir",
-        pinned(1, &bin.join("weir")).arg("--config").arg(bench_config(&dir)?).env("WEIR_LOG", "warn,weir=info"),
+        pinned(1, &bin.join("weir"))
+            .arg("--config")
+            .arg(bench_config(&dir)?)
+            .env("WEIR_LOG", "warn,weir=info"),
     )?;
     weir.wait_line("weir is serving").await?;
 
@@ -260,7 +295,12 @@ async fn bench(root: &Path, options: Options) -> Result {
     let mut nginx = if have_nginx {
         let conf = nginx_config(&dir)?;
         let mut cmd = pinned(1, Path::new("nginx"));
-        cmd.arg("-c").arg(&conf).arg("-p").arg(&dir).arg("-e").arg(dir.join("nginx-error.log"));
+        cmd.arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("nginx-error.log"));
         let proc = Proc::spawn("nginx", &mut cmd)?;
         wait_port(NGINX.parse().expect("an address")).await?;
         Some(proc)
@@ -269,11 +309,23 @@ async fn bench(root: &Path, options: Options) -> Result {
     };
 
     let mut targets = vec![
-        Target { name: "direct", addr: MOCK.parse().expect("an address"), pid: None },
-        Target { name: "weir", addr: WEIR.parse().expect("an address"), pid: Some(weir.pid()) },
+        Target {
+            name: "direct",
+            addr: MOCK.parse().expect("an address"),
+            pid: None,
+        },
+        Target {
+            name: "weir",
+            addr: WEIR.parse().expect("an address"),
+            pid: Some(weir.pid()),
+        },
     ];
     if let Some(nginx) = &nginx {
-        targets.push(Target { name: "nginx", addr: NGINX.parse().expect("an address"), pid: Some(nginx.pid()) });
+        targets.push(Target {
+            name: "nginx",
+            addr: NGINX.parse().expect("an address"),
+            pid: Some(nginx.pid()),
+        });
     }
 
     println!("weir bench: proxies pinned to core 1, mock upstream and load generator on core 0");
@@ -282,7 +334,11 @@ async fn bench(root: &Path, options: Options) -> Result {
     }
     let ttft_n = if options.quick { 500 } else { 3000 };
     ttft(&targets, ttft_n).await?;
-    let (streams, clients) = if options.quick { (4000, 16) } else { (20_000, 32) };
+    let (streams, clients) = if options.quick {
+        (4000, 16)
+    } else {
+        (20_000, 32)
+    };
     throughput(&targets, streams, clients).await?;
     for n in &options.streams {
         open_streams(&targets[1], *n).await?;
@@ -328,8 +384,13 @@ async fn ttft(targets: &[Target], n: usize) -> Result {
             }
         }
     }
-    println!("\ntime to first token, 20-chunk stream, 1 client, {n} requests per target (interleaved)");
-    println!("  {:<8} {:>10} {:>10} {:>12} {:>12}", "target", "p50 ms", "p99 ms", "added p50", "added p99");
+    println!(
+        "\ntime to first token, 20-chunk stream, 1 client, {n} requests per target (interleaved)"
+    );
+    println!(
+        "  {:<8} {:>10} {:>10} {:>12} {:>12}",
+        "target", "p50 ms", "p99 ms", "added p50", "added p99"
+    );
     let mut base = (Duration::ZERO, Duration::ZERO);
     for (i, t) in targets.iter().enumerate() {
         samples[i].sort_unstable();
@@ -356,7 +417,10 @@ async fn ttft(targets: &[Target], n: usize) -> Result {
 /// per stream.
 async fn throughput(targets: &[Target], streams: usize, clients: usize) -> Result {
     println!("\nthroughput, 20-chunk streams, {clients} concurrent clients, {streams} streams per target");
-    println!("  {:<8} {:>12} {:>10} {:>16}", "target", "streams/s", "vs direct", "CPU/stream µs");
+    println!(
+        "  {:<8} {:>12} {:>10} {:>16}",
+        "target", "streams/s", "vs direct", "CPU/stream µs"
+    );
     let mut direct = 0.0;
     for t in targets {
         let done = Arc::new(AtomicUsize::new(0));
@@ -381,13 +445,22 @@ async fn throughput(targets: &[Target], streams: usize, clients: usize) -> Resul
         let elapsed = start.elapsed().as_secs_f64();
         let rate = streams as f64 / elapsed;
         let cpu = match (t.pid, cpu_before) {
-            (Some(pid), Some(before)) => format!("{:.1}", (cpu_ns(pid) - before) as f64 / streams as f64 / 1e3),
+            (Some(pid), Some(before)) => format!(
+                "{:.1}",
+                (cpu_ns(pid) - before) as f64 / streams as f64 / 1e3
+            ),
             _ => "-".into(),
         };
         if t.name == "direct" {
             direct = rate;
         }
-        println!("  {:<8} {:>12.0} {:>9.2}x {:>16}", t.name, rate, rate / direct, cpu);
+        println!(
+            "  {:<8} {:>12.0} {:>9.2}x {:>16}",
+            t.name,
+            rate,
+            rate / direct,
+            cpu
+        );
     }
     Ok(())
 }
@@ -410,7 +483,9 @@ async fn open_streams(t: &Target, n: usize) -> Result {
             let body = request_body();
             let stream = async {
                 let mut conn = Conn::open(addr).await?;
-                conn.open_stream(PATH, &body, "chunks=600,delay_ms=1000").await.map(|b| (conn, b))
+                conn.open_stream(PATH, &body, "chunks=600,delay_ms=1000")
+                    .await
+                    .map(|b| (conn, b))
             };
             match stream.await {
                 Ok((_conn, mut body)) => {

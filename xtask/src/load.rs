@@ -40,7 +40,12 @@ impl Conn {
     }
 
     /// Sends one streaming request, reads it to the end, and returns its time to first frame.
-    pub(crate) async fn stream(&mut self, path: &str, body: &Bytes, mock: &str) -> Result<Duration> {
+    pub(crate) async fn stream(
+        &mut self,
+        path: &str,
+        body: &Bytes,
+        mock: &str,
+    ) -> Result<Duration> {
         self.sender.ready().await.map_err(|e| e.to_string())?;
         let start = Instant::now();
         let response = self
@@ -102,8 +107,16 @@ pub(crate) async fn print_stream(addr: SocketAddr, model: &str) -> Result {
     eprintln!(
         "HTTP {} (x-request-id: {}, x-weir-provider: {})",
         response.status(),
-        response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        response.headers().get("x-weir-provider").and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
+        response
+            .headers()
+            .get("x-weir-provider")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
     );
     let mut body = response.into_body();
     let mut pending = String::new();
@@ -112,17 +125,22 @@ pub(crate) async fn print_stream(addr: SocketAddr, model: &str) -> Result {
     let mut first = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("the stream broke: {e}"))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         pending.push_str(&String::from_utf8_lossy(&data));
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();
-            let Some(payload) = event.trim().strip_prefix("data: ") else { continue };
+            let Some(payload) = event.trim().strip_prefix("data: ") else {
+                continue;
+            };
             events += 1;
             if payload == "[DONE]" {
                 writeln!(out, "\n[DONE]").ok();
                 continue;
             }
-            let json: serde_json::Value = serde_json::from_str(payload).map_err(|e| e.to_string())?;
+            let json: serde_json::Value =
+                serde_json::from_str(payload).map_err(|e| e.to_string())?;
             if let Some(text) = json["choices"][0]["delta"]["content"].as_str() {
                 first.get_or_insert_with(|| start.elapsed());
                 write!(out, "{text}").ok();

@@ -92,7 +92,16 @@ fn python_env(root: &Path) -> Result<PathBuf> {
         "python"
     };
     run(Command::new(system).args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements))?;
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements))?;
     std::fs::write(&stamp, wanted).map_err(|e| e.to_string())?;
     Ok(python)
 }
@@ -115,15 +124,26 @@ fn test(root: &Path) -> Result {
             .env("WEIR_PYTHON", &python))?;
     }
     // nextest does not run doctests; the docs' examples are tests too.
-    run(cargo().current_dir(root).args(["test", "--workspace", "--doc"]))
+    run(cargo()
+        .current_dir(root)
+        .args(["test", "--workspace", "--doc"]))
 }
 
 fn ci(root: &Path) -> Result {
     run(cargo().current_dir(root).args(["fmt", "--all", "--check"]))?;
+    run(cargo().current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    deps(root)?;
     run(cargo()
         .current_dir(root)
-        .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    deps(root)?;
+        .args(["doc", "--workspace", "--no-deps", "--quiet"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     test(root)
 }
 
@@ -139,9 +159,12 @@ fn deps(root: &Path) -> Result {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let packages = meta["packages"].as_array().ok_or("no packages in cargo metadata")?;
+    let packages = meta["packages"]
+        .as_array()
+        .ok_or("no packages in cargo metadata")?;
     let shared = ["weir-llm", "weir-test"];
-    let is_layer = |name: &str| name.starts_with("weir-") && !shared.contains(&name) && name != "weir-e2e";
+    let is_layer =
+        |name: &str| name.starts_with("weir-") && !shared.contains(&name) && name != "weir-e2e";
     let mut broken = Vec::new();
     let mut layers = 0;
     for package in packages {
@@ -162,12 +185,17 @@ fn deps(root: &Path) -> Result {
         eprintln!("deps: {layers} layer crates, none depends on another layer or on the binary");
         Ok(())
     } else {
-        Err(format!("layer dependency rule broken: {}", broken.join(", ")))
+        Err(format!(
+            "layer dependency rule broken: {}",
+            broken.join(", ")
+        ))
     }
 }
 
 fn demo(root: &Path, keep: bool) -> Result {
-    run(cargo().current_dir(root).args(["build", "--release", "-p", "weir", "-p", "weir-test"]))?;
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--release", "-p", "weir", "-p", "weir-test"]))?;
     let bin = root.join("target/release");
     let config = root.join("deploy/examples/mock.toml");
     let runtime = tokio::runtime::Builder::new_current_thread()

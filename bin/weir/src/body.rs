@@ -286,7 +286,9 @@ impl UpstreamBody {
                 }
                 Some(watch) if watch.finished && !watch.upstream_error => {
                     self.state = State::Done;
-                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))))
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                        b"data: [DONE]\n\n",
+                    )))))
                 }
                 Some(_) => self.fail(cx, Failure::StreamBroken),
             },
@@ -314,10 +316,18 @@ mod tests {
 
     #[test]
     fn finish_reason_scan() {
-        assert!(has_finish_reason(br#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#));
-        assert!(has_finish_reason(br#"{"choices": [{"finish_reason": "length"}]}"#));
-        assert!(!has_finish_reason(br#"{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#));
-        assert!(!has_finish_reason(br#"{"choices":[{"delta":{"content":"\"finish_reason\""}}]}"#));
+        assert!(has_finish_reason(
+            br#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#
+        ));
+        assert!(has_finish_reason(
+            br#"{"choices": [{"finish_reason": "length"}]}"#
+        ));
+        assert!(!has_finish_reason(
+            br#"{"choices":[{"delta":{"content":"x"},"finish_reason":null}]}"#
+        ));
+        assert!(!has_finish_reason(
+            br#"{"choices":[{"delta":{"content":"\"finish_reason\""}}]}"#
+        ));
         assert!(is_error_event(br#" {"error":{"message":"x"}}"#));
         assert!(!is_error_event(br#"{"choices":[]}"#));
     }

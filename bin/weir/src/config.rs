@@ -277,7 +277,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn error(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
@@ -290,14 +295,22 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration(&self, value: &Option<Spanned<String>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match value {
             None => Ok(default),
             Some(v) => parse_duration(v.get_ref()).ok_or_else(|| {
                 self.error(
                     v.span(),
                     key,
-                    format!("`{}` is not a duration (write e.g. \"500ms\", \"30s\", \"2m\")", v.get_ref()),
+                    format!(
+                        "`{}` is not a duration (write e.g. \"500ms\", \"30s\", \"2m\")",
+                        v.get_ref()
+                    ),
                 )
             }),
         }
@@ -305,7 +318,11 @@ impl Ctx<'_> {
 }
 
 /// Parses and validates configuration text. `env` resolves `${VAR}` references.
-pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+pub fn parse(
+    file: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let cx = Ctx { file, text };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
@@ -319,7 +336,14 @@ pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
     let server = raw.server.get_ref();
     let addr = |v: &Spanned<String>, key: &str| -> Result<SocketAddr, ConfigError> {
         v.get_ref().parse().map_err(|_| {
-            cx.error(v.span(), key, format!("`{}` is not an address like \"127.0.0.1:8080\"", v.get_ref()))
+            cx.error(
+                v.span(),
+                key,
+                format!(
+                    "`{}` is not an address like \"127.0.0.1:8080\"",
+                    v.get_ref()
+                ),
+            )
         })
     };
     let max_request_bytes = match &server.max_request_bytes {
@@ -334,12 +358,24 @@ pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
         listen: addr(&server.listen, "server.listen")?,
         admin_listen: addr(&server.admin_listen, "server.admin_listen")?,
         max_request_bytes,
-        header_read_timeout: cx.duration(&server.header_read_timeout, "server.header_read_timeout", Duration::from_secs(10))?,
-        drain_timeout: cx.duration(&server.drain_timeout, "server.drain_timeout", Duration::from_secs(30))?,
+        header_read_timeout: cx.duration(
+            &server.header_read_timeout,
+            "server.header_read_timeout",
+            Duration::from_secs(10),
+        )?,
+        drain_timeout: cx.duration(
+            &server.drain_timeout,
+            "server.drain_timeout",
+            Duration::from_secs(30),
+        )?,
     };
     if server.listen == server.admin_listen && server.listen.port() != 0 {
         let span = raw.server.get_ref().admin_listen.span();
-        return Err(cx.error(span, "server.admin_listen", "must differ from server.listen"));
+        return Err(cx.error(
+            span,
+            "server.admin_listen",
+            "must differ from server.listen",
+        ));
     }
 
     let telemetry = raw.telemetry.unwrap_or(RawTelemetry {
@@ -357,7 +393,11 @@ pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
         providers.push(provider(&cx, i, p.get_ref(), env, &mut names)?);
     }
     if providers.is_empty() {
-        return Err(cx.error(0..0, "providers", "at least one [[providers]] entry is needed"));
+        return Err(cx.error(
+            0..0,
+            "providers",
+            "at least one [[providers]] entry is needed",
+        ));
     }
 
     let mut routes = Vec::with_capacity(raw.routes.len());
@@ -370,14 +410,21 @@ pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
             return Err(cx.error(r.model.span(), &key("model"), "must not be empty"));
         }
         if !models.insert(model.clone()) {
-            return Err(cx.error(r.model.span(), &key("model"), format!("model `{model}` is routed twice")));
+            return Err(cx.error(
+                r.model.span(),
+                &key("model"),
+                format!("model `{model}` is routed twice"),
+            ));
         }
         if let Some(strategy) = &r.strategy {
             if strategy.get_ref() != "failover" {
                 return Err(cx.error(
                     strategy.span(),
                     &key("strategy"),
-                    format!("unknown strategy `{}` (this version supports \"failover\")", strategy.get_ref()),
+                    format!(
+                        "unknown strategy `{}` (this version supports \"failover\")",
+                        strategy.get_ref()
+                    ),
                 ));
             }
         }
@@ -404,7 +451,11 @@ pub fn parse(file: &Path, text: &str, env: &dyn Fn(&str) -> Option<String>) -> R
                 )
             })?;
         if target.model.get_ref().is_empty() {
-            return Err(cx.error(target.model.span(), &key("targets[0].model"), "must not be empty"));
+            return Err(cx.error(
+                target.model.span(),
+                &key("targets[0].model"),
+                "must not be empty",
+            ));
         }
         routes.push(Route {
             model: model.clone(),
@@ -437,27 +488,49 @@ fn provider(
     let name = p.name.get_ref();
     let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     if name.is_empty() || !name.chars().all(valid) {
-        return Err(cx.error(p.name.span(), &key("name"), "use letters, digits, `-`, `_` and `.` only"));
+        return Err(cx.error(
+            p.name.span(),
+            &key("name"),
+            "use letters, digits, `-`, `_` and `.` only",
+        ));
     }
     if !names.insert(name.clone()) {
-        return Err(cx.error(p.name.span(), &key("name"), format!("provider name `{name}` is used twice")));
+        return Err(cx.error(
+            p.name.span(),
+            &key("name"),
+            format!("provider name `{name}` is used twice"),
+        ));
     }
     let url_text = p.base_url.get_ref().trim_end_matches('/');
-    let base_url: http::Uri = url_text
-        .parse()
-        .map_err(|_| cx.error(p.base_url.span(), &key("base_url"), format!("`{url_text}` is not a URL")))?;
+    let base_url: http::Uri = url_text.parse().map_err(|_| {
+        cx.error(
+            p.base_url.span(),
+            &key("base_url"),
+            format!("`{url_text}` is not a URL"),
+        )
+    })?;
     let bad = |why: &str| cx.error(p.base_url.span(), &key("base_url"), why.to_owned());
     match base_url.scheme_str() {
         Some("https") => {}
         Some("http") if p.allow_http => {}
-        Some("http") => return Err(bad("plain http:// needs `allow_http = true` on this provider")),
-        _ => return Err(bad("must start with https:// (or http:// with allow_http = true)")),
+        Some("http") => {
+            return Err(bad(
+                "plain http:// needs `allow_http = true` on this provider",
+            ))
+        }
+        _ => {
+            return Err(bad(
+                "must start with https:// (or http:// with allow_http = true)",
+            ))
+        }
     }
     let Some(authority) = base_url.authority() else {
         return Err(bad("has no host"));
     };
     if authority.as_str().contains('@') {
-        return Err(bad("must not carry credentials (user:password@); use api_key"));
+        return Err(bad(
+            "must not carry credentials (user:password@); use api_key",
+        ));
     }
     if base_url.query().is_some() {
         return Err(bad("must not have a query string"));
@@ -470,10 +543,21 @@ fn provider(
     let mut headers = Vec::with_capacity(p.headers.len());
     for (name, value) in &p.headers {
         let header: http::HeaderName = name.get_ref().parse().map_err(|_| {
-            cx.error(name.span(), &key("headers"), format!("`{}` is not a header name", name.get_ref()))
+            cx.error(
+                name.span(),
+                &key("headers"),
+                format!("`{}` is not a header name", name.get_ref()),
+            )
         })?;
-        if matches!(header.as_str(), "host" | "content-length" | "transfer-encoding" | "connection") {
-            return Err(cx.error(name.span(), &key("headers"), format!("`{header}` cannot be set")));
+        if matches!(
+            header.as_str(),
+            "host" | "content-length" | "transfer-encoding" | "connection"
+        ) {
+            return Err(cx.error(
+                name.span(),
+                &key("headers"),
+                format!("`{header}` cannot be set"),
+            ));
         }
         let value_key = key(&format!("headers.{}", name.get_ref()));
         let secret = env_secret(cx, value, &value_key, env, false)?;
@@ -482,19 +566,35 @@ fn provider(
         }
         headers.push((header, secret));
     }
-    let tls_roots = match p.tls_roots.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+    let tls_roots = match p
+        .tls_roots
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
         None | Some(("webpki", _)) => weir_client::TlsRoots::Webpki,
         Some(("native", _)) => weir_client::TlsRoots::Native,
         Some((other, span)) => {
-            return Err(cx.error(span, &key("tls_roots"), format!("`{other}` is neither \"webpki\" nor \"native\"")))
+            return Err(cx.error(
+                span,
+                &key("tls_roots"),
+                format!("`{other}` is neither \"webpki\" nor \"native\""),
+            ))
         }
     };
-    let http_version = match p.http_version.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+    let http_version = match p
+        .http_version
+        .as_ref()
+        .map(|v| (v.get_ref().as_str(), v.span()))
+    {
         None | Some(("auto", _)) => weir_client::HttpVersion::Auto,
         Some(("http1", _)) => weir_client::HttpVersion::Http1,
         Some(("http2", _)) => weir_client::HttpVersion::Http2,
         Some((other, span)) => {
-            return Err(cx.error(span, &key("http_version"), format!("`{other}` is not \"auto\", \"http1\" or \"http2\"")))
+            return Err(cx.error(
+                span,
+                &key("http_version"),
+                format!("`{other}` is not \"auto\", \"http1\" or \"http2\""),
+            ))
         }
     };
     Ok(Provider {
@@ -505,10 +605,26 @@ fn provider(
         allow_http: p.allow_http,
         http_version,
         tls_roots,
-        connect_timeout: cx.duration(&p.connect_timeout, &key("connect_timeout"), Duration::from_secs(10))?,
-        response_timeout: cx.duration(&p.response_timeout, &key("response_timeout"), Duration::from_secs(120))?,
-        idle_timeout: cx.duration(&p.idle_timeout, &key("idle_timeout"), Duration::from_secs(60))?,
-        pool_idle_timeout: cx.duration(&p.pool_idle_timeout, &key("pool_idle_timeout"), Duration::from_secs(90))?,
+        connect_timeout: cx.duration(
+            &p.connect_timeout,
+            &key("connect_timeout"),
+            Duration::from_secs(10),
+        )?,
+        response_timeout: cx.duration(
+            &p.response_timeout,
+            &key("response_timeout"),
+            Duration::from_secs(120),
+        )?,
+        idle_timeout: cx.duration(
+            &p.idle_timeout,
+            &key("idle_timeout"),
+            Duration::from_secs(60),
+        )?,
+        pool_idle_timeout: cx.duration(
+            &p.pool_idle_timeout,
+            &key("pool_idle_timeout"),
+            Duration::from_secs(90),
+        )?,
         pool_max_idle: p.pool_max_idle.unwrap_or(256),
     })
 }
@@ -523,7 +639,9 @@ fn env_secret(
     whole: bool,
 ) -> Result<Secret, ConfigError> {
     let text = value.get_ref();
-    let is_ref = |s: &str| s.starts_with("${") && s.ends_with('}') && s[2..s.len() - 1].find(['$', '{', '}']).is_none();
+    let is_ref = |s: &str| {
+        s.starts_with("${") && s.ends_with('}') && s[2..s.len() - 1].find(['$', '{', '}']).is_none()
+    };
     if whole && !is_ref(text) {
         return Err(cx.error(
             value.span(),
@@ -544,7 +662,11 @@ fn env_secret(
             return Err(cx.error(value.span(), key, "has an empty `${}`"));
         }
         let resolved = env(var).ok_or_else(|| {
-            cx.error(value.span(), key, format!("environment variable `{var}` is not set"))
+            cx.error(
+                value.span(),
+                key,
+                format!("environment variable `{var}` is not set"),
+            )
         })?;
         out.push_str(&resolved);
         rest = &after[end + 1..];
@@ -556,7 +678,9 @@ fn env_secret(
 /// `"250ms"`, `"30s"`, `"2m"`, `"1h"`, or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
     let seconds = match unit.trim() {

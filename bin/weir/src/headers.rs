@@ -63,7 +63,10 @@ pub(crate) fn upstream_request_headers(client: &HeaderMap, provider: &HeaderMap)
         out.remove(name);
     }
     // The SSE watch reads the body: ask for it uncompressed.
-    out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     for (name, value) in provider {
         out.insert(name.clone(), value.clone());
     }
@@ -91,7 +94,8 @@ impl RequestIds {
     pub(crate) fn take_or_make(&self, headers: &HeaderMap) -> HeaderValue {
         if let Some(id) = headers.get(&X_REQUEST_ID) {
             let bytes = id.as_bytes();
-            if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic()) {
+            if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+            {
                 return id.clone();
             }
         }
@@ -108,7 +112,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
@@ -121,13 +128,19 @@ mod tests {
     #[test]
     fn client_credentials_never_go_upstream() {
         let mut client = HeaderMap::new();
-        client.insert("authorization", HeaderValue::from_static("Bearer client-key"));
+        client.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer client-key"),
+        );
         client.insert("x-api-key", HeaderValue::from_static("client-key"));
         client.insert("host", HeaderValue::from_static("weir.example"));
         client.insert("accept-encoding", HeaderValue::from_static("gzip"));
         client.insert("x-custom", HeaderValue::from_static("kept"));
         let mut provider = HeaderMap::new();
-        provider.insert("authorization", HeaderValue::from_static("Bearer provider-key"));
+        provider.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer provider-key"),
+        );
         let out = upstream_request_headers(&client, &provider);
         assert_eq!(out["authorization"], "Bearer provider-key");
         assert_eq!(out["accept-encoding"], "identity");

@@ -61,7 +61,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     weir::telemetry::init(&config.telemetry);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("weir: cannot start the runtime: {e}");

@@ -59,8 +59,8 @@ impl Upstream {
             headers.insert(header::AUTHORIZATION, value);
         }
         for (name, secret) in &p.headers {
-            let mut value = HeaderValue::from_str(secret.expose())
-                .expect("config validated header values");
+            let mut value =
+                HeaderValue::from_str(secret.expose()).expect("config validated header values");
             value.set_sensitive(true);
             headers.insert(name.clone(), value);
         }
@@ -225,7 +225,8 @@ impl Gateway {
         let llm = match LlmRequest::parse(endpoint, &body) {
             Ok(llm) => llm,
             Err(invalid) => {
-                let mut body = ErrorBody::new(ErrorKind::InvalidRequest, invalid.message().to_owned());
+                let mut body =
+                    ErrorBody::new(ErrorKind::InvalidRequest, invalid.message().to_owned());
                 if let Some(param) = invalid.param() {
                     body = body.param(param);
                 }
@@ -259,15 +260,30 @@ impl Gateway {
             Err(e) => {
                 tracing::warn!(provider = %upstream.name, error = %e, "upstream request failed");
                 let (kind, code, what) = if e.is_timeout() {
-                    (ErrorKind::GatewayTimeout, "upstream_timeout", "did not answer in time")
+                    (
+                        ErrorKind::GatewayTimeout,
+                        "upstream_timeout",
+                        "did not answer in time",
+                    )
                 } else if e.is_connect() {
-                    (ErrorKind::BadGateway, "upstream_connect_error", "could not be reached")
+                    (
+                        ErrorKind::BadGateway,
+                        "upstream_connect_error",
+                        "could not be reached",
+                    )
                 } else {
-                    (ErrorKind::BadGateway, "upstream_error", "closed the connection")
+                    (
+                        ErrorKind::BadGateway,
+                        "upstream_error",
+                        "closed the connection",
+                    )
                 };
                 return error(
-                    ErrorBody::new(kind, format!("The upstream provider `{}` {what}.", upstream.name))
-                        .code(code),
+                    ErrorBody::new(
+                        kind,
+                        format!("The upstream provider `{}` {what}.", upstream.name),
+                    )
+                    .code(code),
                 );
             }
         };

@@ -100,7 +100,9 @@ where
         });
     }
     drop(listener);
-    tokio::time::timeout(drain, graceful.shutdown()).await.is_ok()
+    tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_ok()
 }
 
 /// A running weir: its addresses, and the means to drain it.
@@ -161,8 +163,7 @@ pub async fn serve(
             // hyper keeps the service future's box for as long as the connection lives; boxing
             // the handler inside it leaves a pointer there, and frees the handler's state as
             // soon as the response head is ready (2.7 KiB per open stream).
-            let handle = Box::pin(async move { gateway.handle(request).await });
-            async move { handle.await }
+            Box::pin(async move { gateway.handle(request).await })
         },
         stopped,
         drain,

@@ -37,26 +37,47 @@ targets = [{ provider = "mock", model = "mock" }]
 #[test]
 fn check_refuses_a_bad_config_with_file_line_and_key() {
     let dir = temp_dir("bad");
-    let path = write_config(&dir, &CONFIG.replace("allow_http = true", "allow_http = true\ntimeout = 3"));
-    let out = weir().args(["check", "--config"]).arg(&path).output().unwrap();
+    let path = write_config(
+        &dir,
+        &CONFIG.replace("allow_http = true", "allow_http = true\ntimeout = 3"),
+    );
+    let out = weir()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:9:", path.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:9:", path.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("timeout"), "{stderr}");
 
     let good = write_config(&dir, &CONFIG.replace("BASE", "http://127.0.0.1:1/v1"));
     let out = weir().args(["check", "-c"]).arg(&good).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn missing_env_var_is_named_at_start() {
     let dir = temp_dir("env");
-    let text = CONFIG
-        .replace("BASE", "http://127.0.0.1:1/v1")
-        .replace("allow_http = true", "allow_http = true\napi_key = \"${WEIR_TEST_SURELY_UNSET}\"");
+    let text = CONFIG.replace("BASE", "http://127.0.0.1:1/v1").replace(
+        "allow_http = true",
+        "allow_http = true\napi_key = \"${WEIR_TEST_SURELY_UNSET}\"",
+    );
     let path = write_config(&dir, &text);
-    let out = weir().arg("--config").arg(&path).env_remove("WEIR_TEST_SURELY_UNSET").output().unwrap();
+    let out = weir()
+        .arg("--config")
+        .arg(&path)
+        .env_remove("WEIR_TEST_SURELY_UNSET")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("WEIR_TEST_SURELY_UNSET"));
 }
@@ -68,9 +89,10 @@ fn sigterm_drains_a_live_stream_then_exits_zero() {
     let dir = temp_dir("term");
     let path = write_config(
         &dir,
-        &CONFIG
-            .replace("BASE", &mock.base_url())
-            .replace("model = \"mock\"", "model = \"mock@chunks=10,delay_ms=100\""),
+        &CONFIG.replace("BASE", &mock.base_url()).replace(
+            "model = \"mock\"",
+            "model = \"mock@chunks=10,delay_ms=100\"",
+        ),
     );
     let mut child = weir()
         .arg("--config")
@@ -84,7 +106,10 @@ fn sigterm_drains_a_live_stream_then_exits_zero() {
     let mut line = String::new();
     let addr = loop {
         line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before serving");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "weir exited before serving"
+        );
         if let Some(at) = line.find("listen=") {
             break line[at + 7..].split_whitespace().next().unwrap().to_owned();
         }
@@ -96,7 +121,10 @@ fn sigterm_drains_a_live_stream_then_exits_zero() {
     tcp.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"HTTP/1.1 200 OK");
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let mut rest = String::new();
     tcp.read_to_string(&mut rest).unwrap();
@@ -107,4 +135,25 @@ fn sigterm_drains_a_live_stream_then_exits_zero() {
     let mut log = String::new();
     stderr.read_to_string(&mut log).unwrap();
     assert!(log.contains("drained"), "{log}");
+}
+
+#[test]
+fn shipped_example_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files: Vec<_> = std::fs::read_dir(root.join("deploy/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.push(root.join("deploy/compose-weir.toml"));
+    for path in &files {
+        let text = std::fs::read_to_string(path).unwrap();
+        let config = weir::config::parse(path, &text, &|_| Some("example-value".into()));
+        assert!(
+            config.is_ok(),
+            "{}: {}",
+            path.display(),
+            config.unwrap_err()
+        );
+    }
+    assert!(files.len() >= 3);
 }

@@ -1,4 +1,4 @@
-//! A pooled, streaming HTTP client as a tower [`Service`](tower_service::Service).
+//! A pooled, streaming HTTP client as a tower [`Service`].
 //!
 //! [`HttpClient`] pools connections to upstreams over hyper's connection API, hyper-util's
 //! connector and rustls (HTTP/1.1, and HTTP/2 by ALPN or prior knowledge; TCP_NODELAY; a
@@ -201,7 +201,10 @@ impl ClientBuilder {
                 http1,
                 http2,
                 version: self.version,
-                pool: Arc::new(Pool::new(self.pool_idle_timeout, self.pool_max_idle_per_host)),
+                pool: Arc::new(Pool::new(
+                    self.pool_idle_timeout,
+                    self.pool_max_idle_per_host,
+                )),
             }),
             response_timeout: self.response_timeout,
         })
@@ -257,6 +260,9 @@ where
     }
 }
 
+// Lives only inside the (boxed) request future; boxing the big variant would cost an
+// allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Conn<B: http_body::Body + 'static> {
     Http1(Http1<B>),
     Http2(http2::SendRequest<B>),
@@ -287,17 +293,28 @@ where
             HttpVersion::Auto => io.connected().is_negotiated_h2(),
         };
         if h2 {
-            let (sender, conn) = self.http2.handshake(io).await.map_err(Error::connect_hyper)?;
+            let (sender, conn) = self
+                .http2
+                .handshake(io)
+                .await
+                .map_err(Error::connect_hyper)?;
             tokio::spawn(conn);
             self.pool.insert_http2(key.clone(), sender.clone());
             Ok(Conn::Http2(sender))
         } else {
-            let (sender, conn) = self.http1.handshake(io).await.map_err(Error::connect_hyper)?;
+            let (sender, conn) = self
+                .http1
+                .handshake(io)
+                .await
+                .map_err(Error::connect_hyper)?;
             Ok(Conn::Http1(Http1 { sender, conn }))
         }
     }
 
-    async fn request(self: Arc<Self>, mut request: Request<B>) -> Result<Response<ResponseBody<B>>, Error> {
+    async fn request(
+        self: Arc<Self>,
+        mut request: Request<B>,
+    ) -> Result<Response<ResponseBody<B>>, Error> {
         let key = key(request.uri())?;
         let mut pooled = match self.version {
             HttpVersion::Http1 => None,
@@ -329,7 +346,9 @@ where
             }
         };
         match self.connect(&key).await? {
-            Conn::Http1(conn) => send_http1(conn, request, &key, &self.pool).await.map_err(|(e, _)| e),
+            Conn::Http1(conn) => send_http1(conn, request, &key, &self.pool)
+                .await
+                .map_err(|(e, _)| e),
             Conn::Http2(mut sender) => {
                 let response = sender.send_request(request).await.map_err(Error::request)?;
                 Ok(response.map(ResponseBody::detached))
@@ -344,7 +363,9 @@ fn key(uri: &Uri) -> Result<Key, Error> {
             scheme: scheme.clone(),
             authority: authority.clone(),
         }),
-        _ => Err(Error::connect("the request URI needs a scheme and a host".into())),
+        _ => Err(Error::connect(
+            "the request URI needs a scheme and a host".into(),
+        )),
     }
 }
 

@@ -101,7 +101,8 @@ where
     }
 
     fn expired(&self, since: Instant, now: Instant) -> bool {
-        self.idle_timeout.is_some_and(|t| now.duration_since(since) >= t)
+        self.idle_timeout
+            .is_some_and(|t| now.duration_since(since) >= t)
     }
 
     /// An idle HTTP/1.1 connection to `key` that is still usable. Closes the stale ones it meets.
@@ -145,7 +146,11 @@ where
     }
 
     pub(crate) fn insert_http2(&self, key: Key, sender: http2::SendRequest<B>) {
-        self.hosts.lock().expect("pool lock").http2.insert(key, sender);
+        self.hosts
+            .lock()
+            .expect("pool lock")
+            .http2
+            .insert(key, sender);
     }
 
     /// Idle HTTP/1.1 connections held, over all hosts.

@@ -77,8 +77,14 @@ async fn a_burst_of_frames_is_handed_over_without_a_wakeup_per_frame() {
         }
     })
     .await;
-    assert_eq!(frames, 53, "50 chunks, the finish chunk, [DONE], the chunked end");
-    assert!(pending <= 4, "{pending} times Pending for one burst of {frames} frames");
+    assert_eq!(
+        frames, 53,
+        "50 chunks, the finish chunk, [DONE], the chunked end"
+    );
+    assert!(
+        pending <= 4,
+        "{pending} times Pending for one burst of {frames} frames"
+    );
 }
 
 #[tokio::test]
@@ -100,14 +106,18 @@ async fn a_pooled_connection_closed_by_the_server_is_replaced() {
                 let n = tcp.read(&mut buf).await.unwrap();
                 seen.extend_from_slice(&buf[..n]);
             }
-            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
             drop(tcp);
             let _ = closed_tx.send(());
         }
     });
     let client: HttpClient<Full<Bytes>> = ClientBuilder::new().allow_http(true).build().unwrap();
     for _ in 0..2 {
-        let request = Request::get(format!("http://{addr}/")).body(Full::default()).unwrap();
+        let request = Request::get(format!("http://{addr}/"))
+            .body(Full::default())
+            .unwrap();
         let response = client.clone().oneshot(request).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");

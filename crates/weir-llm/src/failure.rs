@@ -219,11 +219,17 @@ mod tests {
             other => panic!("not a rejection: {other:?}"),
         };
         assert_eq!(
-            reason(classify(400, r#"{"error":{"code":"content_policy_violation"}}"#)),
+            reason(classify(
+                400,
+                r#"{"error":{"code":"content_policy_violation"}}"#
+            )),
             Rejection::ContentPolicy
         );
         assert_eq!(
-            reason(classify(400, r#"{"error":{"type":"context_length_exceeded","code":null}}"#)),
+            reason(classify(
+                400,
+                r#"{"error":{"type":"context_length_exceeded","code":null}}"#
+            )),
             Rejection::ContextLengthExceeded
         );
         assert_eq!(reason(classify(400, "not json")), Rejection::InvalidRequest);
@@ -254,7 +260,10 @@ mod tests {
         h.insert("retry-after-ms", HeaderValue::from_static("1500"));
         assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
         let mut h = HeaderMap::new();
-        h.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&h), None);
         h.insert("retry-after", HeaderValue::from_static("-1"));
         assert_eq!(retry_after(&h), None);

@@ -163,13 +163,16 @@ impl LlmRequest {
             };
             InvalidRequest::new(format!("{what}: {e}"), None)
         })?;
-        let model_raw = raw
-            .model
-            .ok_or_else(|| InvalidRequest::new("you must provide a model parameter", Some("model")))?;
+        let model_raw = raw.model.ok_or_else(|| {
+            InvalidRequest::new("you must provide a model parameter", Some("model"))
+        })?;
         let model: Cow<'_, str> = serde_json::from_str(model_raw.get())
             .map_err(|_| InvalidRequest::new("model must be a string", Some("model")))?;
         if model.is_empty() {
-            return Err(InvalidRequest::new("model must not be empty", Some("model")));
+            return Err(InvalidRequest::new(
+                "model must not be empty",
+                Some("model"),
+            ));
         }
         let start = model_raw.get().as_ptr() as usize - body.as_ptr() as usize;
         let model_span = start..start + model_raw.get().len();
@@ -229,8 +232,7 @@ impl LlmRequest {
             return body.clone();
         }
         let quoted = serde_json::to_string(model).expect("a string always serializes");
-        let mut out =
-            BytesMut::with_capacity(body.len() - self.model_span.len() + quoted.len());
+        let mut out = BytesMut::with_capacity(body.len() - self.model_span.len() + quoted.len());
         out.extend_from_slice(&body[..self.model_span.start]);
         out.extend_from_slice(quoted.as_bytes());
         out.extend_from_slice(&body[self.model_span.end..]);
@@ -258,7 +260,10 @@ mod tests {
         assert!(req.stream() && req.include_usage());
         assert_eq!(req.max_tokens(), Some(20));
         let messages_len = r#"[{"role":"user","content":"12345678"}]"#.len();
-        assert_eq!(req.prompt_token_estimate() as usize, messages_len.div_ceil(4));
+        assert_eq!(
+            req.prompt_token_estimate() as usize,
+            messages_len.div_ceil(4)
+        );
     }
 
     #[test]
@@ -281,17 +286,30 @@ mod tests {
             r#"{ "temperature": 1, "model" : "up\"stream", "x": {"model":"inner"} }"#
         );
         let same = req.with_model(&body, "abc");
-        assert_eq!(same.as_ptr(), body.as_ptr(), "no copy when the name is unchanged");
+        assert_eq!(
+            same.as_ptr(),
+            body.as_ptr(),
+            "no copy when the name is unchanged"
+        );
     }
 
     #[test]
     fn refusals_name_the_problem() {
-        assert!(parse("{not json").unwrap_err().message().contains("parse the JSON"));
-        assert_eq!(parse(r#"{"stream":true}"#).unwrap_err().param(), Some("model"));
+        assert!(parse("{not json")
+            .unwrap_err()
+            .message()
+            .contains("parse the JSON"));
+        assert_eq!(
+            parse(r#"{"stream":true}"#).unwrap_err().param(),
+            Some("model")
+        );
         assert_eq!(parse(r#"{"model":3}"#).unwrap_err().param(), Some("model"));
         assert_eq!(parse(r#"{"model":""}"#).unwrap_err().param(), Some("model"));
         assert!(parse(r#"{"model":"m","stream":"yes"}"#).is_err());
-        assert!(parse(r#"{"model":"a","model":"b"}"#).is_err(), "duplicate keys refused");
+        assert!(
+            parse(r#"{"model":"a","model":"b"}"#).is_err(),
+            "duplicate keys refused"
+        );
         assert!(parse(r#"["model"]"#).is_err());
     }
 
@@ -300,7 +318,10 @@ mod tests {
         let body = br#"{"model":"e","input":"abcdefgh","messages":"ignored-here"}"#;
         let req = LlmRequest::parse(Endpoint::Embeddings, body).unwrap();
         assert_eq!(req.prompt_token_estimate(), 3); // `"abcdefgh"` is 10 bytes
-        assert_eq!(Endpoint::from_path("/v1/embeddings"), Some(Endpoint::Embeddings));
+        assert_eq!(
+            Endpoint::from_path("/v1/embeddings"),
+            Some(Endpoint::Embeddings)
+        );
         assert_eq!(Endpoint::from_path("/v1/other"), None);
     }
 }

@@ -252,7 +252,9 @@ impl SseDecoder {
             b"event" => self.event = Some(value),
             b"id" if memchr::memchr(0, &value).is_none() => self.id = Some(value),
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
-                self.retry = std::str::from_utf8(&value).ok().and_then(|v| v.parse().ok());
+                self.retry = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| v.parse().ok());
             }
             _ => {}
         }
@@ -361,7 +363,8 @@ mod tests {
 
     #[test]
     fn multi_line_data_and_fields() {
-        let events = decode_all(&[b"event: delta\nid: 7\nretry: 150\ndata: one\ndata:two\ndata\n\n"]);
+        let events =
+            decode_all(&[b"event: delta\nid: 7\nretry: 150\ndata: one\ndata:two\ndata\n\n"]);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].data_str(), "one\ntwo\n");
         assert_eq!(events[0].event.as_deref(), Some(&b"delta"[..]));

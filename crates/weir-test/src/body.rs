@@ -252,9 +252,13 @@ impl Body for StreamBody {
                             );
                             return Poll::Ready(Some(Ok(Frame::data(event))));
                         }
-                        Some(Fault::MalformedAt(k)) if this.emitted == k && !this.malformed_sent => {
+                        Some(Fault::MalformedAt(k))
+                            if this.emitted == k && !this.malformed_sent =>
+                        {
                             this.malformed_sent = true;
-                            let event = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\n\n");
+                            let event = Bytes::from_static(
+                                b"data: {\"choices\":[{\"delta\":{\"content\n\n",
+                            );
                             return Poll::Ready(Some(Ok(Frame::data(event))));
                         }
                         _ => {}

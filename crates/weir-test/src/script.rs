@@ -94,7 +94,11 @@ impl Script {
     /// Applies the directives of `spec` over `self`. Unknown or bad directives are errors, so a
     /// typo in a test fails loudly instead of testing nothing.
     pub fn apply(&mut self, spec: &str) -> Result<(), String> {
-        for part in spec.split([',', ';']).map(str::trim).filter(|p| !p.is_empty()) {
+        for part in spec
+            .split([',', ';'])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| format!("mock directive `{part}` is not key=value"))?;
@@ -174,7 +178,10 @@ mod tests {
         let s = Script::for_request("mock@chunks=5,fault=reset_after:2", Some("chunks=7")).unwrap();
         assert_eq!(s.chunks, 7);
         assert_eq!(s.fault, Some(Fault::ResetAfter(2)));
-        assert_eq!(Script::for_request("plain", None).unwrap(), Script::default());
+        assert_eq!(
+            Script::for_request("plain", None).unwrap(),
+            Script::default()
+        );
     }
 
     #[test]

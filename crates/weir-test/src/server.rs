@@ -82,7 +82,9 @@ impl MockUpstream {
 
     /// Serves on a bound listener.
     pub fn serve(listener: TcpListener, config: MockConfig) -> Self {
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let shared = Arc::new(Shared {
             config,
             log: Mutex::new(Vec::new()),
@@ -171,9 +173,8 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
                 stream,
                 reset: reset.clone(),
             });
-            let service = hyper::service::service_fn(move |req| {
-                handle(shared.clone(), reset.clone(), req)
-            });
+            let service =
+                hyper::service::service_fn(move |req| handle(shared.clone(), reset.clone(), req));
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new());
             let conn = builder.serve_connection(io, service);
@@ -296,7 +297,12 @@ async fn handle(
     }
     if let Some(key) = &shared.config.api_key {
         let expected = format!("Bearer {key}");
-        if parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) != Some(expected.as_bytes()) {
+        if parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            != Some(expected.as_bytes())
+        {
             return Ok(error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
@@ -328,7 +334,12 @@ async fn handle(
             ),
         ));
     } else {
-        return Ok(error(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", "Unknown request URL"));
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_url",
+            "Unknown request URL",
+        ));
     };
 
     let model = parsed.model.clone().unwrap_or_default();
@@ -344,7 +355,12 @@ async fn handle(
         applied = applied.and_then(|()| script.apply(spec));
     }
     if let Err(message) = applied {
-        return Ok(error(StatusCode::BAD_REQUEST, "invalid_request_error", "mock_directive", &message));
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "mock_directive",
+            &message,
+        ));
     }
     if let Some(max) = parsed.max_tokens {
         script.chunks = script.chunks.min(max);
@@ -367,21 +383,37 @@ async fn handle(
             return Ok(resp);
         }
         Some(Fault::ServerError) => {
-            return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", "The server had an error"));
+            return Ok(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal",
+                "The server had an error",
+            ));
         }
         Some(Fault::ServerErrorOnce) => {
-            let key = script.key.clone().unwrap_or_else(|| {
-                format!("{model}|{}", header.unwrap_or_default())
-            });
+            let key = script
+                .key
+                .clone()
+                .unwrap_or_else(|| format!("{model}|{}", header.unwrap_or_default()));
             let mut counters = shared.counters.lock().expect("counter lock");
             let seen = counters.entry(key).or_insert(0);
             *seen += 1;
             if *seen == 1 {
-                return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal", "The server had an error"));
+                return Ok(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal",
+                    "The server had an error",
+                ));
             }
         }
         Some(Fault::Unavailable) => {
-            return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "server_error", "overloaded", "The engine is currently overloaded"));
+            return Ok(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "overloaded",
+                "The engine is currently overloaded",
+            ));
         }
         Some(Fault::ContextLength) => {
             return Ok(error(
@@ -415,7 +447,11 @@ async fn handle(
             .map(str::to_owned),
         _ => None,
     };
-    let id: Arc<str> = format!("chatcmpl-mock-{}", shared.ids.fetch_add(1, Ordering::Relaxed)).into();
+    let id: Arc<str> = format!(
+        "chatcmpl-mock-{}",
+        shared.ids.fetch_add(1, Ordering::Relaxed)
+    )
+    .into();
     let include_usage = parsed
         .stream_options
         .as_ref()

@@ -71,7 +71,10 @@ fn debug_never_shows_a_secret() {
 
 #[test]
 fn unknown_key_names_key_and_line() {
-    let text = GOOD.replace("drain_timeout = \"5s\"", "drain_timeout = \"5s\"\nlisten_backlog = 5");
+    let text = GOOD.replace(
+        "drain_timeout = \"5s\"",
+        "drain_timeout = \"5s\"\nlisten_backlog = 5",
+    );
     let message = error(&text);
     assert!(message.starts_with("weir.toml:6:"), "{message}");
     assert!(message.contains("listen_backlog"), "{message}");
@@ -90,14 +93,20 @@ fn missing_env_var_is_named() {
     let message = error(&text);
     assert!(message.starts_with("weir.toml:10:11:"), "{message}");
     assert!(message.contains("providers[0].api_key"), "{message}");
-    assert!(message.contains("`NOT_SET_ANYWHERE` is not set"), "{message}");
+    assert!(
+        message.contains("`NOT_SET_ANYWHERE` is not set"),
+        "{message}"
+    );
 }
 
 #[test]
 fn literal_api_key_is_refused_without_echoing_it() {
     let text = GOOD.replace("${OPENAI_API_KEY}", "sk-literal-secret");
     let message = error(&text);
-    assert!(message.contains("must name an environment variable"), "{message}");
+    assert!(
+        message.contains("must name an environment variable"),
+        "{message}"
+    );
     assert!(!message.contains("sk-literal-secret"), "{message}");
 }
 
@@ -106,8 +115,14 @@ fn dangling_provider_reference() {
     let text = GOOD.replace("provider = \"local\"", "provider = \"nowhere\"");
     let message = error(&text);
     assert!(message.starts_with("weir.toml:26:25:"), "{message}");
-    assert!(message.contains("routes[1].targets[0].provider"), "{message}");
-    assert!(message.contains("no provider is named `nowhere`"), "{message}");
+    assert!(
+        message.contains("routes[1].targets[0].provider"),
+        "{message}"
+    );
+    assert!(
+        message.contains("no provider is named `nowhere`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -120,7 +135,10 @@ fn plain_http_needs_consent() {
 
 #[test]
 fn credentials_in_url_refused() {
-    let text = GOOD.replace("https://api.openai.com/v1/", "https://user:pw@api.openai.com/v1");
+    let text = GOOD.replace(
+        "https://api.openai.com/v1/",
+        "https://user:pw@api.openai.com/v1",
+    );
     let message = error(&text);
     assert!(message.contains("must not carry credentials"), "{message}");
 }
