@@ -236,6 +236,7 @@ pid {d}/nginx.pid;
 events {{ worker_connections 20000; }}
 http {{
     access_log off;
+    keepalive_requests 1000000;
     client_body_temp_path {d}/body;
     proxy_temp_path {d}/proxy;
     fastcgi_temp_path {d}/fastcgi;

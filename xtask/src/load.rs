@@ -39,6 +39,16 @@ impl Conn {
             .expect("a valid request")
     }
 
+    /// Waits until the connection can take a request; reconnects if the server closed it (as
+    /// nginx does after `keepalive_requests`), as a client's pool would.
+    async fn ready(&mut self) -> Result {
+        if self.sender.ready().await.is_err() {
+            *self = Self::open(self.addr).await?;
+            self.sender.ready().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Sends one streaming request, reads it to the end, and returns its time to first frame.
     pub(crate) async fn stream(
         &mut self,
@@ -46,7 +56,7 @@ impl Conn {
         body: &Bytes,
         mock: &str,
     ) -> Result<Duration> {
-        self.sender.ready().await.map_err(|e| e.to_string())?;
+        self.ready().await?;
         let start = Instant::now();
         let response = self
             .sender
@@ -75,7 +85,7 @@ impl Conn {
         body: &Bytes,
         mock: &str,
     ) -> Result<hyper::body::Incoming> {
-        self.sender.ready().await.map_err(|e| e.to_string())?;
+        self.ready().await?;
         let response = self
             .sender
             .send_request(self.request(path, body, mock))

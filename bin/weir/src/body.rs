@@ -22,7 +22,8 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
-use weir_llm::{ErrorBody, ErrorKind, Failure, SseDecoder};
+use weir_llm::sse::{Line, SseScanner};
+use weir_llm::{ErrorBody, ErrorKind, Failure};
 
 /// The upstream's body as the client hands it over.
 pub(crate) type Upstream = weir_client::ResponseBody<http_body_util::Full<Bytes>>;
@@ -113,13 +114,17 @@ enum State {
     Done,
 }
 
-/// What weir watches in an SSE stream.
-#[derive(Debug)]
+/// What weir watches in an SSE stream: lines, not events; nothing parsed.
+#[derive(Debug, Default)]
 struct Watch {
-    decoder: SseDecoder,
+    scanner: SseScanner,
+    /// The event being read has a `data:` line.
+    has_data: bool,
     done: bool,
-    finished: bool,
     upstream_error: bool,
+    /// The last two data lines (the finish chunk may be followed by the usage chunk), copied:
+    /// whether the answer finished is asked only if the stream ends without `[DONE]`.
+    last: [Vec<u8>; 2],
 }
 
 static FINISH_REASON: LazyLock<memmem::Finder<'static>> =
@@ -147,25 +152,43 @@ fn is_error_event(data: &[u8]) -> bool {
 }
 
 impl Watch {
-    /// Reads the events in `data`; true when one of them was a content event.
-    fn observe(&mut self, data: &Bytes) -> Result<bool, Failure> {
-        self.decoder.push(data.clone());
+    /// Reads the lines in `data`; true when it completed a content event.
+    fn observe(&mut self, data: &[u8]) -> Result<bool, Failure> {
         let mut progress = false;
-        while let Some(event) = self
-            .decoder
-            .next_event()
-            .map_err(|_| Failure::MalformedEvent)?
-        {
-            progress = true;
-            if event.is_done() {
-                self.done = true;
-            } else if is_error_event(&event.data) {
-                self.upstream_error = true;
-            } else if !self.finished && has_finish_reason(&event.data) {
-                self.finished = true;
-            }
-        }
+        let Self {
+            scanner,
+            has_data,
+            done,
+            upstream_error,
+            last,
+        } = self;
+        scanner
+            .scan(data, |line| match line {
+                Line::Field {
+                    name: b"data",
+                    value,
+                } => {
+                    *has_data = true;
+                    if value == b"[DONE]" {
+                        *done = true;
+                    } else if is_error_event(value) {
+                        *upstream_error = true;
+                    } else {
+                        last.swap(0, 1);
+                        last[1].clear();
+                        last[1].extend_from_slice(value);
+                    }
+                }
+                Line::Blank => progress |= std::mem::take(has_data),
+                _ => {}
+            })
+            .map_err(|_| Failure::MalformedEvent)?;
         Ok(progress)
+    }
+
+    /// Whether one of the last data events carried a finish reason.
+    fn finished(&self) -> bool {
+        self.last.iter().any(|line| has_finish_reason(line))
     }
 }
 
@@ -185,12 +208,7 @@ impl UpstreamBody {
     pub(crate) fn new(inner: Upstream, sse: bool, provider: Arc<str>, idle: Duration) -> Self {
         Self {
             inner,
-            sse: sse.then(|| Watch {
-                decoder: SseDecoder::new(),
-                done: false,
-                finished: false,
-                upstream_error: false,
-            }),
+            sse: sse.then(Watch::default),
             provider,
             idle,
             last_progress: Instant::now(),
@@ -284,7 +302,7 @@ impl UpstreamBody {
                     self.state = State::Done;
                     Poll::Ready(None)
                 }
-                Some(watch) if watch.finished && !watch.upstream_error => {
+                Some(watch) if !watch.upstream_error && watch.finished() => {
                     self.state = State::Done;
                     Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
                         b"data: [DONE]\n\n",

@@ -10,57 +10,76 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 /// `x-weir-provider`: which provider served the answer.
 pub(crate) static X_WEIR_PROVIDER: HeaderName = HeaderName::from_static("x-weir-provider");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus `upgrade`), never forwarded in either direction.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// Client headers never sent upstream: the client's own credentials (weir sends the
 /// provider's), what weir sets itself, and what the upstream hop must not choose.
-const CLIENT_ONLY: [&str; 9] = [
-    "host",
-    "content-length",
-    "upgrade",
-    "authorization",
-    "cookie",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "accept-encoding",
-];
+fn is_client_only(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "authorization"
+            | "cookie"
+            | "x-api-key"
+            | "api-key"
+            | "x-goog-api-key"
+            | "accept-encoding"
+    )
+}
 
-/// Removes the hop-by-hop headers, and any header the `Connection` header names.
+/// Whether the `Connection` header names `name` (so it is hop-by-hop too).
+fn named_by_connection(connection: &[&HeaderValue], name: &HeaderName) -> bool {
+    connection.iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        })
+    })
+}
+
+/// Removes the hop-by-hop headers, and any header the `Connection` header names. One pass over
+/// the names; nothing is removed (or hashed) unless present.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let connection: Vec<&HeaderValue> = headers.get_all(header::CONNECTION).iter().collect();
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name) || named_by_connection(&connection, name))
+        .cloned()
         .collect();
-    for name in named {
+    for name in doomed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
 }
 
 /// The client's request headers as they go upstream: hop-by-hop and client-only headers
-/// removed, the provider's headers set over them.
+/// removed, the provider's headers set over them, in one pass that re-parses no name.
 pub(crate) fn upstream_request_headers(client: &HeaderMap, provider: &HeaderMap) -> HeaderMap {
-    let mut out = client.clone();
-    strip_hop_by_hop(&mut out);
-    for name in CLIENT_ONLY {
-        out.remove(name);
+    let connection: Vec<&HeaderValue> = client.get_all(header::CONNECTION).iter().collect();
+    let mut out = HeaderMap::with_capacity(client.keys_len() + provider.len() + 2);
+    for (name, value) in client {
+        if is_hop_by_hop(name)
+            || is_client_only(name)
+            || provider.contains_key(name)
+            || (!connection.is_empty() && named_by_connection(&connection, name))
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
     }
     // The SSE watch reads the body: ask for it uncompressed.
     out.insert(
@@ -68,7 +87,7 @@ pub(crate) fn upstream_request_headers(client: &HeaderMap, provider: &HeaderMap)
         HeaderValue::from_static("identity"),
     );
     for (name, value) in provider {
-        out.insert(name.clone(), value.clone());
+        out.append(name.clone(), value.clone());
     }
     out
 }
@@ -100,8 +119,14 @@ impl RequestIds {
             }
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("weir-{:016x}{:08x}", self.prefix, n);
-        HeaderValue::from_str(&id).expect("hex is a valid header value")
+        // `weir-` and 24 hex digits: the process's random prefix, then a counter.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut id = *b"weir-000000000000000000000000";
+        let digits = (u128::from(self.prefix) << 32) | u128::from(n as u32);
+        for (i, slot) in id[5..].iter_mut().rev().enumerate() {
+            *slot = HEX[((digits >> (4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&id).expect("hex is a valid header value")
     }
 }
 
@@ -119,6 +144,7 @@ mod tests {
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
@@ -136,6 +162,9 @@ mod tests {
         client.insert("host", HeaderValue::from_static("weir.example"));
         client.insert("accept-encoding", HeaderValue::from_static("gzip"));
         client.insert("x-custom", HeaderValue::from_static("kept"));
+        client.append("x-custom", HeaderValue::from_static("kept-too"));
+        client.insert("connection", HeaderValue::from_static("x-hop"));
+        client.insert("x-hop", HeaderValue::from_static("1"));
         let mut provider = HeaderMap::new();
         provider.insert(
             "authorization",
@@ -144,8 +173,15 @@ mod tests {
         let out = upstream_request_headers(&client, &provider);
         assert_eq!(out["authorization"], "Bearer provider-key");
         assert_eq!(out["accept-encoding"], "identity");
-        assert_eq!(out["x-custom"], "kept");
-        assert!(!out.contains_key("x-api-key") && !out.contains_key("host"));
+        assert_eq!(
+            out.get_all("x-custom").iter().count(),
+            2,
+            "repeated headers kept"
+        );
+        assert_eq!(out.get_all("authorization").iter().count(), 1);
+        for gone in ["x-api-key", "host", "connection", "x-hop"] {
+            assert!(!out.contains_key(gone), "{gone}");
+        }
     }
 
     #[test]
@@ -156,6 +192,11 @@ mod tests {
         let b = ids.take_or_make(&h);
         assert_ne!(a, b);
         assert!(a.to_str().unwrap().starts_with("weir-"));
+        assert_eq!(a.len(), 29);
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert_eq!(a[..21], b[..21], "one process prefix");
+        let next = u32::from_str_radix(&b[21..], 16).unwrap();
+        assert_eq!(next, u32::from_str_radix(&a[21..], 16).unwrap() + 1);
         h.insert("x-request-id", HeaderValue::from_static("client-chosen-1"));
         assert_eq!(ids.take_or_make(&h), "client-chosen-1");
         h.insert("x-request-id", HeaderValue::from_static("has space"));

@@ -16,7 +16,7 @@ use weir_client::{ClientBuilder, HttpClient};
 use weir_llm::{Endpoint, ErrorBody, ErrorKind, LlmRequest};
 
 /// The read buffer of each HTTP/1.1 upstream connection.
-const UPSTREAM_READ_BUF: usize = 4096;
+const UPSTREAM_READ_BUF: usize = 8192;
 
 /// One provider, ready to take requests.
 #[derive(Debug)]
@@ -40,8 +40,8 @@ impl Upstream {
             .http_version(p.http_version)
             .allow_http(p.allow_http)
             .tls_roots(p.tls_roots)
-            // SSE chunks are small: a fixed 4 KiB read buffer per upstream connection, rather
-            // than hyper's adaptive one that starts at 8 KiB.
+            // A fixed 8 KiB read buffer per upstream connection (hyper's adaptive one grows
+            // past it on a burst and keeps the larger buffer).
             .http1_read_buf_exact_size(UPSTREAM_READ_BUF)
             .build()?;
         let base = p.base_url.to_string();
@@ -290,7 +290,6 @@ impl Gateway {
 
         let (mut parts, incoming) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::UPGRADE);
         let sse = parts.status.is_success()
             && !parts.headers.contains_key(header::CONTENT_ENCODING)
             && parts

@@ -44,7 +44,11 @@ fn builder(options: ServeOptions) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(64 * 1024)
+        // SSE chunks are small and come in bursts: copying them into one buffer and writing
+        // once beats hyper's vectored queue, which holds 16 buffers and so flushes a 20-chunk
+        // burst in two or more writes.
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())

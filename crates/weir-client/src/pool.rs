@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,7 @@ use tokio::time::Instant;
 pub(crate) type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
 
 /// Where a connection goes: scheme and authority.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Key {
     pub(crate) scheme: Scheme,
     pub(crate) authority: Authority,
@@ -66,13 +66,19 @@ where
 }
 
 struct Idle<B: Body + 'static> {
-    conn: Http1<B>,
+    conn: Box<Http1<B>>,
     since: Instant,
 }
 
+/// Per-host state, found by a linear scan: a gateway talks to a handful of hosts, and comparing
+/// a few keys is cheaper than hashing an `Authority` (which hashes byte by byte).
 struct Hosts<B: Body + 'static> {
-    http1: HashMap<Key, VecDeque<Idle<B>>>,
-    http2: HashMap<Key, http2::SendRequest<B>>,
+    http1: Vec<(Key, VecDeque<Idle<B>>)>,
+    http2: Vec<(Key, http2::SendRequest<B>)>,
+}
+
+fn find<'a, V>(entries: &'a mut [(Key, V)], key: &Key) -> Option<&'a mut V> {
+    entries.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
 /// Idle HTTP/1.1 connections per host (most recently used first out), and one shared HTTP/2
@@ -92,8 +98,8 @@ where
     pub(crate) fn new(idle_timeout: Option<Duration>, max_idle_per_host: usize) -> Self {
         Self {
             hosts: Mutex::new(Hosts {
-                http1: HashMap::new(),
-                http2: HashMap::new(),
+                http1: Vec::new(),
+                http2: Vec::new(),
             }),
             idle_timeout,
             max_idle_per_host,
@@ -106,10 +112,10 @@ where
     }
 
     /// An idle HTTP/1.1 connection to `key` that is still usable. Closes the stale ones it meets.
-    pub(crate) fn checkout_http1(&self, key: &Key) -> Option<Http1<B>> {
+    pub(crate) fn checkout_http1(&self, key: &Key) -> Option<Box<Http1<B>>> {
         let now = Instant::now();
         let mut hosts = self.hosts.lock().expect("pool lock");
-        let idle = hosts.http1.get_mut(key)?;
+        let idle = find(&mut hosts.http1, key)?;
         while let Some(mut entry) = idle.pop_back() {
             if !self.expired(entry.since, now) && entry.conn.usable() {
                 return Some(entry.conn);
@@ -119,13 +125,16 @@ where
     }
 
     /// Returns a connection whose last response ended cleanly.
-    pub(crate) fn checkin_http1(&self, key: Key, conn: Http1<B>) {
+    pub(crate) fn checkin_http1(&self, key: Key, conn: Box<Http1<B>>) {
         if self.max_idle_per_host == 0 {
             return;
         }
         let now = Instant::now();
         let mut hosts = self.hosts.lock().expect("pool lock");
-        let idle = hosts.http1.entry(key).or_default();
+        if find(&mut hosts.http1, &key).is_none() {
+            hosts.http1.push((key.clone(), VecDeque::new()));
+        }
+        let idle = find(&mut hosts.http1, &key).expect("just inserted");
         idle.retain(|entry| !self.expired(entry.since, now));
         if idle.len() >= self.max_idle_per_host {
             idle.pop_front();
@@ -135,22 +144,20 @@ where
 
     pub(crate) fn checkout_http2(&self, key: &Key) -> Option<http2::SendRequest<B>> {
         let mut hosts = self.hosts.lock().expect("pool lock");
-        match hosts.http2.get(key) {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
-            Some(_) => {
-                hosts.http2.remove(key);
-                None
-            }
-            None => None,
+        let at = hosts.http2.iter().position(|(k, _)| k == key)?;
+        if hosts.http2[at].1.is_closed() {
+            hosts.http2.swap_remove(at);
+            return None;
         }
+        Some(hosts.http2[at].1.clone())
     }
 
     pub(crate) fn insert_http2(&self, key: Key, sender: http2::SendRequest<B>) {
-        self.hosts
-            .lock()
-            .expect("pool lock")
-            .http2
-            .insert(key, sender);
+        let mut hosts = self.hosts.lock().expect("pool lock");
+        match find(&mut hosts.http2, &key) {
+            Some(existing) => *existing = sender,
+            None => hosts.http2.push((key, sender)),
+        }
     }
 
     /// Idle HTTP/1.1 connections held, over all hosts.
@@ -159,8 +166,8 @@ where
             .lock()
             .expect("pool lock")
             .http1
-            .values()
-            .map(VecDeque::len)
+            .iter()
+            .map(|(_, idle)| idle.len())
             .sum()
     }
 }
@@ -173,7 +180,7 @@ pub struct ResponseBody<B: Body + 'static> {
 }
 
 struct Driven<B: Body + 'static> {
-    conn: Http1<B>,
+    conn: Box<Http1<B>>,
     key: Key,
     pool: Arc<Pool<B>>,
 }
@@ -193,7 +200,12 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub(crate) fn http1(inner: Incoming, conn: Http1<B>, key: Key, pool: Arc<Pool<B>>) -> Self {
+    pub(crate) fn http1(
+        inner: Incoming,
+        conn: Box<Http1<B>>,
+        key: Key,
+        pool: Arc<Pool<B>>,
+    ) -> Self {
         let mut body = Self {
             inner,
             conn: Some(Driven { conn, key, pool }),

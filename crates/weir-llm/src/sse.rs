@@ -14,7 +14,8 @@
 //!
 //! The decoder works on bytes, so a UTF-8 character split across frames is joined before anyone
 //! looks at it. It copies nothing in the common case: an event whose single `data:` line lies in
-//! one frame is a [`Bytes`] slice of that frame.
+//! one frame is a [`Bytes`] slice of that frame. [`SseScanner`], the line grammar underneath,
+//! allocates nothing at all: use it to watch a stream without keeping its events.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -24,12 +25,13 @@
 //! decoder.push(Bytes::from_static(b"data: {\"a\":1}\r\n\r\nda"));
 //! let event = decoder.next_event().unwrap().unwrap();
 //! assert_eq!(&event.data[..], b"{\"a\":1}");
-//! assert!(decoder.next_event().unwrap().is_none()); // waits for the rest of the frame
+//! assert!(decoder.next_event().unwrap().is_none()); // waits for the rest of the event
 //! decoder.push(Bytes::from_static(b"ta: [DONE]\n\n"));
 //! assert!(decoder.next_event().unwrap().unwrap().is_done());
 //! ```
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
 use std::fmt;
 
 /// The default bound on one line or one event's data (1 MiB).
@@ -85,6 +87,156 @@ impl fmt::Display for EventTooLarge {
 
 impl std::error::Error for EventTooLarge {}
 
+/// One line of an event stream, borrowed from the frame (or from the scanner's carry buffer
+/// when the line was cut by a frame end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// `name: value` (one leading space of the value removed), or `name` alone (empty value).
+    Field {
+        /// The field name (`data`, `event`, `id`, `retry`, or anything else).
+        name: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+    },
+    /// `:...`, a comment (keep-alives are comments).
+    Comment(&'a [u8]),
+    /// An empty line: the end of an event.
+    Blank,
+}
+
+/// The SSE line grammar over frames, with nothing allocated per line: lines end with `\n`,
+/// `\r\n` or `\r` (also when `\r` and `\n` fall in different frames), a leading BOM is
+/// dropped, and only a line cut by a frame end is copied (into a carry buffer). The building
+/// block of [`SseDecoder`]; use it alone to watch a stream cheaply.
+///
+/// ```
+/// use weir_llm::sse::{Line, SseScanner};
+///
+/// let mut scanner = SseScanner::new();
+/// let mut data = Vec::new();
+/// for frame in [&b"data: [DO"[..], b"NE]\r", b"\n\r\n"] {
+///     scanner.scan(frame, |line| if let Line::Field { name: b"data", value } = line {
+///         data.push(value.to_vec());
+///     }).unwrap();
+/// }
+/// assert_eq!(data, [b"[DONE]".to_vec()]);
+/// ```
+#[derive(Debug)]
+pub struct SseScanner {
+    /// A line cut by the end of a frame.
+    carry: Vec<u8>,
+    /// The previous frame ended with `\r`: a `\n` opening the next one belongs to it.
+    skip_lf: bool,
+    /// No line has been completed yet (a BOM may open the first one).
+    first_line: bool,
+    max_line: usize,
+}
+
+impl Default for SseScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SseScanner {
+    /// A scanner with the default bound on a line ([`DEFAULT_MAX_EVENT_SIZE`]).
+    pub fn new() -> Self {
+        Self::with_max_line(DEFAULT_MAX_EVENT_SIZE)
+    }
+
+    /// A scanner that refuses lines over `max` bytes.
+    pub fn with_max_line(max: usize) -> Self {
+        Self {
+            carry: Vec::new(),
+            skip_lf: false,
+            first_line: true,
+            max_line: max,
+        }
+    }
+
+    /// Whether part of a line is held, waiting for the next frame.
+    pub fn has_partial_line(&self) -> bool {
+        !self.carry.is_empty()
+    }
+
+    /// Calls `on_line` for every line that `frame` completes, in order.
+    pub fn scan(
+        &mut self,
+        frame: &[u8],
+        mut on_line: impl FnMut(Line<'_>),
+    ) -> Result<(), EventTooLarge> {
+        let mut rest = frame;
+        if rest.is_empty() {
+            // Not even the `\n` that may complete a `\r`: keep waiting for it.
+            return Ok(());
+        }
+        if std::mem::take(&mut self.skip_lf) && rest[0] == b'\n' {
+            rest = &rest[1..];
+        }
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
+            let ended_by_cr = rest[end] == b'\r';
+            if self.carry.is_empty() {
+                self.line(&rest[..end], &mut on_line)?;
+            } else {
+                let mut carry = std::mem::take(&mut self.carry);
+                carry.extend_from_slice(&rest[..end]);
+                let result = self.line(&carry, &mut on_line);
+                carry.clear();
+                self.carry = carry;
+                result?;
+            }
+            rest = &rest[end + 1..];
+            if ended_by_cr {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    Some(_) => {}
+                    None => self.skip_lf = true,
+                }
+            }
+        }
+        if self.carry.len() + rest.len() > self.max_line {
+            return Err(EventTooLarge {
+                limit: self.max_line,
+            });
+        }
+        self.carry.extend_from_slice(rest);
+        Ok(())
+    }
+
+    fn line(
+        &mut self,
+        mut line: &[u8],
+        on_line: &mut impl FnMut(Line<'_>),
+    ) -> Result<(), EventTooLarge> {
+        if line.len() > self.max_line {
+            return Err(EventTooLarge {
+                limit: self.max_line,
+            });
+        }
+        if std::mem::take(&mut self.first_line) && line.starts_with(BOM) {
+            line = &line[BOM.len()..];
+        }
+        on_line(match line.first() {
+            None => Line::Blank,
+            Some(b':') => Line::Comment(&line[1..]),
+            Some(_) => match memchr::memchr(b':', line) {
+                Some(colon) => {
+                    let value = &line[colon + 1..];
+                    Line::Field {
+                        name: &line[..colon],
+                        value: value.strip_prefix(b" ").unwrap_or(value),
+                    }
+                }
+                None => Line::Field {
+                    name: line,
+                    value: &[],
+                },
+            },
+        });
+        Ok(())
+    }
+}
+
 /// The data of the event being assembled: none, one line (zero-copy), or several joined.
 #[derive(Debug, Default)]
 enum Data {
@@ -94,31 +246,45 @@ enum Data {
     Many(BytesMut),
 }
 
-/// Incremental SSE decoder. See the [module docs](self).
-#[derive(Debug)]
-pub struct SseDecoder {
-    /// The frame being decoded (what is left of it).
-    pending: Bytes,
-    /// A line cut by the end of a frame.
-    line: BytesMut,
-    /// The previous frame ended with `\r`: a `\n` opening the next one belongs to it.
-    skip_lf: bool,
-    /// No line has been completed yet (a BOM may open the first one).
-    first_line: bool,
+/// The fields of the event being assembled.
+#[derive(Debug, Default)]
+struct Building {
     data: Data,
     data_len: usize,
     event: Option<Bytes>,
     id: Option<Bytes>,
     retry: Option<u64>,
-    /// Any field seen since the last dispatch (an event is in progress).
-    in_event: bool,
+    /// Any field seen since the last dispatch.
+    started: bool,
+}
+
+/// Incremental SSE decoder. See the [module docs](self).
+#[derive(Debug)]
+pub struct SseDecoder {
+    scanner: SseScanner,
+    building: Building,
+    ready: VecDeque<SseEvent>,
     comments: u64,
     max_event_size: usize,
+    failed: Option<EventTooLarge>,
 }
 
 impl Default for SseDecoder {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A `Bytes` for `part`: a zero-copy slice of `frame` when it lies inside it, else a copy (a
+/// line carried over from an earlier frame).
+fn bytes_of(frame: &Bytes, part: &[u8]) -> Bytes {
+    let inside = frame.as_ptr_range();
+    if part.is_empty() {
+        Bytes::new()
+    } else if inside.contains(&part.as_ptr()) {
+        frame.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
     }
 }
 
@@ -131,45 +297,61 @@ impl SseDecoder {
     /// A decoder that refuses lines or event data over `max` bytes.
     pub fn with_max_event_size(max: usize) -> Self {
         Self {
-            pending: Bytes::new(),
-            line: BytesMut::new(),
-            skip_lf: false,
-            first_line: true,
-            data: Data::Empty,
-            data_len: 0,
-            event: None,
-            id: None,
-            retry: None,
-            in_event: false,
+            scanner: SseScanner::with_max_line(max),
+            building: Building::default(),
+            ready: VecDeque::new(),
             comments: 0,
             max_event_size: max,
+            failed: None,
         }
     }
 
-    /// Hands the decoder the next frame. Call [`next_event`](Self::next_event) until it returns
-    /// `Ok(None)` before pushing again; a frame pushed early is appended (with a copy).
+    /// Hands the decoder the next frame; its events are then returned by
+    /// [`next_event`](Self::next_event).
     pub fn push(&mut self, frame: Bytes) {
-        if self.pending.is_empty() {
-            self.pending = frame;
-        } else {
-            let mut joined = BytesMut::with_capacity(self.pending.len() + frame.len());
-            joined.extend_from_slice(&self.pending);
-            joined.extend_from_slice(&frame);
-            self.pending = joined.freeze();
+        if self.failed.is_some() {
+            return;
+        }
+        let Self {
+            scanner,
+            building,
+            ready,
+            comments,
+            max_event_size,
+            failed,
+        } = self;
+        let result = scanner.scan(&frame, |line| match line {
+            Line::Blank => {
+                if let Some(event) = building.dispatch() {
+                    ready.push_back(event);
+                }
+            }
+            Line::Comment(_) => *comments += 1,
+            Line::Field { name, value } => {
+                if failed.is_none() {
+                    if let Err(e) = building.field(&frame, name, value, *max_event_size) {
+                        *failed = Some(e);
+                    }
+                }
+            }
+        });
+        if let Err(e) = result {
+            self.failed.get_or_insert(e);
         }
     }
 
     /// The next complete event, or `Ok(None)` when the frames pushed so far hold no more.
     pub fn next_event(&mut self) -> Result<Option<SseEvent>, EventTooLarge> {
-        while let Some(line) = self.next_line()? {
-            if let Some(event) = self.process_line(line)? {
-                return Ok(Some(event));
-            }
+        if let Some(event) = self.ready.pop_front() {
+            return Ok(Some(event));
         }
-        // An emptied `Bytes` still points into the frame's buffer; letting go of it lets the
-        // reader (hyper's read buffer) reuse that memory instead of allocating anew.
-        self.pending = Bytes::new();
-        Ok(None)
+        match self.failed.take() {
+            Some(e) => {
+                self.failed = Some(EventTooLarge { limit: e.limit });
+                Err(e)
+            }
+            None => Ok(None),
+        }
     }
 
     /// Comment lines seen so far (keep-alives such as `: ping`).
@@ -180,93 +362,35 @@ impl SseDecoder {
     /// Whether bytes or fields of an event not yet dispatched are held. At the end of the
     /// stream this means the last event was cut off; the spec discards it.
     pub fn has_partial_event(&self) -> bool {
-        self.in_event || !self.line.is_empty() || !self.pending.is_empty()
+        self.building.started || self.scanner.has_partial_line()
     }
+}
 
-    fn next_line(&mut self) -> Result<Option<Bytes>, EventTooLarge> {
-        if self.skip_lf && !self.pending.is_empty() {
-            self.skip_lf = false;
-            if self.pending[0] == b'\n' {
-                self.pending.advance(1);
-            }
-        }
-        let Some(end) = memchr::memchr2(b'\n', b'\r', &self.pending) else {
-            if self.line.len() + self.pending.len() > self.max_event_size {
-                return Err(EventTooLarge {
-                    limit: self.max_event_size,
-                });
-            }
-            if !self.pending.is_empty() {
-                self.line.extend_from_slice(&self.pending);
-            }
-            self.pending = Bytes::new();
-            return Ok(None);
-        };
-        let line = if self.line.is_empty() {
-            self.pending.slice(..end)
-        } else {
-            self.line.extend_from_slice(&self.pending[..end]);
-            self.line.split().freeze()
-        };
-        if line.len() > self.max_event_size {
-            return Err(EventTooLarge {
-                limit: self.max_event_size,
-            });
-        }
-        let ended_by_cr = self.pending[end] == b'\r';
-        self.pending.advance(end + 1);
-        if ended_by_cr {
-            match self.pending.first() {
-                Some(b'\n') => self.pending.advance(1),
-                Some(_) => {}
-                None => self.skip_lf = true,
-            }
-        }
-        Ok(Some(line))
-    }
-
-    fn process_line(&mut self, mut line: Bytes) -> Result<Option<SseEvent>, EventTooLarge> {
-        if std::mem::take(&mut self.first_line) && line.starts_with(BOM) {
-            line.advance(BOM.len());
-        }
-        if line.is_empty() {
-            return Ok(self.dispatch());
-        }
-        if line[0] == b':' {
-            self.comments += 1;
-            return Ok(None);
-        }
-        let (field, value) = match memchr::memchr(b':', &line) {
-            Some(colon) => {
-                let mut value = line.slice(colon + 1..);
-                if value.first() == Some(&b' ') {
-                    value.advance(1);
-                }
-                (line.slice(..colon), value)
-            }
-            None => (line, Bytes::new()),
-        };
-        self.in_event = true;
-        match field.as_ref() {
-            b"data" => self.push_data(value)?,
-            b"event" => self.event = Some(value),
-            b"id" if memchr::memchr(0, &value).is_none() => self.id = Some(value),
+impl Building {
+    fn field(
+        &mut self,
+        frame: &Bytes,
+        name: &[u8],
+        value: &[u8],
+        max: usize,
+    ) -> Result<(), EventTooLarge> {
+        self.started = true;
+        match name {
+            b"data" => self.push_data(bytes_of(frame, value), max)?,
+            b"event" => self.event = Some(bytes_of(frame, value)),
+            b"id" if memchr::memchr(0, value).is_none() => self.id = Some(bytes_of(frame, value)),
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
-                self.retry = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|v| v.parse().ok());
+                self.retry = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
             }
             _ => {}
         }
-        Ok(None)
+        Ok(())
     }
 
-    fn push_data(&mut self, value: Bytes) -> Result<(), EventTooLarge> {
+    fn push_data(&mut self, value: Bytes, max: usize) -> Result<(), EventTooLarge> {
         self.data_len += value.len() + usize::from(!matches!(self.data, Data::Empty));
-        if self.data_len > self.max_event_size {
-            return Err(EventTooLarge {
-                limit: self.max_event_size,
-            });
+        if self.data_len > max {
+            return Err(EventTooLarge { limit: max });
         }
         self.data = match std::mem::take(&mut self.data) {
             Data::Empty => Data::One(value),
@@ -287,22 +411,18 @@ impl SseDecoder {
     }
 
     fn dispatch(&mut self) -> Option<SseEvent> {
-        self.in_event = false;
-        self.data_len = 0;
-        let event = self.event.take();
-        let id = self.id.take();
-        let retry = self.retry.take();
-        let data = match std::mem::take(&mut self.data) {
+        let building = std::mem::take(self);
+        let data = match building.data {
             // The spec dispatches nothing when the data buffer is empty.
             Data::Empty => return None,
             Data::One(data) => data,
             Data::Many(data) => data.freeze(),
         };
         Some(SseEvent {
-            event,
+            event: building.event,
             data,
-            id,
-            retry,
+            id: building.id,
+            retry: building.retry,
         })
     }
 }
@@ -349,6 +469,12 @@ mod tests {
     fn crlf_split_between_frames_is_one_line_end() {
         let events = decode_all(&[b"data: a\r", b"\n\r", b"\ndata: b\r", b"\r"]);
         assert_eq!(datas(&events), ["a", "b"]);
+    }
+
+    #[test]
+    fn empty_frame_between_cr_and_lf() {
+        let events = decode_all(&[b"data: a\r", b"", b"\ndata: b\n", b"", b"\n"]);
+        assert_eq!(datas(&events), ["a\nb"]);
     }
 
     #[test]
@@ -426,7 +552,7 @@ mod tests {
         let mut decoder = SseDecoder::new();
         decoder.push(frame.clone());
         while decoder.next_event().unwrap().is_some() {}
-        // Only `frame` itself holds the buffer now, so it can be reclaimed.
+        // Only `frame` itself holds the buffer now, so its owner can reuse it.
         assert!(frame.is_unique());
     }
 
