@@ -38,6 +38,7 @@ pub fn config_text(mock: &MockUpstream, provider_extra: &str) -> String {
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 max_request_bytes = 65536
+header_read_timeout = "5s"
 drain_timeout = "10s"
 
 [[providers]]
@@ -113,6 +114,16 @@ impl Harness {
             request
                 .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
                 .unwrap(),
+        )
+        .await
+    }
+
+    /// A streaming chat completion on the route `gpt-test`, with mock directives (`x-mock`).
+    pub async fn chat_stream(&self, directives: &str) -> Response<Incoming> {
+        self.post(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-test","stream":true}"#,
+            &[("x-mock", directives)],
         )
         .await
     }

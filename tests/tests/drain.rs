@@ -8,13 +8,7 @@ use weir_test::answer;
 async fn drain_lets_a_live_stream_finish_and_refuses_new_connections() {
     let mut h = Harness::start().await;
     assert_eq!(h.admin_get("/readyz").await, 200);
-    let response = h
-        .post(
-            "/v1/chat/completions",
-            r#"{"model":"gpt-test","stream":true}"#,
-            &[("x-mock", "chunks=8,delay_ms=500")],
-        )
-        .await;
+    let response = h.chat_stream("chunks=8,delay_ms=500").await;
     assert_eq!(response.status(), 200);
     let reader = tokio::spawn(read(response));
 
@@ -35,13 +29,7 @@ async fn drain_lets_a_live_stream_finish_and_refuses_new_connections() {
 #[tokio::test(start_paused = true)]
 async fn drain_deadline_cuts_a_stream_that_runs_too_long() {
     let mut h = Harness::start().await; // drain_timeout = 10s
-    let response = h
-        .post(
-            "/v1/chat/completions",
-            r#"{"model":"gpt-test","stream":true}"#,
-            &[("x-mock", "chunks=100,delay_ms=1000")],
-        )
-        .await;
+    let response = h.chat_stream("chunks=100,delay_ms=1000").await;
     let reader = tokio::spawn(read(response));
     let started = tokio::time::Instant::now();
     let finished = h.weir.take().unwrap().drain().await;

@@ -99,13 +99,7 @@ async fn upstream_errors_pass_through_with_their_status() {
         ("fault=content_policy", 400),
     ];
     for (directive, status) in cases {
-        let response = h
-            .post(
-                "/v1/chat/completions",
-                r#"{"model":"gpt-test","stream":true}"#,
-                &[("x-mock", directive)],
-            )
-            .await;
+        let response = h.chat_stream(directive).await;
         assert_eq!(response.status(), status, "{directive}");
         if status == 429 {
             assert_eq!(header(response.headers(), "retry-after"), Some("3"));
@@ -142,13 +136,7 @@ async fn unreachable_upstream_is_502() {
 async fn silent_upstream_is_504_after_the_response_timeout() {
     let h = Harness::with_provider(r#"response_timeout = "5s""#).await;
     let started = tokio::time::Instant::now();
-    let response = h
-        .post(
-            "/v1/chat/completions",
-            r#"{"model":"gpt-test","stream":true}"#,
-            &[("x-mock", "fault=silent")],
-        )
-        .await;
+    let response = h.chat_stream("fault=silent").await;
     assert_eq!(response.status(), 504);
     assert_eq!(started.elapsed().as_secs(), 5);
     assert_eq!(
@@ -160,13 +148,32 @@ async fn silent_upstream_is_504_after_the_response_timeout() {
 #[tokio::test]
 async fn reset_before_headers_is_502() {
     let h = Harness::start().await;
-    let response = h
-        .post(
-            "/v1/chat/completions",
-            r#"{"model":"gpt-test","stream":true}"#,
-            &[("x-mock", "fault=reset")],
-        )
-        .await;
+    let response = h.chat_stream("fault=reset").await;
     assert_eq!(response.status(), 502);
     assert_openai_error(&read(response).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await; // header_read_timeout = 5s
+    let mut slow = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nx-slow: ")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    // The server closes the connection (answering 408 at most); it never waits forever.
+    let _ = slow.read_to_end(&mut rest).await;
+    assert_eq!(started.elapsed().as_secs(), 5);
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // Meanwhile the server still serves others.
+    let ok = h
+        .post("/v1/chat/completions", r#"{"model":"short"}"#, &[])
+        .await;
+    assert_eq!(ok.status(), 200);
 }

@@ -4,13 +4,7 @@
 use weir_e2e::{read, Harness};
 
 async fn stream(h: &Harness, directive: &str) -> weir_e2e::Read {
-    let response = h
-        .post(
-            "/v1/chat/completions",
-            r#"{"model":"gpt-test","stream":true}"#,
-            &[("x-mock", directive)],
-        )
-        .await;
+    let response = h.chat_stream(directive).await;
     assert_eq!(response.status(), 200);
     read(response).await
 }
@@ -96,13 +90,7 @@ async fn upstream_in_band_error_ends_the_body_with_an_error() {
 async fn client_going_away_cancels_the_upstream() {
     use http_body_util::BodyExt;
     let h = Harness::start().await;
-    let response = h
-        .post(
-            "/v1/chat/completions",
-            r#"{"model":"gpt-test","stream":true}"#,
-            &[("x-mock", "chunks=100000,delay_ms=5")],
-        )
-        .await;
+    let response = h.chat_stream("chunks=100000,delay_ms=5").await;
     let mut body = response.into_body();
     body.frame().await.unwrap().unwrap();
     assert_eq!(h.mock.cancelled_streams(), 0);

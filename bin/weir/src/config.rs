@@ -295,6 +295,30 @@ impl Ctx<'_> {
         }
     }
 
+    /// One of `choices` by name; the first is the default. An unknown name is refused with the
+    /// list of known ones.
+    fn choice<T: Copy>(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        choices: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        let Some(value) = value else {
+            return Ok(choices[0].1);
+        };
+        match choices.iter().find(|(name, _)| *name == value.get_ref()) {
+            Some((_, choice)) => Ok(*choice),
+            None => {
+                let known: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+                Err(self.error(
+                    value.span(),
+                    key,
+                    format!("`{}` is not one of {}", value.get_ref(), known.join(", ")),
+                ))
+            }
+        }
+    }
+
     fn duration(
         &self,
         value: &Option<Spanned<String>>,
@@ -566,37 +590,23 @@ fn provider(
         }
         headers.push((header, secret));
     }
-    let tls_roots = match p
-        .tls_roots
-        .as_ref()
-        .map(|v| (v.get_ref().as_str(), v.span()))
-    {
-        None | Some(("webpki", _)) => weir_client::TlsRoots::Webpki,
-        Some(("native", _)) => weir_client::TlsRoots::Native,
-        Some((other, span)) => {
-            return Err(cx.error(
-                span,
-                &key("tls_roots"),
-                format!("`{other}` is neither \"webpki\" nor \"native\""),
-            ))
-        }
-    };
-    let http_version = match p
-        .http_version
-        .as_ref()
-        .map(|v| (v.get_ref().as_str(), v.span()))
-    {
-        None | Some(("auto", _)) => weir_client::HttpVersion::Auto,
-        Some(("http1", _)) => weir_client::HttpVersion::Http1,
-        Some(("http2", _)) => weir_client::HttpVersion::Http2,
-        Some((other, span)) => {
-            return Err(cx.error(
-                span,
-                &key("http_version"),
-                format!("`{other}` is not \"auto\", \"http1\" or \"http2\""),
-            ))
-        }
-    };
+    let tls_roots = cx.choice(
+        &p.tls_roots,
+        &key("tls_roots"),
+        &[
+            ("webpki", weir_client::TlsRoots::Webpki),
+            ("native", weir_client::TlsRoots::Native),
+        ],
+    )?;
+    let http_version = cx.choice(
+        &p.http_version,
+        &key("http_version"),
+        &[
+            ("auto", weir_client::HttpVersion::Auto),
+            ("http1", weir_client::HttpVersion::Http1),
+            ("http2", weir_client::HttpVersion::Http2),
+        ],
+    )?;
     Ok(Provider {
         name: name.clone(),
         base_url,

@@ -153,6 +153,17 @@ fn bad_values() {
     assert!(error(&text).contains("routed twice"));
     let text = GOOD.replace("strategy = \"failover\"", "strategy = \"random\"");
     assert!(error(&text).contains("unknown strategy `random`"));
+    let text = GOOD.replace(
+        "allow_http = true",
+        "allow_http = true\nhttp_version = \"h3\"",
+    );
+    let message = error(&text);
+    assert!(
+        message.contains(
+            "providers[1].http_version: `h3` is not one of \"auto\", \"http1\", \"http2\""
+        ),
+        "{message}"
+    );
 }
 
 #[test]
