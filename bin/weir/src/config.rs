@@ -109,6 +109,8 @@ pub struct Provider {
     pub http_version: weir_client::HttpVersion,
     /// TLS roots: `webpki` (built in) or `native` (the OS store).
     pub tls_roots: weir_client::TlsRoots,
+    /// Certificates trusted besides those roots (`tls_ca`, a PEM file).
+    pub extra_roots: Vec<weir_client::CertificateDer<'static>>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Time allowed for the response headers (for a non-streaming request, the whole answer).
@@ -229,6 +231,8 @@ struct RawProvider {
     #[serde(default)]
     tls_roots: Option<Spanned<String>>,
     #[serde(default)]
+    tls_ca: Option<Spanned<String>>,
+    #[serde(default)]
     connect_timeout: Option<Spanned<String>>,
     #[serde(default)]
     response_timeout: Option<Spanned<String>>,
@@ -293,6 +297,37 @@ impl Ctx<'_> {
             key: key.to_owned(),
             message: message.into(),
         }
+    }
+
+    /// The certificates of a PEM file, its path relative to the config file's folder.
+    fn certificates(
+        &self,
+        path: &Spanned<String>,
+        key: &str,
+    ) -> Result<Vec<weir_client::CertificateDer<'static>>, ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        let file = self
+            .file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(path.get_ref());
+        let certificates = weir_client::CertificateDer::pem_file_iter(&file)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                self.error(
+                    path.span(),
+                    key,
+                    format!("cannot read `{}`: {e}", file.display()),
+                )
+            })?;
+        if certificates.is_empty() {
+            return Err(self.error(
+                path.span(),
+                key,
+                format!("`{}` holds no PEM certificate", file.display()),
+            ));
+        }
+        Ok(certificates)
     }
 
     /// One of `choices` by name; the first is the default. An unknown name is refused with the
@@ -598,6 +633,10 @@ fn provider(
             ("native", weir_client::TlsRoots::Native),
         ],
     )?;
+    let extra_roots = match &p.tls_ca {
+        None => Vec::new(),
+        Some(path) => cx.certificates(path, &key("tls_ca"))?,
+    };
     let http_version = cx.choice(
         &p.http_version,
         &key("http_version"),
@@ -615,6 +654,7 @@ fn provider(
         allow_http: p.allow_http,
         http_version,
         tls_roots,
+        extra_roots,
         connect_timeout: cx.duration(
             &p.connect_timeout,
             &key("connect_timeout"),

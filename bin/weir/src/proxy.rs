@@ -40,6 +40,7 @@ impl Upstream {
             .http_version(p.http_version)
             .allow_http(p.allow_http)
             .tls_roots(p.tls_roots)
+            .add_root_certificates(p.extra_roots.iter().cloned())
             // A fixed 8 KiB read buffer per upstream connection (hyper's adaptive one grows
             // past it on a burst and keeps the larger buffer).
             .http1_read_buf_exact_size(UPSTREAM_READ_BUF)

@@ -42,10 +42,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn tls_roots(error: std::io::Error) -> Self {
+    pub(crate) fn tls(source: BoxError) -> Self {
         Self {
             kind: Kind::TlsRoots,
-            source: Some(error.into()),
+            source: Some(source),
         }
     }
 
@@ -78,7 +78,7 @@ impl fmt::Display for Error {
             Kind::Connect => "could not connect to the upstream",
             Kind::Timeout => "the upstream sent no response headers in time",
             Kind::Request => "the upstream request failed",
-            Kind::TlsRoots => "could not load the native TLS roots",
+            Kind::TlsRoots => "could not load the TLS trust roots",
         })
     }
 }

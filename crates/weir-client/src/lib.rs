@@ -38,14 +38,14 @@ mod pool;
 
 pub use error::Error;
 pub use future::ResponseFuture;
-pub use pool::ResponseBody;
-
-use http::{header, HeaderValue, Request, Response, Uri};
+pub use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+pub use pool::ResponseBody;
 use pool::{Http1, Key, Pool};
+pub use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -86,6 +86,7 @@ pub struct ClientBuilder {
     version: HttpVersion,
     allow_http: bool,
     roots: TlsRoots,
+    extra_roots: Vec<CertificateDer<'static>>,
     read_buf_size: Option<usize>,
 }
 
@@ -107,6 +108,7 @@ impl ClientBuilder {
             version: HttpVersion::Auto,
             allow_http: false,
             roots: TlsRoots::Webpki,
+            extra_roots: Vec::new(),
             read_buf_size: None,
         }
     }
@@ -155,6 +157,15 @@ impl ClientBuilder {
         self
     }
 
+    /// Also trusts these certificates (a private CA in front of a self-hosted model server).
+    pub fn add_root_certificates(
+        mut self,
+        certificates: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Self {
+        self.extra_roots.extend(certificates);
+        self
+    }
+
     /// Reads HTTP/1.1 responses into a buffer of exactly this size instead of hyper's adaptive
     /// one: bounds the memory each open upstream stream holds.
     pub fn http1_read_buf_exact_size(mut self, size: impl Into<Option<usize>>) -> Self {
@@ -162,8 +173,37 @@ impl ClientBuilder {
         self
     }
 
-    /// Builds the client. Fails only when the native trust store is asked for and cannot be
-    /// read.
+    fn tls_config(&self) -> Result<rustls::ClientConfig, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        match self.roots {
+            TlsRoots::Webpki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            TlsRoots::Native => {
+                let native = rustls_native_certs::load_native_certs();
+                if native.certs.is_empty() {
+                    let why = native.errors.first().map(ToString::to_string);
+                    return Err(Error::tls(
+                        why.unwrap_or_else(|| "the OS trust store is empty".into())
+                            .into(),
+                    ));
+                }
+                roots.add_parsable_certificates(native.certs);
+            }
+        }
+        for certificate in &self.extra_roots {
+            roots
+                .add(certificate.clone())
+                .map_err(|e| Error::tls(e.into()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::tls(e.into()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+
+    /// Builds the client. Fails only when the trust roots cannot be loaded (an unreadable
+    /// native store, an invalid extra certificate).
     pub fn build<B>(&self) -> Result<HttpClient<B>, Error>
     where
         B: http_body::Body + Send + Unpin + 'static,
@@ -174,11 +214,7 @@ impl ClientBuilder {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(self.connect_timeout);
-        let builder = HttpsConnectorBuilder::new();
-        let builder = match self.roots {
-            TlsRoots::Webpki => builder.with_webpki_roots(),
-            TlsRoots::Native => builder.with_native_roots().map_err(Error::tls_roots)?,
-        };
+        let builder = HttpsConnectorBuilder::new().with_tls_config(self.tls_config()?);
         let builder = if self.allow_http {
             builder.https_or_http()
         } else {

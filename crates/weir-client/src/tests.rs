@@ -186,3 +186,103 @@ async fn silent_upstream_times_out_at_headers() {
     assert!(error.is_timeout(), "{error:?}");
     assert_eq!(started.elapsed(), Duration::from_secs(2));
 }
+
+mod tls {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    /// An HTTPS server on 127.0.0.1 for `localhost`, with a self-signed certificate, offering
+    /// h2 and http/1.1 by ALPN. Answers every request with the HTTP version it was served in.
+    async fn server() -> (SocketAddr, CertificateDer<'static>) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            certified.signing_key.serialize_der(),
+        ));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        |request: Request<hyper::body::Incoming>| async move {
+                            let version = format!("{:?}", request.version());
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(version),
+                            )))
+                        },
+                    );
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        (addr, cert)
+    }
+
+    async fn get(client: &HttpClient<Full<Bytes>>, addr: SocketAddr) -> Result<String, Error> {
+        let url = format!("https://localhost:{}/v1/models", addr.port());
+        let request = Request::get(url).body(Full::default()).unwrap();
+        let response = client.clone().oneshot(request).await?;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn https_negotiates_http2_by_alpn() {
+        let (addr, cert) = server().await;
+        let client: HttpClient<Full<Bytes>> = ClientBuilder::new()
+            .add_root_certificates([cert])
+            .build()
+            .unwrap();
+        assert_eq!(get(&client, addr).await.unwrap(), "HTTP/2.0");
+        // The HTTP/2 connection is shared, not redialled.
+        assert_eq!(get(&client, addr).await.unwrap(), "HTTP/2.0");
+    }
+
+    #[tokio::test]
+    async fn https_http1_when_asked_and_pooled() {
+        let (addr, cert) = server().await;
+        let client: HttpClient<Full<Bytes>> = ClientBuilder::new()
+            .add_root_certificates([cert])
+            .http_version(HttpVersion::Http1)
+            .build()
+            .unwrap();
+        assert_eq!(get(&client, addr).await.unwrap(), "HTTP/1.1");
+        assert_eq!(client.idle_connections(), 1);
+        assert_eq!(get(&client, addr).await.unwrap(), "HTTP/1.1");
+        assert_eq!(
+            client.idle_connections(),
+            1,
+            "the TLS connection was reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_is_a_connect_error() {
+        let (addr, _) = server().await;
+        let client: HttpClient<Full<Bytes>> = ClientBuilder::new().build().unwrap();
+        let error = get(&client, addr).await.unwrap_err();
+        assert!(error.is_connect(), "{error:?}");
+    }
+}

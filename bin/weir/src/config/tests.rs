@@ -186,3 +186,34 @@ fn durations() {
     assert_eq!(parse_duration("1d"), None);
     assert_eq!(parse_duration("s"), None);
 }
+
+#[test]
+fn tls_ca_is_read_relative_to_the_config_file() {
+    let dir = std::env::temp_dir().join(format!("weir-tls-ca-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["models.internal".to_owned()]).unwrap();
+    std::fs::write(dir.join("certs/ca.pem"), ca.cert.pem()).unwrap();
+    std::fs::write(dir.join("certs/empty.pem"), "not a certificate").unwrap();
+    let file = dir.join("weir.toml");
+    let with = |path: &str| {
+        GOOD.replace(
+            "allow_http = true",
+            &format!("allow_http = true\ntls_ca = \"{path}\""),
+        )
+    };
+
+    let config = parse(&file, &with("certs/ca.pem"), &env).unwrap();
+    assert_eq!(config.providers[1].extra_roots.len(), 1);
+
+    let message = parse(&file, &with("certs/missing.pem"), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains(":18:") && message.contains("providers[1].tls_ca: cannot read"),
+        "{message}"
+    );
+    let message = parse(&file, &with("certs/empty.pem"), &env)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("holds no PEM certificate"), "{message}");
+}
