@@ -1,0 +1,230 @@
+//! Classifiers: how a call went, for the breaker.
+//!
+//! A call is classified at its response headers when they settle it (a 503 is a failure, a
+//! 400 says nothing about the provider), and otherwise at the end of its body: a stream that
+//! breaks after its headers is a failure, one that ends cleanly a success, one whose reader
+//! went away says nothing. Errors of the inner service (no response at all) are classified by
+//! [`Classify::classify_error`].
+
+use crate::policy::Outcome;
+use http::{HeaderMap, StatusCode};
+use std::time::Duration;
+use tokio::time::Instant;
+use weir_llm::Failure;
+
+/// The verdict at response headers.
+#[derive(Debug)]
+pub enum Classified<E> {
+    /// Settled now.
+    Now(Verdict),
+    /// Settled when the body ends, by this classifier.
+    AtEnd(E),
+}
+
+/// An outcome, and how long the provider asked to be left alone (its `Retry-After`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// What the call says about the provider.
+    pub outcome: Outcome,
+    /// Keep calls away for this long, without counting a failure.
+    pub cool_down: Option<Duration>,
+}
+
+impl From<Outcome> for Verdict {
+    fn from(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            cool_down: None,
+        }
+    }
+}
+
+/// Classifies calls. Cloned into every service clone; called once per call.
+pub trait Classify: Clone + Send + Sync + 'static {
+    /// Settles a call at the end of its body.
+    type Eos: ClassifyEos;
+
+    /// At response headers. `started` is when the call was made.
+    fn classify_response(
+        &self,
+        started: Instant,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Classified<Self::Eos>;
+
+    /// The inner service failed the call (no response).
+    fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Outcome;
+}
+
+/// Settles a call at the end of its body. Exactly one of `end`, `error`, `dropped` is called.
+pub trait ClassifyEos: Send + 'static {
+    /// A data frame passed (called for each, before it reaches the reader).
+    fn data(&mut self, _data: &[u8]) {}
+    /// The body ended cleanly.
+    fn end(self) -> Outcome;
+    /// The body ended with an error.
+    fn error(self, error: &(dyn std::error::Error + 'static)) -> Outcome;
+    /// The body was dropped before its end: by default this says nothing about the provider
+    /// (the client went away).
+    fn dropped(self) -> Outcome
+    where
+        Self: Sized,
+    {
+        Outcome::Ignored
+    }
+}
+
+/// The default classifier, in weir's failure vocabulary ([`weir_llm::Failure`]):
+/// 5xx, connect errors, timeouts and broken streams are failures; 4xx never are; a client
+/// that goes away never is; a 429 cools the provider down for its `Retry-After` and, unless
+/// [`LlmClassifier::count_rate_limits`], is not a failure; a first byte slower than
+/// [`LlmClassifier::slow_first_byte`] is a failure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LlmClassifier {
+    count_rate_limits: bool,
+    slow: Option<Duration>,
+}
+
+impl LlmClassifier {
+    /// The defaults above.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Count 429 as a failure too.
+    pub fn count_rate_limits(mut self, yes: bool) -> Self {
+        self.count_rate_limits = yes;
+        self
+    }
+
+    /// Count a call whose first body byte comes later than `after` (from the call) as failed.
+    pub fn slow_first_byte(mut self, after: Option<Duration>) -> Self {
+        self.slow = after;
+        self
+    }
+}
+
+/// [`LlmClassifier`]'s end-of-stream half.
+#[derive(Debug)]
+pub struct LlmEos {
+    started: Instant,
+    slow: Option<Duration>,
+    first_byte: Option<Instant>,
+}
+
+impl Classify for LlmClassifier {
+    type Eos = LlmEos;
+
+    fn classify_response(
+        &self,
+        started: Instant,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Classified<LlmEos> {
+        match Failure::from_response(status, headers, b"") {
+            None => Classified::AtEnd(LlmEos {
+                started,
+                slow: self.slow,
+                first_byte: None,
+            }),
+            Some(Failure::RateLimited { retry_after }) => Classified::Now(Verdict {
+                outcome: if self.count_rate_limits {
+                    Outcome::Failure
+                } else {
+                    Outcome::Ignored
+                },
+                cool_down: retry_after,
+            }),
+            Some(failure) if failure.is_provider_fault() => {
+                Classified::Now(Outcome::Failure.into())
+            }
+            Some(_) => Classified::Now(Outcome::Ignored.into()),
+        }
+    }
+
+    fn classify_error(&self, _: &(dyn std::error::Error + 'static)) -> Outcome {
+        Outcome::Failure
+    }
+}
+
+impl ClassifyEos for LlmEos {
+    fn data(&mut self, data: &[u8]) {
+        if self.first_byte.is_none() && !data.is_empty() {
+            self.first_byte = Some(Instant::now());
+        }
+    }
+
+    fn end(self) -> Outcome {
+        let slow = self.slow.is_some_and(|limit| {
+            self.first_byte
+                .is_some_and(|first| first.duration_since(self.started) > limit)
+        });
+        if slow {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
+
+    fn error(self, _: &(dyn std::error::Error + 'static)) -> Outcome {
+        Outcome::Failure
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn at_headers(status: u16, headers: &HeaderMap) -> Option<Verdict> {
+        let c = LlmClassifier::new();
+        match c.classify_response(
+            Instant::now(),
+            StatusCode::from_u16(status).unwrap(),
+            headers,
+        ) {
+            Classified::Now(v) => Some(v),
+            Classified::AtEnd(_) => None,
+        }
+    }
+
+    #[test]
+    fn statuses() {
+        let none = HeaderMap::new();
+        assert_eq!(at_headers(200, &none), None, "a 200 is settled at the end");
+        assert_eq!(at_headers(503, &none), Some(Outcome::Failure.into()));
+        assert_eq!(at_headers(400, &none), Some(Outcome::Ignored.into()));
+        assert_eq!(at_headers(401, &none), Some(Outcome::Ignored.into()));
+        let mut retry = HeaderMap::new();
+        retry.insert("retry-after", HeaderValue::from_static("4"));
+        assert_eq!(
+            at_headers(429, &retry),
+            Some(Verdict {
+                outcome: Outcome::Ignored,
+                cool_down: Some(Duration::from_secs(4))
+            })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_first_byte_counts_as_failure() {
+        let c = LlmClassifier::new().slow_first_byte(Some(Duration::from_secs(2)));
+        let started = Instant::now();
+        let eos = |c: &LlmClassifier| match c.classify_response(
+            started,
+            StatusCode::OK,
+            &HeaderMap::new(),
+        ) {
+            Classified::AtEnd(eos) => eos,
+            Classified::Now(_) => panic!("settled at the end"),
+        };
+        let mut fast = eos(&c);
+        fast.data(b"x");
+        assert_eq!(fast.end(), Outcome::Success);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let mut slow = eos(&c);
+        slow.data(b"x");
+        assert_eq!(slow.end(), Outcome::Failure);
+        assert_eq!(eos(&c).dropped(), Outcome::Ignored);
+    }
+}
