@@ -32,6 +32,12 @@ pub struct Harness {
 /// The config used by the harness: one provider (the mock) and routes onto it. `extra` is
 /// appended to the `[[providers]]` table (e.g. `idle_timeout = "2s"`).
 pub fn config_text(mock: &MockUpstream, provider_extra: &str) -> String {
+    // Health probes would add requests to the mock's log: off unless a test asks for them.
+    let health = if provider_extra.contains("health") {
+        ""
+    } else {
+        "health = { probe = \"off\" }"
+    };
     format!(
         r#"
 [server]
@@ -46,6 +52,7 @@ name = "mock"
 base_url = "{base}"
 api_key = "${{WEIR_E2E_PROVIDER_KEY}}"
 allow_http = true
+{health}
 {provider_extra}
 
 [[routes]]

@@ -93,10 +93,10 @@ async fn wrong_method_and_unknown_path() {
 async fn upstream_errors_pass_through_with_their_status() {
     let h = Harness::start().await;
     let cases = [
-        ("fault=429,retry_after=3", 429),
         ("fault=503", 503),
         ("fault=context_length", 400),
         ("fault=content_policy", 400),
+        ("fault=429,retry_after=3", 429),
     ];
     for (directive, status) in cases {
         let response = h.chat_stream(directive).await;
@@ -106,6 +106,21 @@ async fn upstream_errors_pass_through_with_their_status() {
         }
         assert_openai_error(&read(response).await);
     }
+    // The provider asked for 3 s: weir keeps its only target out until then, and says so.
+    let response = h.chat_stream("chunks=2").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(header(response.headers(), "retry-after"), Some("3"));
+    let error = assert_openai_error(&read(response).await);
+    assert_eq!(error["code"], "no_healthy_target");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .contains("`mock`: cooling down after a rate limit"));
+    assert_eq!(
+        h.mock.requests().len(),
+        4,
+        "the fifth request never reached the provider"
+    );
 }
 
 #[tokio::test]

@@ -22,11 +22,15 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
+use weir_breaker::{Breaker, Outcome};
 use weir_llm::sse::{Line, SseScanner};
 use weir_llm::{ErrorBody, ErrorKind, Failure};
 
-/// The upstream's body as the client hands it over.
-pub(crate) type Upstream = weir_client::ResponseBody<http_body_util::Full<Bytes>>;
+/// The upstream's body as the breaker hands it over.
+pub(crate) type Upstream = weir_breaker::ResponseBody<
+    weir_client::ResponseBody<http_body_util::Full<Bytes>>,
+    weir_breaker::classify::LlmEos,
+>;
 
 /// The body type of every weir response.
 #[derive(Debug)]
@@ -198,6 +202,9 @@ pub(crate) struct UpstreamBody {
     inner: Upstream,
     sse: Option<Watch>,
     provider: Arc<str>,
+    /// Told about failures only weir sees (a stall, an unreadable event); the breaker's own
+    /// body counts a body dropped early as "ignored", so nothing is counted twice.
+    breaker: Breaker,
     idle: Duration,
     last_progress: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -205,11 +212,18 @@ pub(crate) struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Upstream, sse: bool, provider: Arc<str>, idle: Duration) -> Self {
+    pub(crate) fn new(
+        inner: Upstream,
+        sse: bool,
+        provider: Arc<str>,
+        breaker: Breaker,
+        idle: Duration,
+    ) -> Self {
         Self {
             inner,
             sse: sse.then(Watch::default),
             provider,
+            breaker,
             idle,
             last_progress: Instant::now(),
             sleep: None,
@@ -226,6 +240,10 @@ impl UpstreamBody {
         failure: Failure,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
         self.state = State::Flush(failure);
+        if matches!(failure, Failure::StreamStalled | Failure::MalformedEvent) {
+            self.breaker
+                .record(Outcome::Failure, Some(failure.as_str()));
+        }
         let told = self.sse.as_ref().is_none_or(|w| w.upstream_error);
         if told {
             return self.poll(cx);

@@ -121,6 +121,36 @@ pub struct Provider {
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept.
     pub pool_max_idle: usize,
+    /// The circuit breaker's policy (`breaker = {...}`).
+    pub breaker: weir_breaker::PolicyConfig,
+    /// Count 429 as a failure (by default it only keeps the provider out for `Retry-After`).
+    pub breaker_counts_rate_limits: bool,
+    /// A first byte later than this counts as a failure.
+    pub slow_first_byte: Option<Duration>,
+    /// Active health probes (`health = {...}`).
+    pub health: Health,
+}
+
+/// Active health probing of a provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// What a probe sends.
+    pub probe: Probe,
+    /// Time between probes.
+    pub interval: Duration,
+    /// How long a probe may take.
+    pub timeout: Duration,
+}
+
+/// What a health probe sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// No active probes: the breaker learns from traffic only.
+    Off,
+    /// `GET {base_url}/models`.
+    Models,
+    /// A one-token chat completion to this model.
+    Completion(String),
 }
 
 /// `[[routes]]`: a model name clients ask for, and where it goes.
@@ -128,8 +158,9 @@ pub struct Provider {
 pub struct Route {
     /// The model name clients send.
     pub model: String,
-    /// The upstream that serves it.
-    pub target: Target,
+    /// The upstreams that serve it, in order of preference: a request goes to the first whose
+    /// breaker admits it.
+    pub targets: Vec<Target>,
 }
 
 /// One target of a route.
@@ -242,6 +273,50 @@ struct RawProvider {
     pool_idle_timeout: Option<Spanned<String>>,
     #[serde(default)]
     pool_max_idle: Option<usize>,
+    #[serde(default)]
+    breaker: Option<RawBreaker>,
+    #[serde(default)]
+    health: Option<RawHealth>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    #[serde(default)]
+    consecutive_failures: Option<Spanned<u32>>,
+    #[serde(default)]
+    error_rate: Option<Spanned<f64>>,
+    #[serde(default)]
+    window: Option<Spanned<String>>,
+    #[serde(default)]
+    min_requests: Option<u32>,
+    #[serde(default)]
+    open_for: Option<Spanned<String>>,
+    #[serde(default)]
+    max_open_for: Option<Spanned<String>>,
+    #[serde(default)]
+    half_open_probes: Option<u32>,
+    #[serde(default)]
+    count_rate_limits: Option<bool>,
+    #[serde(default)]
+    slow_first_byte: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    probe: Option<Spanned<String>>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    unhealthy_after: Option<Spanned<u32>>,
+    #[serde(default)]
+    healthy_after: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -487,41 +562,42 @@ pub fn parse(
                 ));
             }
         }
-        let targets = r.targets.get_ref();
-        let target = match targets.as_slice() {
-            [] => return Err(cx.error(r.targets.span(), &key("targets"), "needs one target")),
-            [one] => one.get_ref(),
-            [_, second, ..] => {
-                return Err(cx.error(
-                    second.span(),
-                    &key("targets"),
-                    "this version routes to one target per model; failover across several targets is not built yet",
-                ))
-            }
-        };
-        let provider = providers
-            .iter()
-            .position(|p| p.name == *target.provider.get_ref())
-            .ok_or_else(|| {
-                cx.error(
-                    target.provider.span(),
-                    &key("targets[0].provider"),
-                    format!("no provider is named `{}`", target.provider.get_ref()),
-                )
-            })?;
-        if target.model.get_ref().is_empty() {
+        let raw_targets = r.targets.get_ref();
+        if raw_targets.is_empty() {
             return Err(cx.error(
-                target.model.span(),
-                &key("targets[0].model"),
-                "must not be empty",
+                r.targets.span(),
+                &key("targets"),
+                "needs at least one target",
             ));
+        }
+        let mut targets = Vec::with_capacity(raw_targets.len());
+        for (t, target) in raw_targets.iter().enumerate() {
+            let target = target.get_ref();
+            let provider = providers
+                .iter()
+                .position(|p| p.name == *target.provider.get_ref())
+                .ok_or_else(|| {
+                    cx.error(
+                        target.provider.span(),
+                        &key(&format!("targets[{t}].provider")),
+                        format!("no provider is named `{}`", target.provider.get_ref()),
+                    )
+                })?;
+            if target.model.get_ref().is_empty() {
+                return Err(cx.error(
+                    target.model.span(),
+                    &key(&format!("targets[{t}].model")),
+                    "must not be empty",
+                ));
+            }
+            targets.push(Target {
+                provider,
+                model: target.model.get_ref().clone(),
+            });
         }
         routes.push(Route {
             model: model.clone(),
-            target: Target {
-                provider,
-                model: target.model.get_ref().clone(),
-            },
+            targets,
         });
     }
     if routes.is_empty() {
@@ -646,6 +722,8 @@ fn provider(
             ("http2", weir_client::HttpVersion::Http2),
         ],
     )?;
+    let (breaker, counts_rate_limits, slow_first_byte) = breaker_config(cx, i, p.breaker.as_ref())?;
+    let (health, breaker) = health_config(cx, i, p.health.as_ref(), breaker)?;
     Ok(Provider {
         name: name.clone(),
         base_url,
@@ -676,7 +754,122 @@ fn provider(
             Duration::from_secs(90),
         )?,
         pool_max_idle: p.pool_max_idle.unwrap_or(256),
+        breaker,
+        breaker_counts_rate_limits: counts_rate_limits,
+        slow_first_byte,
+        health,
     })
+}
+
+fn breaker_config(
+    cx: &Ctx<'_>,
+    i: usize,
+    raw: Option<&RawBreaker>,
+) -> Result<(weir_breaker::PolicyConfig, bool, Option<Duration>), ConfigError> {
+    let key = |k: &str| format!("providers[{i}].breaker.{k}");
+    let default = weir_breaker::PolicyConfig::default();
+    let Some(raw) = raw else {
+        return Ok((default, false, None));
+    };
+    let consecutive_failures = match &raw.consecutive_failures {
+        None => default.consecutive_failures,
+        Some(v) if *v.get_ref() == 0 => None,
+        Some(v) => Some(*v.get_ref()),
+    };
+    let failure_rate = match &raw.error_rate {
+        None => default.failure_rate,
+        Some(v) if *v.get_ref() == 0.0 => None,
+        Some(v) if !(0.0..=1.0).contains(v.get_ref()) => {
+            return Err(cx.error(
+                v.span(),
+                &key("error_rate"),
+                "must be between 0 (off) and 1",
+            ))
+        }
+        Some(v) => Some(*v.get_ref()),
+    };
+    let slow_first_byte = match &raw.slow_first_byte {
+        None => None,
+        Some(_) => Some(cx.duration(
+            &raw.slow_first_byte,
+            &key("slow_first_byte"),
+            Duration::ZERO,
+        )?),
+    };
+    let config = weir_breaker::PolicyConfig {
+        consecutive_failures,
+        failure_rate,
+        window: cx.duration(&raw.window, &key("window"), default.window)?,
+        min_calls: raw.min_requests.unwrap_or(default.min_calls),
+        open_for: cx.duration(&raw.open_for, &key("open_for"), default.open_for)?,
+        max_open_for: cx.duration(
+            &raw.max_open_for,
+            &key("max_open_for"),
+            default.max_open_for,
+        )?,
+        half_open_probes: raw.half_open_probes.unwrap_or(default.half_open_probes),
+        ..default
+    };
+    Ok((
+        config,
+        raw.count_rate_limits.unwrap_or(false),
+        slow_first_byte,
+    ))
+}
+
+fn health_config(
+    cx: &Ctx<'_>,
+    i: usize,
+    raw: Option<&RawHealth>,
+    mut breaker: weir_breaker::PolicyConfig,
+) -> Result<(Health, weir_breaker::PolicyConfig), ConfigError> {
+    let key = |k: &str| format!("providers[{i}].health.{k}");
+    let empty = RawHealth::default();
+    let raw = raw.unwrap_or(&empty);
+    let probe = match raw.probe.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("models", _)) => Probe::Models,
+        Some(("off", _)) => Probe::Off,
+        Some(("completion", span)) => match &raw.model {
+            Some(model) if !model.is_empty() => Probe::Completion(model.clone()),
+            _ => return Err(cx.error(span, &key("probe"), "a \"completion\" probe needs `model`")),
+        },
+        Some((other, span)) => {
+            return Err(cx.error(
+                span,
+                &key("probe"),
+                format!("`{other}` is not one of \"models\", \"completion\", \"off\""),
+            ))
+        }
+    };
+    for (value, name, slot) in [
+        (
+            &raw.unhealthy_after,
+            "unhealthy_after",
+            &mut breaker.unhealthy_after,
+        ),
+        (
+            &raw.healthy_after,
+            "healthy_after",
+            &mut breaker.healthy_after,
+        ),
+    ] {
+        if let Some(v) = value {
+            if *v.get_ref() == 0 {
+                return Err(cx.error(v.span(), &key(name), "must be at least 1"));
+            }
+            *slot = *v.get_ref();
+        }
+    }
+    let health = Health {
+        probe,
+        interval: cx.duration(&raw.interval, &key("interval"), Duration::from_secs(30))?,
+        timeout: cx.duration(&raw.timeout, &key("timeout"), Duration::from_secs(5))?,
+    };
+    if health.interval.is_zero() {
+        let span = raw.interval.as_ref().map_or(0..0, |v| v.span());
+        return Err(cx.error(span, &key("interval"), "must be above 0"));
+    }
+    Ok((health, breaker))
 }
 
 /// Expands `${VAR}` references. With `whole`, the value must be exactly one reference: keys

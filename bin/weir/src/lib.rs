@@ -16,6 +16,7 @@
 mod body;
 pub mod config;
 mod headers;
+mod health;
 mod proxy;
 pub mod server;
 pub mod telemetry;
@@ -59,13 +60,15 @@ pub async fn start(config: &config::Config) -> Result<Running, StartError> {
     let options = server::ServeOptions {
         header_read_timeout: config.server.header_read_timeout,
     };
-    server::serve(
-        gateway,
+    let mut running = server::serve(
+        gateway.clone(),
         config.server.listen,
         config.server.admin_listen,
         options,
         config.server.drain_timeout,
     )
     .await
-    .map_err(StartError::Bind)
+    .map_err(StartError::Bind)?;
+    running.stop_on_drain(health::spawn_probes(&gateway));
+    Ok(running)
 }

@@ -1,7 +1,7 @@
 //! The OpenAI-compatible front: routes a request to its provider and streams the answer back.
 
 use crate::body::{ResponseBody, UpstreamBody};
-use crate::config::{Config, Provider};
+use crate::config::{Config, Health, Provider};
 use crate::headers::{self, RequestIds, X_REQUEST_ID, X_WEIR_PROVIDER};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -10,24 +10,40 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::task::Poll;
 use std::time::Duration;
-use tower::ServiceExt;
+use tokio::time::Instant;
+use tower::Service;
+use weir_breaker::{Breaker, CircuitBreaker, LlmClassifier, Mode, State};
 use weir_client::{ClientBuilder, HttpClient};
 use weir_llm::{Endpoint, ErrorBody, ErrorKind, LlmRequest};
 
 /// The read buffer of each HTTP/1.1 upstream connection.
 const UPSTREAM_READ_BUF: usize = 8192;
 
+/// A provider's client behind its circuit breaker.
+pub(crate) type Guarded = CircuitBreaker<HttpClient<Full<Bytes>>, LlmClassifier>;
+
 /// One provider, ready to take requests.
 #[derive(Debug)]
-struct Upstream {
-    name: Arc<str>,
-    client: HttpClient<Full<Bytes>>,
+pub(crate) struct Upstream {
+    pub(crate) name: Arc<str>,
+    /// The client alone (health probes go around the breaker).
+    pub(crate) client: HttpClient<Full<Bytes>>,
+    /// The client behind the breaker: what requests go through.
+    service: Guarded,
+    pub(crate) breaker: Breaker,
+    pub(crate) health: Health,
+    /// When the next health probe is due.
+    pub(crate) next_probe: Mutex<Option<Instant>>,
     /// The full URI of each endpoint under the base URL.
     uris: [Uri; 3],
     /// `Authorization` and the configured extra headers, marked sensitive.
-    headers: HeaderMap,
+    pub(crate) headers: HeaderMap,
     idle_timeout: Duration,
+    /// `GET {base}/models`, for health probes.
+    pub(crate) models_uri: Uri,
 }
 
 impl Upstream {
@@ -45,6 +61,11 @@ impl Upstream {
             // past it on a burst and keeps the larger buffer).
             .http1_read_buf_exact_size(UPSTREAM_READ_BUF)
             .build()?;
+        let breaker = Breaker::new(p.breaker.clone());
+        let classifier = LlmClassifier::new()
+            .count_rate_limits(p.breaker_counts_rate_limits)
+            .slow_first_byte(p.slow_first_byte);
+        let service = CircuitBreaker::new(client.clone(), breaker.clone(), classifier, Mode::Wait);
         let base = p.base_url.to_string();
         let base = base.trim_end_matches('/');
         let uri = |e: Endpoint| -> Uri {
@@ -68,6 +89,13 @@ impl Upstream {
         Ok(Self {
             name: p.name.as_str().into(),
             client,
+            service,
+            breaker,
+            health: p.health.clone(),
+            next_probe: Mutex::new(None),
+            models_uri: format!("{base}/models")
+                .parse()
+                .expect("a valid base URL plus a fixed path is a valid URI"),
             uris: [
                 uri(Endpoint::ChatCompletions),
                 uri(Endpoint::Completions),
@@ -78,7 +106,7 @@ impl Upstream {
         })
     }
 
-    fn uri(&self, endpoint: Endpoint) -> Uri {
+    pub(crate) fn uri(&self, endpoint: Endpoint) -> Uri {
         self.uris[match endpoint {
             Endpoint::ChatCompletions => 0,
             Endpoint::Completions => 1,
@@ -88,15 +116,16 @@ impl Upstream {
     }
 }
 
+/// A route's targets in order: the provider, and the model name sent to it.
 #[derive(Debug)]
 struct RouteEntry {
-    upstream: Arc<Upstream>,
-    model: String,
+    targets: Vec<(Arc<Upstream>, String)>,
 }
 
 /// The gateway: routes, providers and limits, shared by every connection.
 #[derive(Debug)]
 pub struct Gateway {
+    upstreams: Vec<Arc<Upstream>>,
     routes: HashMap<String, RouteEntry>,
     models: Bytes,
     max_request_bytes: usize,
@@ -134,11 +163,12 @@ impl Gateway {
             .routes
             .iter()
             .map(|r| {
-                let entry = RouteEntry {
-                    upstream: upstreams[r.target.provider].clone(),
-                    model: r.target.model.clone(),
-                };
-                (r.model.clone(), entry)
+                let targets = r
+                    .targets
+                    .iter()
+                    .map(|t| (upstreams[t.provider].clone(), t.model.clone()))
+                    .collect();
+                (r.model.clone(), RouteEntry { targets })
             })
             .collect();
         let data: Vec<serde_json::Value> = config
@@ -149,11 +179,17 @@ impl Gateway {
         let models = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
             .expect("JSON values serialize");
         Ok(Self {
+            upstreams,
             routes,
             models: models.into(),
             max_request_bytes: config.server.max_request_bytes,
             ids: RequestIds::default(),
         })
+    }
+
+    /// The providers, in config order.
+    pub(crate) fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
     }
 
     /// Answers one client request. Never fails: every error is an OpenAI-style response.
@@ -247,26 +283,29 @@ impl Gateway {
                 .code("model_not_found"),
             );
         };
-        let upstream = &route.upstream;
+        let Some((upstream, model, mut service)) = choose(&route.targets).await else {
+            return all_out(llm.model(), &route.targets);
+        };
 
         let mut headers = headers::upstream_request_headers(&parts.headers, &upstream.headers);
         headers.insert(X_REQUEST_ID.clone(), id.clone());
-        let mut outgoing = Request::new(Full::new(llm.with_model(&body, &route.model)));
+        let mut outgoing = Request::new(Full::new(llm.with_model(&body, model)));
         *outgoing.method_mut() = Method::POST;
         *outgoing.uri_mut() = upstream.uri(endpoint);
         *outgoing.headers_mut() = headers;
 
-        let response = match upstream.client.clone().oneshot(outgoing).await {
+        let response = match service.call(outgoing).await {
             Ok(response) => response,
             Err(e) => {
                 tracing::warn!(provider = %upstream.name, error = %e, "upstream request failed");
-                let (kind, code, what) = if e.is_timeout() {
+                let client = e.downcast_ref::<weir_client::Error>();
+                let (kind, code, what) = if client.is_some_and(|e| e.is_timeout()) {
                     (
                         ErrorKind::GatewayTimeout,
                         "upstream_timeout",
                         "did not answer in time",
                     )
-                } else if e.is_connect() {
+                } else if client.is_some_and(|e| e.is_connect()) {
                     (
                         ErrorKind::BadGateway,
                         "upstream_connect_error",
@@ -304,9 +343,74 @@ impl Gateway {
             X_WEIR_PROVIDER.clone(),
             HeaderValue::from_str(&upstream.name).expect("provider names are header-safe"),
         );
-        let body = UpstreamBody::new(incoming, sse, upstream.name.clone(), upstream.idle_timeout);
+        let body = UpstreamBody::new(
+            incoming,
+            sse,
+            upstream.name.clone(),
+            upstream.breaker.clone(),
+            upstream.idle_timeout,
+        );
         Response::from_parts(parts, ResponseBody::upstream(body))
     }
+}
+
+/// The first target whose breaker admits a call now, with the service that admitted it.
+async fn choose(targets: &[(Arc<Upstream>, String)]) -> Option<(&Upstream, &str, Guarded)> {
+    for (upstream, model) in targets {
+        let mut service = upstream.service.clone();
+        let ready = std::future::poll_fn(|cx| Poll::Ready(service.poll_ready(cx))).await;
+        if let Poll::Ready(Ok(())) = ready {
+            return Some((upstream, model, service));
+        }
+    }
+    None
+}
+
+/// Every target is out: a 503 that says which and why, with the soonest `Retry-After`.
+fn all_out(model: &str, targets: &[(Arc<Upstream>, String)]) -> Response<ResponseBody> {
+    let mut soonest: Option<Duration> = None;
+    let reasons: Vec<String> = targets
+        .iter()
+        .map(|(upstream, _)| {
+            let snapshot = upstream.breaker.snapshot();
+            if let Some(wait) = snapshot.retry_after {
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            }
+            let why = match snapshot.state {
+                State::Open { .. } => "circuit open",
+                State::HalfOpen => "circuit half-open, waiting for a probe",
+                State::Closed => "cooling down after a rate limit",
+            };
+            match snapshot.retry_after {
+                Some(wait) => format!(
+                    "`{}`: {why}, retry in {}s",
+                    upstream.name,
+                    whole_seconds(wait)
+                ),
+                None => format!("`{}`: {why}", upstream.name),
+            }
+        })
+        .collect();
+    let mut response = error(
+        ErrorBody::new(
+            ErrorKind::Unavailable,
+            format!(
+                "No provider can serve the model `{model}` now: {}.",
+                reasons.join("; ")
+            ),
+        )
+        .code("no_healthy_target"),
+    );
+    let retry = soonest.map_or(1, whole_seconds);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    response
+}
+
+/// Whole seconds, rounded up, at least 1: never ask a client to come back too early.
+fn whole_seconds(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {

@@ -119,9 +119,15 @@ pub struct Running {
     admin_stop: watch::Sender<bool>,
     public: JoinHandle<bool>,
     admin: JoinHandle<bool>,
+    /// Background work (health probes) that ends when draining starts.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl Running {
+    pub(crate) fn stop_on_drain(&mut self, tasks: Vec<JoinHandle<()>>) {
+        self.background.extend(tasks);
+    }
+
     /// The public API address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -136,6 +142,9 @@ impl Running {
     /// whether they all finished in time. `/readyz` answers 503 from the first moment.
     pub async fn drain(self) -> bool {
         self.health.draining.store(true, Ordering::Release);
+        for task in &self.background {
+            task.abort();
+        }
         let _ = self.stop.send(true);
         let finished = self.public.await.unwrap_or(false);
         let _ = self.admin_stop.send(true);
@@ -159,11 +168,12 @@ pub async fn serve(
     let health = Arc::new(Health::default());
     let (stop, stopped) = watch::channel(false);
 
+    let gateway_for_public = gateway.clone();
     let public = tokio::spawn(accept_loop(
         listener,
         options,
         move |request| {
-            let gateway = gateway.clone();
+            let gateway = gateway_for_public.clone();
             // hyper keeps the service future's box for as long as the connection lives; boxing
             // the handler inside it leaves a pointer there, and frees the handler's state as
             // soon as the response head is ready (2.7 KiB per open stream).
@@ -173,11 +183,12 @@ pub async fn serve(
         drain,
     ));
     let admin_health = health.clone();
+    let admin_gateway = gateway.clone();
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin = tokio::spawn(accept_loop(
         admin_listener,
         options,
-        move |request| std::future::ready(admin(&admin_health, &request)),
+        move |request| std::future::ready(admin(&admin_health, &admin_gateway, &request)),
         admin_stopped,
         Duration::ZERO,
     ));
@@ -189,6 +200,7 @@ pub async fn serve(
         admin_stop,
         public,
         admin,
+        background: Vec::new(),
     })
 }
 
@@ -202,8 +214,21 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
     response
 }
 
-fn admin(health: &Health, request: &Request<Incoming>) -> Response<ResponseBody> {
+fn admin(
+    health: &Health,
+    gateway: &Gateway,
+    request: &Request<Incoming>,
+) -> Response<ResponseBody> {
     match request.uri().path() {
+        "/admin/providers" => {
+            let mut response =
+                Response::new(ResponseBody::full(crate::health::providers_json(gateway)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if health.draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::OK, "ready\n"),

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub transitions: u64,
     /// The last failure reported with a reason.
     pub last_failure: Option<String>,
+    /// How long until calls may be admitted, when known (open period or cool-down).
+    pub retry_after: Option<Duration>,
 }
 
 impl Breaker {
@@ -70,14 +72,21 @@ impl Breaker {
 
     /// The state and counters now.
     pub fn snapshot(&self) -> Snapshot {
-        let (state, (failure_rate, calls), transitions) =
-            self.with(|p, now| (p.state(now), p.failure_rate(now), p.transitions()));
+        let (state, (failure_rate, calls), transitions, retry_after) = self.with(|p, now| {
+            (
+                p.state(now),
+                p.failure_rate(now),
+                p.transitions(),
+                p.retry_after(now),
+            )
+        });
         Snapshot {
             state,
             failure_rate,
             calls,
             transitions,
             last_failure: self.shared.last_failure.lock().expect("lock").clone(),
+            retry_after,
         }
     }
 

@@ -104,12 +104,21 @@ impl LlmClassifier {
     }
 }
 
-/// [`LlmClassifier`]'s end-of-stream half.
+/// [`LlmClassifier`]'s end-of-stream half. A stream that carried an in-band
+/// `data: {"error": ...}` event failed, however cleanly it ended.
 #[derive(Debug)]
 pub struct LlmEos {
     started: Instant,
     slow: Option<Duration>,
     first_byte: Option<Instant>,
+    in_band_error: bool,
+}
+
+/// An in-band error event as providers send it (a substring scan, not a parse; an event cut
+/// across two frames is missed, which only loses one failure count).
+fn has_error_event(data: &[u8]) -> bool {
+    memchr::memmem::find(data, b"data: {\"error\"").is_some()
+        || memchr::memmem::find(data, b"data:{\"error\"").is_some()
 }
 
 impl Classify for LlmClassifier {
@@ -126,6 +135,7 @@ impl Classify for LlmClassifier {
                 started,
                 slow: self.slow,
                 first_byte: None,
+                in_band_error: false,
             }),
             Some(Failure::RateLimited { retry_after }) => Classified::Now(Verdict {
                 outcome: if self.count_rate_limits {
@@ -152,9 +162,15 @@ impl ClassifyEos for LlmEos {
         if self.first_byte.is_none() && !data.is_empty() {
             self.first_byte = Some(Instant::now());
         }
+        if !self.in_band_error && has_error_event(data) {
+            self.in_band_error = true;
+        }
     }
 
     fn end(self) -> Outcome {
+        if self.in_band_error {
+            return Outcome::Failure;
+        }
         let slow = self.slow.is_some_and(|limit| {
             self.first_byte
                 .is_some_and(|first| first.duration_since(self.started) > limit)
@@ -226,5 +242,12 @@ mod tests {
         slow.data(b"x");
         assert_eq!(slow.end(), Outcome::Failure);
         assert_eq!(eos(&c).dropped(), Outcome::Ignored);
+        let mut errored = eos(&c);
+        errored.data(b"data: {\"choices\":[]}\n\ndata: {\"error\":{\"message\":\"boom\"}}\n\n");
+        assert_eq!(
+            errored.end(),
+            Outcome::Failure,
+            "an in-band error event fails a clean end"
+        );
     }
 }

@@ -35,7 +35,10 @@ pub struct PolicyConfig {
     pub max_open_for: Duration,
     /// ± this fraction of random jitter on each open period. Default 0.1.
     pub jitter: f64,
-    /// Calls admitted at once while half-open; as many successes close it. Default 1.
+    /// Calls admitted at once while half-open; as many successes close it. Default 1. With 0,
+    /// no call is used as a probe: only a health probe ([`Policy::probe_result`]) closes an
+    /// open breaker (for providers with active health checks, so that no user request is
+    /// risked on a provider that was failing).
     pub half_open_probes: u32,
     /// Failed health probes in a row that open a closed breaker. Default 3.
     pub unhealthy_after: u32,
@@ -307,6 +310,33 @@ impl Policy {
     /// A probe admitted by [`Policy::admit`] ended without an outcome (it was dropped).
     pub fn release_probe(&mut self) {
         self.probes_out = self.probes_out.saturating_sub(1);
+    }
+
+    /// How long until calls may be admitted, when known: the rest of an open period or of a
+    /// cool-down; `None` when calls are admitted now or wait for a probe.
+    pub fn retry_after(&mut self, now: Instant) -> Option<Duration> {
+        match self.admit_peek(now) {
+            Admit::No { retry_after } => retry_after,
+            _ => None,
+        }
+    }
+
+    fn admit_peek(&mut self, now: Instant) -> Admit {
+        self.tick(now);
+        if let Some(until) = self.cool_until.filter(|u| now < *u) {
+            return Admit::No {
+                retry_after: Some(until - now),
+            };
+        }
+        match self.state {
+            State::Open { until } => Admit::No {
+                retry_after: Some(until.saturating_duration_since(now)),
+            },
+            State::HalfOpen if self.probes_out >= self.config.half_open_probes => {
+                Admit::No { retry_after: None }
+            }
+            _ => Admit::Yes,
+        }
     }
 
     /// Reports how an admitted call went.

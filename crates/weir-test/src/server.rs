@@ -51,6 +51,8 @@ pub struct LoggedRequest {
 #[derive(Debug)]
 struct Shared {
     config: MockConfig,
+    /// Directives applied before each request's own; changeable while running.
+    defaults: Mutex<Option<String>>,
     log: Mutex<Vec<LoggedRequest>>,
     counters: Mutex<HashMap<String, u32>>,
     ids: AtomicU64,
@@ -86,6 +88,7 @@ impl MockUpstream {
             .local_addr()
             .expect("a bound listener has an address");
         let shared = Arc::new(Shared {
+            defaults: Mutex::new(config.defaults.clone()),
             config,
             log: Mutex::new(Vec::new()),
             counters: Mutex::new(HashMap::new()),
@@ -115,6 +118,12 @@ impl MockUpstream {
     /// The requests received so far, in arrival order.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.shared.log.lock().expect("log lock").clone()
+    }
+
+    /// Changes the directives applied to every request (`Some("fault=503")`: the provider is
+    /// down; `None`: healthy again). Health probes (`GET .../models`) get the same faults.
+    pub fn set_defaults(&self, directives: Option<&str>) {
+        *self.shared.defaults.lock().expect("defaults lock") = directives.map(str::to_owned);
     }
 
     /// TCP connections accepted so far.
@@ -312,7 +321,36 @@ async fn handle(
         }
     }
     let path = parts.uri.path();
+    let defaults = shared.defaults.lock().expect("defaults lock").clone();
     if parts.method == Method::GET && path.ends_with("/models") {
+        let mut script = Script::default();
+        if let Some(defaults) = &defaults {
+            let _ = script.apply(defaults);
+        }
+        match script.fault {
+            Some(Fault::ServerError | Fault::ServerErrorOnce) => {
+                return Ok(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal",
+                    "The server had an error",
+                ));
+            }
+            Some(Fault::Unavailable) => {
+                return Ok(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "overloaded",
+                    "The engine is currently overloaded",
+                ));
+            }
+            Some(Fault::Reset) => {
+                reset.store(true, Ordering::Release);
+                return Err(Injected("reset before headers"));
+            }
+            Some(Fault::Silent) => std::future::pending::<()>().await,
+            _ => {}
+        }
         return Ok(json(
             StatusCode::OK,
             r#"{"object":"list","data":[{"id":"mock","object":"model","created":1700000000,"owned_by":"weir-test"}]}"#.to_owned(),
@@ -347,7 +385,7 @@ async fn handle(
     let mut script = Script::default();
     let mut applied = Ok(());
     let specs = [
-        shared.config.defaults.as_deref(),
+        defaults.as_deref(),
         model.split_once('@').map(|(_, spec)| spec),
         header,
     ];

@@ -56,8 +56,14 @@ fn reads_a_good_file() {
     assert_eq!(openai.headers[0].0.as_str(), "openai-organization");
     assert_eq!(openai.headers[0].1.expose(), "org-acme");
     assert_eq!(openai.response_timeout, Duration::from_secs(30));
-    assert_eq!(config.routes[1].target.provider, 1);
-    assert_eq!(config.routes[0].target.model, "gpt-4.1-2025-04-14");
+    assert_eq!(config.routes[1].targets[0].provider, 1);
+    assert_eq!(config.routes[0].targets[0].model, "gpt-4.1-2025-04-14");
+    assert_eq!(
+        openai.health.probe,
+        Probe::Models,
+        "probes are on by default"
+    );
+    assert_eq!(openai.breaker, weir_breaker::PolicyConfig::default());
 }
 
 #[test]
@@ -167,14 +173,59 @@ fn bad_values() {
 }
 
 #[test]
-fn several_targets_are_refused_until_failover_exists() {
+fn several_targets_in_order() {
     let text = GOOD.replace(
         "targets = [{ provider = \"local\", model = \"meta/llama\" }]",
         "targets = [{ provider = \"local\", model = \"a\" },\n           { provider = \"openai\", model = \"b\" }]",
     );
-    let message = error(&text);
-    assert!(message.starts_with("weir.toml:27:"), "{message}");
-    assert!(message.contains("one target"), "{message}");
+    let config = load(&text).unwrap();
+    let targets = &config.routes[1].targets;
+    assert_eq!((targets[0].provider, targets[1].provider), (1, 0));
+    let bad = text.replace(
+        "provider = \"openai\", model = \"b\"",
+        "provider = \"nobody\", model = \"b\"",
+    );
+    let message = error(&bad);
+    assert!(
+        message.starts_with("weir.toml:27:") && message.contains("routes[1].targets[1].provider"),
+        "{message}"
+    );
+}
+
+#[test]
+fn breaker_and_health_settings() {
+    let text = GOOD.replace(
+        "response_timeout = \"30s\"",
+        "response_timeout = \"30s\"\nbreaker = { error_rate = 0.25, window = \"10s\", min_requests = 5, open_for = \"2s\", consecutive_failures = 0, half_open_probes = 0 }\nhealth = { probe = \"completion\", model = \"gpt-4.1-mini\", interval = \"7s\", timeout = \"1s\", unhealthy_after = 2 }",
+    );
+    let config = load(&text).unwrap();
+    let p = &config.providers[0];
+    assert_eq!(p.breaker.failure_rate, Some(0.25));
+    assert_eq!(p.breaker.consecutive_failures, None, "0 turns the rule off");
+    assert_eq!(p.breaker.window, Duration::from_secs(10));
+    assert_eq!(p.breaker.min_calls, 5);
+    assert_eq!(p.breaker.open_for, Duration::from_secs(2));
+    assert_eq!(p.breaker.half_open_probes, 0);
+    assert_eq!(p.breaker.unhealthy_after, 2);
+    assert_eq!(p.health.probe, Probe::Completion("gpt-4.1-mini".into()));
+    assert_eq!(p.health.interval, Duration::from_secs(7));
+
+    let bad = GOOD.replace(
+        "response_timeout = \"30s\"",
+        "breaker = { error_rate = 1.5 }",
+    );
+    assert!(error(&bad).contains("providers[0].breaker.error_rate: must be between 0 (off) and 1"));
+    let bad = GOOD.replace(
+        "response_timeout = \"30s\"",
+        "health = { probe = \"completion\" }",
+    );
+    assert!(error(&bad).contains("providers[0].health.probe: a \"completion\" probe needs `model`"));
+    let bad = GOOD.replace("response_timeout = \"30s\"", "breaker = { trip_after = 3 }");
+    let message = error(&bad);
+    assert!(
+        message.starts_with("weir.toml:12:13:") && message.contains("trip_after"),
+        "{message}"
+    );
 }
 
 #[test]

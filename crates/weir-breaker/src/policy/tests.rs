@@ -187,6 +187,31 @@ fn retry_after_cools_down_without_a_trip() {
 }
 
 #[test]
+fn zero_half_open_probes_leaves_recovery_to_health_probes() {
+    let t0 = Instant::now();
+    let mut p = Policy::with_jitter(
+        PolicyConfig {
+            half_open_probes: 0,
+            ..config()
+        },
+        t0,
+        no_jitter(),
+    );
+    for _ in 0..3 {
+        p.record(t0, Outcome::Failure, false);
+    }
+    let t = t0 + secs(60);
+    assert_eq!(
+        p.admit(t),
+        Admit::No { retry_after: None },
+        "no user call is risked"
+    );
+    assert_eq!(p.retry_after(t), None);
+    p.probe_result(t, true);
+    assert_eq!(p.admit(t), Admit::Yes);
+}
+
+#[test]
 fn dropped_probe_frees_its_slot() {
     let t0 = Instant::now();
     let mut p = Policy::with_jitter(config(), t0, no_jitter());

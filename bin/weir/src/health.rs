@@ -1,0 +1,123 @@
+//! Active health probes, and the providers page of the admin listener.
+//!
+//! One task per provider probes on its interval (`GET {base}/models`, or a one-token chat
+//! completion), around the breaker, with a timeout, and reports to the provider's breaker: a
+//! provider that fails `unhealthy_after` probes in a row is taken out, and one that answers
+//! `healthy_after` probes is put back, traffic or not. One probe at a time per provider, so
+//! probe traffic is bounded; the tasks end when weir drains.
+
+use crate::config::Probe;
+use crate::proxy::{Gateway, Upstream};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use weir_llm::Endpoint;
+
+/// Starts the probe task of every provider that has probes on.
+pub(crate) fn spawn_probes(gateway: &Gateway) -> Vec<JoinHandle<()>> {
+    gateway
+        .upstreams()
+        .iter()
+        .filter(|u| u.health.probe != Probe::Off)
+        .map(|upstream| tokio::spawn(probe_loop(upstream.clone())))
+        .collect()
+}
+
+async fn probe_loop(upstream: Arc<Upstream>) {
+    let interval = upstream.health.interval;
+    let mut next = Instant::now() + interval;
+    loop {
+        *upstream.next_probe.lock().expect("probe lock") = Some(next);
+        tokio::time::sleep_until(next).await;
+        let result = tokio::time::timeout(upstream.health.timeout, probe_once(&upstream)).await;
+        match result {
+            Ok(Ok(())) => upstream.breaker.probe_result(true, None),
+            Ok(Err(why)) => {
+                tracing::debug!(provider = %upstream.name, %why, "health probe failed");
+                upstream.breaker.probe_result(false, Some(&why));
+            }
+            Err(_) => upstream
+                .breaker
+                .probe_result(false, Some("health probe timed out")),
+        }
+        // The next probe is an interval after this one was due, never in a burst.
+        next = (next + interval).max(Instant::now());
+    }
+}
+
+async fn probe_once(upstream: &Upstream) -> Result<(), String> {
+    let mut request = match &upstream.health.probe {
+        Probe::Completion(model) => {
+            let body = serde_json::json!({
+                "model": model,
+                "max_tokens": 1,
+                "messages": [{"role": "user", "content": "ping"}],
+            });
+            let mut request = Request::new(Full::new(Bytes::from(body.to_string())));
+            *request.method_mut() = Method::POST;
+            *request.uri_mut() = upstream.uri(Endpoint::ChatCompletions);
+            request.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            request
+        }
+        Probe::Models | Probe::Off => {
+            let mut request = Request::new(Full::new(Bytes::new()));
+            *request.uri_mut() = upstream.models_uri.clone();
+            request
+        }
+    };
+    for (name, value) in &upstream.headers {
+        request.headers_mut().insert(name.clone(), value.clone());
+    }
+    let response = upstream
+        .client
+        .clone()
+        .oneshot(request)
+        .await
+        .map_err(|e| format!("health probe: {e}"))?;
+    let status = response.status();
+    // Read the (small) answer to its end, so the connection goes back to the pool.
+    let _ = response.into_body().collect().await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("health probe answered {status}"))
+    }
+}
+
+/// `GET /admin/providers`: each provider's breaker and probe state, as JSON.
+pub(crate) fn providers_json(gateway: &Gateway) -> Bytes {
+    let now = Instant::now();
+    let providers: Vec<serde_json::Value> = gateway
+        .upstreams()
+        .iter()
+        .map(|u| {
+            let s = u.breaker.snapshot();
+            let next_probe = *u.next_probe.lock().expect("probe lock");
+            serde_json::json!({
+                "name": &*u.name,
+                "state": s.state.as_str(),
+                "failure_rate": s.failure_rate,
+                "calls_in_window": s.calls,
+                "transitions": s.transitions,
+                "last_error": s.last_failure,
+                "retry_after_seconds": s.retry_after.map(|d| d.as_secs_f64()),
+                "health_probe": match &u.health.probe {
+                    Probe::Off => "off",
+                    Probe::Models => "models",
+                    Probe::Completion(_) => "completion",
+                },
+                "next_probe_in_seconds": next_probe.map(|at| at.saturating_duration_since(now).as_secs_f64()),
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "providers": providers }))
+        .expect("JSON values serialize")
+        .into()
+}
