@@ -121,3 +121,48 @@ pub(crate) fn providers_json(gateway: &Gateway) -> Bytes {
         .expect("JSON values serialize")
         .into()
 }
+
+/// `GET /metrics` (the breaker families, until the metrics layer adds the rest): Prometheus
+/// text format. Labels are configured provider names only.
+pub(crate) fn breaker_metrics(gateway: &Gateway) -> Bytes {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(512);
+    out.push_str("# HELP weir_breaker_state Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.\n");
+    out.push_str("# TYPE weir_breaker_state gauge\n");
+    let snapshots: Vec<_> = gateway
+        .upstreams()
+        .iter()
+        .map(|u| (u.name.clone(), u.breaker.snapshot()))
+        .collect();
+    for (name, s) in &snapshots {
+        let value = match s.state {
+            weir_breaker::State::Closed => 0,
+            weir_breaker::State::HalfOpen => 1,
+            weir_breaker::State::Open { .. } => 2,
+        };
+        let _ = writeln!(out, "weir_breaker_state{{provider=\"{name}\"}} {value}");
+    }
+    out.push_str(
+        "# HELP weir_breaker_transitions_total Circuit breaker state changes per provider.\n",
+    );
+    out.push_str("# TYPE weir_breaker_transitions_total counter\n");
+    for (name, s) in &snapshots {
+        let _ = writeln!(
+            out,
+            "weir_breaker_transitions_total{{provider=\"{name}\"}} {}",
+            s.transitions
+        );
+    }
+    out.push_str(
+        "# HELP weir_breaker_failure_rate Failure rate over the breaker window per provider.\n",
+    );
+    out.push_str("# TYPE weir_breaker_failure_rate gauge\n");
+    for (name, s) in &snapshots {
+        let _ = writeln!(
+            out,
+            "weir_breaker_failure_rate{{provider=\"{name}\"}} {}",
+            s.failure_rate
+        );
+    }
+    out.into()
+}

@@ -220,6 +220,15 @@ fn admin(
     request: &Request<Incoming>,
 ) -> Response<ResponseBody> {
     match request.uri().path() {
+        "/metrics" => {
+            let mut response =
+                Response::new(ResponseBody::full(crate::health::breaker_metrics(gateway)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
         "/admin/providers" => {
             let mut response =
                 Response::new(ResponseBody::full(crate::health::providers_json(gateway)));
