@@ -213,3 +213,18 @@ async fn health_probes_stop_when_weir_drains() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(primary.requests().len(), 2, "no probe after the drain");
 }
+
+#[tokio::test]
+async fn in_band_error_events_count_as_failures() {
+    let h = Harness::with_provider(r#"breaker = { consecutive_failures = 2 }"#).await;
+    for _ in 0..2 {
+        let got = read(h.chat_stream("chunks=5,fault=error_event_at:1").await).await;
+        assert!(got.error.is_some());
+    }
+    let refused = h.chat_stream("chunks=2").await;
+    assert_eq!(
+        refused.status(),
+        503,
+        "two in-band errors opened the breaker"
+    );
+}

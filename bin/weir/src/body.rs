@@ -22,7 +22,7 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
-use weir_breaker::{Breaker, Outcome};
+use weir_breaker::Outcome;
 use weir_llm::sse::{Line, SseScanner};
 use weir_llm::{ErrorBody, ErrorKind, Failure};
 
@@ -202,9 +202,6 @@ pub(crate) struct UpstreamBody {
     inner: Upstream,
     sse: Option<Watch>,
     provider: Arc<str>,
-    /// Told about failures only weir sees (a stall, an unreadable event); the breaker's own
-    /// body counts a body dropped early as "ignored", so nothing is counted twice.
-    breaker: Breaker,
     idle: Duration,
     last_progress: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -212,18 +209,11 @@ pub(crate) struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(
-        inner: Upstream,
-        sse: bool,
-        provider: Arc<str>,
-        breaker: Breaker,
-        idle: Duration,
-    ) -> Self {
+    pub(crate) fn new(inner: Upstream, sse: bool, provider: Arc<str>, idle: Duration) -> Self {
         Self {
             inner,
             sse: sse.then(Watch::default),
             provider,
-            breaker,
             idle,
             last_progress: Instant::now(),
             sleep: None,
@@ -240,10 +230,9 @@ impl UpstreamBody {
         failure: Failure,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
         self.state = State::Flush(failure);
-        if matches!(failure, Failure::StreamStalled | Failure::MalformedEvent) {
-            self.breaker
-                .record(Outcome::Failure, Some(failure.as_str()));
-        }
+        // The provider's breaker hears it from here: only weir sees a stall or an unreadable
+        // event (a broken stream it has counted already; settling twice counts once).
+        Pin::new(&mut self.inner).settle(Outcome::Failure, Some(failure.as_str()));
         let told = self.sse.as_ref().is_none_or(|w| w.upstream_error);
         if told {
             return self.poll(cx);
@@ -298,10 +287,20 @@ impl UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let progress = match &mut self.sse {
-                        Some(watch) => match watch.observe(data) {
-                            Ok(progress) => progress,
-                            Err(failure) => return self.fail(cx, failure),
-                        },
+                        Some(watch) => {
+                            let had_error = watch.upstream_error;
+                            match watch.observe(data) {
+                                Ok(progress) => {
+                                    if watch.upstream_error && !had_error {
+                                        // The provider said in band that it failed.
+                                        Pin::new(&mut self.inner)
+                                            .settle(Outcome::Failure, Some("in-band error event"));
+                                    }
+                                    progress
+                                }
+                                Err(failure) => return self.fail(cx, failure),
+                            }
+                        }
                         None => !data.is_empty(),
                     };
                     if progress {

@@ -62,9 +62,11 @@ impl Upstream {
             .http1_read_buf_exact_size(UPSTREAM_READ_BUF)
             .build()?;
         let breaker = Breaker::new(p.breaker.clone());
+        // The stream watch in `body` reads every event already: it settles in-band errors.
         let classifier = LlmClassifier::new()
             .count_rate_limits(p.breaker_counts_rate_limits)
-            .slow_first_byte(p.slow_first_byte);
+            .slow_first_byte(p.slow_first_byte)
+            .in_band_errors(false);
         let service = CircuitBreaker::new(client.clone(), breaker.clone(), classifier, Mode::Wait);
         let base = p.base_url.to_string();
         let base = base.trim_end_matches('/');
@@ -343,13 +345,7 @@ impl Gateway {
             X_WEIR_PROVIDER.clone(),
             HeaderValue::from_str(&upstream.name).expect("provider names are header-safe"),
         );
-        let body = UpstreamBody::new(
-            incoming,
-            sse,
-            upstream.name.clone(),
-            upstream.breaker.clone(),
-            upstream.idle_timeout,
-        );
+        let body = UpstreamBody::new(incoming, sse, upstream.name.clone(), upstream.idle_timeout);
         Response::from_parts(parts, ResponseBody::upstream(body))
     }
 }

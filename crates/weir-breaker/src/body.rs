@@ -89,6 +89,18 @@ impl<B: Body, E: ClassifyEos> ResponseBody<B, E> {
         body
     }
 
+    /// Settles the call now, with `outcome`, instead of at the end of the body: for a wrapper
+    /// above that knows better (it saw an in-band error event, or cut a stalled stream). Does
+    /// nothing if the call is settled already, so nothing is counted twice.
+    pub fn settle(self: Pin<&mut Self>, outcome: Outcome, reason: Option<&str>) {
+        if let Some((guard, _)) = self.project().settle.take() {
+            if let (Outcome::Failure, Some(reason)) = (outcome, reason) {
+                guard.breaker().note_failure(reason);
+            }
+            guard.settle(outcome);
+        }
+    }
+
     pub(crate) fn shed(data: Bytes) -> Self {
         Self {
             inner: None,

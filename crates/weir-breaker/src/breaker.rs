@@ -98,13 +98,8 @@ impl Breaker {
         self.with(|p, now| p.record(now, outcome, probe));
     }
 
-    /// Reports how a call went from outside the layer (say, a stall found above it). Count
-    /// each call once: a layer's own outcome for a dropped body is "ignored".
-    pub fn record(&self, outcome: Outcome, reason: Option<&str>) {
-        if let (Outcome::Failure, Some(reason)) = (outcome, reason) {
-            *self.shared.last_failure.lock().expect("lock") = Some(reason.to_owned());
-        }
-        self.settle(outcome, false);
+    pub(crate) fn note_failure(&self, reason: &str) {
+        *self.shared.last_failure.lock().expect("lock") = Some(reason.to_owned());
     }
 
     /// Reports a health probe's result (`reason` says why it failed).

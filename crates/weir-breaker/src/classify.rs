@@ -79,16 +79,35 @@ pub trait ClassifyEos: Send + 'static {
 /// that goes away never is; a 429 cools the provider down for its `Retry-After` and, unless
 /// [`LlmClassifier::count_rate_limits`], is not a failure; a first byte slower than
 /// [`LlmClassifier::slow_first_byte`] is a failure.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LlmClassifier {
     count_rate_limits: bool,
     slow: Option<Duration>,
+    in_band_errors: bool,
+}
+
+impl Default for LlmClassifier {
+    fn default() -> Self {
+        Self {
+            count_rate_limits: false,
+            slow: None,
+            in_band_errors: true,
+        }
+    }
 }
 
 impl LlmClassifier {
     /// The defaults above.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Scan each frame for an in-band `data: {"error"...}` event (on by default). Turn it off
+    /// when a wrapper above already reads the stream and settles such calls itself with
+    /// [`ResponseBody::settle`](crate::ResponseBody::settle).
+    pub fn in_band_errors(mut self, scan: bool) -> Self {
+        self.in_band_errors = scan;
+        self
     }
 
     /// Count 429 as a failure too.
@@ -111,14 +130,26 @@ pub struct LlmEos {
     started: Instant,
     slow: Option<Duration>,
     first_byte: Option<Instant>,
+    scan: bool,
     in_band_error: bool,
 }
 
-/// An in-band error event as providers send it (a substring scan, not a parse; an event cut
-/// across two frames is missed, which only loses one failure count).
+static ERROR_OBJECT: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"{\"error\""));
+
+/// An in-band error event as providers send it: `data:` then `{"error"` (one substring scan
+/// per frame with a prebuilt searcher, not a parse; an event cut across two frames is
+/// missed, which only loses one failure count).
 fn has_error_event(data: &[u8]) -> bool {
-    memchr::memmem::find(data, b"data: {\"error\"").is_some()
-        || memchr::memmem::find(data, b"data:{\"error\"").is_some()
+    let mut from = 0;
+    while let Some(at) = ERROR_OBJECT.find(&data[from..]) {
+        let before = data[..from + at].trim_ascii_end();
+        if before.ends_with(b"data:") {
+            return true;
+        }
+        from += at + 1;
+    }
+    false
 }
 
 impl Classify for LlmClassifier {
@@ -135,6 +166,7 @@ impl Classify for LlmClassifier {
                 started,
                 slow: self.slow,
                 first_byte: None,
+                scan: self.in_band_errors,
                 in_band_error: false,
             }),
             Some(Failure::RateLimited { retry_after }) => Classified::Now(Verdict {
@@ -162,7 +194,7 @@ impl ClassifyEos for LlmEos {
         if self.first_byte.is_none() && !data.is_empty() {
             self.first_byte = Some(Instant::now());
         }
-        if !self.in_band_error && has_error_event(data) {
+        if self.scan && !self.in_band_error && has_error_event(data) {
             self.in_band_error = true;
         }
     }
@@ -242,7 +274,15 @@ mod tests {
         slow.data(b"x");
         assert_eq!(slow.end(), Outcome::Failure);
         assert_eq!(eos(&c).dropped(), Outcome::Ignored);
-        let mut errored = eos(&c);
+        let plain = LlmClassifier::new();
+        let mut quoted = eos(&plain);
+        quoted.data(b"data: {\"choices\":[{\"delta\":{\"content\":\"{\\\"error\\\"\"}}]}\n\n");
+        assert_eq!(
+            quoted.end(),
+            Outcome::Success,
+            "text that mentions an error is not one"
+        );
+        let mut errored = eos(&plain);
         errored.data(b"data: {\"choices\":[]}\n\ndata: {\"error\":{\"message\":\"boom\"}}\n\n");
         assert_eq!(
             errored.end(),

@@ -259,3 +259,25 @@ async fn health_probe_recovery_wakes_waiting_callers() {
     reply.send_response(status(200));
     assert!(waiting.await.is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_wrapper_settles_a_call_once() {
+    let breaker = breaker();
+    let (mut service, mut handle) = layered(&breaker, Mode::Wait);
+    for n in 1..=3 {
+        let (tx, b) = body();
+        let mut response = call(&mut service, &mut handle, Response::new(b)).await;
+        // A wrapper above saw the call fail (a stall, an in-band error) and says so...
+        Pin::new(response.body_mut()).settle(crate::Outcome::Failure, Some("stalled"));
+        // ...so the clean end that follows counts for nothing more.
+        drop(tx);
+        assert!(response.body_mut().frame().await.is_none());
+        let expected_open = n == 3;
+        assert_eq!(
+            matches!(breaker.state(), State::Open { .. }),
+            expected_open,
+            "call {n}"
+        );
+    }
+    assert_eq!(breaker.snapshot().last_failure.as_deref(), Some("stalled"));
+}
