@@ -89,22 +89,45 @@ async fn wrong_method_and_unknown_path() {
     );
 }
 
-#[tokio::test]
-async fn upstream_errors_pass_through_with_their_status() {
+#[tokio::test(start_paused = true)]
+async fn upstream_errors_pass_through_with_their_status_once_retries_are_spent() {
     let h = Harness::start().await;
+    // (fault, status the client gets, attempts upstream)
     let cases = [
-        ("fault=503", 503),
-        ("fault=context_length", 400),
-        ("fault=content_policy", 400),
-        ("fault=429,retry_after=3", 429),
+        ("fault=503", 503, 2), // one retry on the same target, no other target
+        ("fault=context_length", 400, 1), // never retried on the same model
+        ("fault=content_policy", 400, 1), // the client's fault: passed on at once
+        ("fault=429,retry_after=3", 429, 3), // Retry-After waited out, 3 attempts in all
     ];
-    for (directive, status) in cases {
+    let mut seen = 0;
+    for (directive, status, attempts) in cases {
+        let started = tokio::time::Instant::now();
         let response = h.chat_stream(directive).await;
         assert_eq!(response.status(), status, "{directive}");
+        assert_eq!(
+            header(response.headers(), "x-weir-attempts"),
+            Some(attempts.to_string().as_str()),
+            "{directive}"
+        );
         if status == 429 {
             assert_eq!(header(response.headers(), "retry-after"), Some("3"));
+            assert_eq!(started.elapsed().as_secs(), 6, "two waits of 3 s");
         }
         assert_openai_error(&read(response).await);
+        let log = h.mock.requests();
+        assert_eq!(log.len(), seen + attempts as usize, "{directive}");
+        if status == 429 {
+            let gaps: Vec<u64> = log[seen..]
+                .windows(2)
+                .map(|w| w[1].at.duration_since(w[0].at).as_secs())
+                .collect();
+            assert_eq!(
+                gaps,
+                [3, 3],
+                "attempts spaced by the provider's Retry-After"
+            );
+        }
+        seen = log.len();
     }
     // The provider asked for 3 s: weir keeps its only target out until then, and says so.
     let response = h.chat_stream("chunks=2").await;
@@ -118,8 +141,8 @@ async fn upstream_errors_pass_through_with_their_status() {
         .contains("`mock`: cooling down after a rate limit"));
     assert_eq!(
         h.mock.requests().len(),
-        4,
-        "the fifth request never reached the provider"
+        seen,
+        "that request never reached the provider"
     );
 }
 

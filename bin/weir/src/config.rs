@@ -159,8 +159,10 @@ pub struct Route {
     /// The model name clients send.
     pub model: String,
     /// The upstreams that serve it, in order of preference: a request goes to the first whose
-    /// breaker admits it.
+    /// breaker admits it, and fails over down the list.
     pub targets: Vec<Target>,
+    /// How long retries and failovers may go on before the client gets the last answer.
+    pub request_timeout: Duration,
 }
 
 /// One target of a route.
@@ -170,6 +172,9 @@ pub struct Target {
     pub provider: usize,
     /// The model name sent upstream.
     pub model: String,
+    /// The model's context window in tokens, if known: after `context_length_exceeded`, only
+    /// targets with a larger window are tried.
+    pub context_window: Option<u32>,
 }
 
 /// Why a configuration was refused. `Display` is the message for the operator:
@@ -326,6 +331,8 @@ struct RawRoute {
     #[serde(default)]
     strategy: Option<Spanned<String>>,
     targets: Spanned<Vec<Spanned<RawTarget>>>,
+    #[serde(default)]
+    request_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +340,8 @@ struct RawRoute {
 struct RawTarget {
     provider: Spanned<String>,
     model: Spanned<String>,
+    #[serde(default)]
+    context_window: Option<u32>,
 }
 
 // ---- loading -----------------------------------------------------------------------------
@@ -593,11 +602,17 @@ pub fn parse(
             targets.push(Target {
                 provider,
                 model: target.model.get_ref().clone(),
+                context_window: target.context_window,
             });
         }
         routes.push(Route {
             model: model.clone(),
             targets,
+            request_timeout: cx.duration(
+                &r.request_timeout,
+                &key("request_timeout"),
+                Duration::from_secs(120),
+            )?,
         });
     }
     if routes.is_empty() {

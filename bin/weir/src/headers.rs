@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `x-request-id`.
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-weir-attempts`: how many upstream attempts the answer took.
+pub(crate) static X_WEIR_ATTEMPTS: HeaderName = HeaderName::from_static("x-weir-attempts");
 /// `x-weir-provider`: which provider served the answer.
 pub(crate) static X_WEIR_PROVIDER: HeaderName = HeaderName::from_static("x-weir-provider");
 

@@ -2,7 +2,7 @@
 
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::config::{Config, Health, Provider};
-use crate::headers::{self, RequestIds, X_REQUEST_ID, X_WEIR_PROVIDER};
+use crate::headers::{self, RequestIds, X_REQUEST_ID, X_WEIR_ATTEMPTS, X_WEIR_PROVIDER};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Uri};
@@ -15,9 +15,11 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::Service;
+use weir_breaker::policy::{Jitter, XorShift};
 use weir_breaker::{Breaker, CircuitBreaker, LlmClassifier, Mode, State};
 use weir_client::{ClientBuilder, HttpClient};
-use weir_llm::{Endpoint, ErrorBody, ErrorKind, LlmRequest};
+use weir_failover::{Decision, RetryBudget, RetryPolicy};
+use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest, Rejection};
 
 /// The read buffer of each HTTP/1.1 upstream connection.
 const UPSTREAM_READ_BUF: usize = 8192;
@@ -118,16 +120,29 @@ impl Upstream {
     }
 }
 
-/// A route's targets in order: the provider, and the model name sent to it.
+/// One target of a route.
+#[derive(Debug)]
+struct RouteTarget {
+    upstream: Arc<Upstream>,
+    /// The model name sent to it.
+    model: String,
+    context_window: Option<u32>,
+}
+
+/// A route's targets in order, and its deadline for retries.
 #[derive(Debug)]
 struct RouteEntry {
-    targets: Vec<(Arc<Upstream>, String)>,
+    targets: Vec<RouteTarget>,
+    request_timeout: Duration,
 }
 
 /// The gateway: routes, providers and limits, shared by every connection.
 #[derive(Debug)]
 pub struct Gateway {
     upstreams: Vec<Arc<Upstream>>,
+    policy: RetryPolicy,
+    budget: Mutex<RetryBudget>,
+    jitter: Mutex<XorShift>,
     routes: HashMap<String, RouteEntry>,
     models: Bytes,
     max_request_bytes: usize,
@@ -168,9 +183,17 @@ impl Gateway {
                 let targets = r
                     .targets
                     .iter()
-                    .map(|t| (upstreams[t.provider].clone(), t.model.clone()))
+                    .map(|t| RouteTarget {
+                        upstream: upstreams[t.provider].clone(),
+                        model: t.model.clone(),
+                        context_window: t.context_window,
+                    })
                     .collect();
-                (r.model.clone(), RouteEntry { targets })
+                let entry = RouteEntry {
+                    targets,
+                    request_timeout: r.request_timeout,
+                };
+                (r.model.clone(), entry)
             })
             .collect();
         let data: Vec<serde_json::Value> = config
@@ -182,6 +205,9 @@ impl Gateway {
             .expect("JSON values serialize");
         Ok(Self {
             upstreams,
+            policy: RetryPolicy::default(),
+            budget: Mutex::new(RetryBudget::standard(Instant::now())),
+            jitter: Mutex::new(XorShift::default()),
             routes,
             models: models.into(),
             max_request_bytes: config.server.max_request_bytes,
@@ -285,89 +311,235 @@ impl Gateway {
                 .code("model_not_found"),
             );
         };
-        let Some((upstream, model, mut service)) = choose(&route.targets).await else {
-            return all_out(llm.model(), &route.targets);
-        };
+        self.budget
+            .lock()
+            .expect("budget lock")
+            .deposit(Instant::now());
+        let deadline = Instant::now() + route.request_timeout;
+        let mut attempts = 0u32;
+        // The answer the client gets if no attempt succeeds.
+        let mut last: Option<Response<ResponseBody>> = None;
+        let mut from = 0;
+        // After a context-length refusal: only targets with a larger window.
+        let mut min_window: Option<u32> = None;
+        'targets: while let Some((index, mut service)) =
+            ready_target(&route.targets, from, min_window).await
+        {
+            from = index + 1;
+            let target = &route.targets[index];
+            let upstream = &target.upstream;
+            let mut headers = headers::upstream_request_headers(&parts.headers, &upstream.headers);
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            let mut outgoing = Request::new(Full::new(llm.with_model(&body, &target.model)));
+            *outgoing.method_mut() = Method::POST;
+            *outgoing.uri_mut() = upstream.uri(endpoint);
+            *outgoing.headers_mut() = headers;
 
-        let mut headers = headers::upstream_request_headers(&parts.headers, &upstream.headers);
-        headers.insert(X_REQUEST_ID.clone(), id.clone());
-        let mut outgoing = Request::new(Full::new(llm.with_model(&body, model)));
-        *outgoing.method_mut() = Method::POST;
-        *outgoing.uri_mut() = upstream.uri(endpoint);
-        *outgoing.headers_mut() = headers;
-
-        let response = match service.call(outgoing).await {
-            Ok(response) => response,
-            Err(e) => {
-                tracing::warn!(provider = %upstream.name, error = %e, "upstream request failed");
-                let client = e.downcast_ref::<weir_client::Error>();
-                let (kind, code, what) = if client.is_some_and(|e| e.is_timeout()) {
-                    (
-                        ErrorKind::GatewayTimeout,
-                        "upstream_timeout",
-                        "did not answer in time",
-                    )
-                } else if client.is_some_and(|e| e.is_connect()) {
-                    (
-                        ErrorKind::BadGateway,
-                        "upstream_connect_error",
-                        "could not be reached",
-                    )
-                } else {
-                    (
-                        ErrorKind::BadGateway,
-                        "upstream_error",
-                        "closed the connection",
-                    )
+            let mut on_target = 0;
+            loop {
+                attempts += 1;
+                on_target += 1;
+                let failure = match service.call(outgoing.clone()).await {
+                    Ok(response) if response.status().is_success() => {
+                        return commit(response, upstream, attempts);
+                    }
+                    Ok(response) => {
+                        let (answer, failure) = buffered_answer(response, upstream).await;
+                        last = Some(answer);
+                        match failure {
+                            Some(failure) => failure,
+                            None => break 'targets, // 1xx/3xx: not ours to judge
+                        }
+                    }
+                    Err(e) => {
+                        let (answer, failure) = client_failure(&e, upstream);
+                        last = Some(answer);
+                        failure
+                    }
                 };
-                return error(
-                    ErrorBody::new(
-                        kind,
-                        format!("The upstream provider `{}` {what}.", upstream.name),
-                    )
-                    .code(code),
-                );
+                let jitter = self.jitter.lock().expect("jitter lock").sample();
+                let decision = self.policy.decide(failure, on_target, jitter);
+                tracing::debug!(provider = %upstream.name, %failure, ?decision, attempts, "attempt failed");
+                match decision {
+                    Decision::GiveUp => break 'targets,
+                    Decision::NextTarget => {
+                        if matches!(
+                            failure,
+                            Failure::Rejected {
+                                reason: Rejection::ContextLengthExceeded,
+                                ..
+                            }
+                        ) {
+                            // Unknown window: no target is known to be larger.
+                            min_window = Some(target.context_window.unwrap_or(u32::MAX));
+                        }
+                        if !self.withdraw() {
+                            break 'targets;
+                        }
+                        continue 'targets;
+                    }
+                    Decision::RetrySame { after } => {
+                        if Instant::now() + after > deadline || !self.withdraw() {
+                            break 'targets;
+                        }
+                        tokio::time::sleep(after).await;
+                        // The breaker must admit this target again.
+                        service = upstream.service.clone();
+                        if !ready_now(&mut service).await {
+                            continue 'targets;
+                        }
+                    }
+                }
             }
-        };
-
-        let (mut parts, incoming) = response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let sse = parts.status.is_success()
-            && !parts.headers.contains_key(header::CONTENT_ENCODING)
-            && parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if sse {
-            parts.headers.remove(header::CONTENT_LENGTH);
         }
-        parts.headers.insert(
-            X_WEIR_PROVIDER.clone(),
-            HeaderValue::from_str(&upstream.name).expect("provider names are header-safe"),
-        );
-        let body = UpstreamBody::new(incoming, sse, upstream.name.clone(), upstream.idle_timeout);
-        Response::from_parts(parts, ResponseBody::upstream(body))
+        match last {
+            Some(mut answer) => {
+                answer
+                    .headers_mut()
+                    .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
+                answer
+            }
+            None => all_out(llm.model(), &route.targets),
+        }
+    }
+
+    fn withdraw(&self) -> bool {
+        self.budget
+            .lock()
+            .expect("budget lock")
+            .withdraw(Instant::now())
     }
 }
 
-/// The first target whose breaker admits a call now, with the service that admitted it.
-async fn choose(targets: &[(Arc<Upstream>, String)]) -> Option<(&Upstream, &str, Guarded)> {
-    for (upstream, model) in targets {
-        let mut service = upstream.service.clone();
-        let ready = std::future::poll_fn(|cx| Poll::Ready(service.poll_ready(cx))).await;
-        if let Poll::Ready(Ok(())) = ready {
-            return Some((upstream, model, service));
+/// The client gets a successful answer: headers now, the body streamed.
+fn commit(
+    response: Response<crate::body::Upstream>,
+    upstream: &Upstream,
+    attempts: u32,
+) -> Response<ResponseBody> {
+    let (mut parts, incoming) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let sse = !parts.headers.contains_key(header::CONTENT_ENCODING)
+        && parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if sse {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    parts
+        .headers
+        .insert(X_WEIR_PROVIDER.clone(), provider_value(upstream));
+    parts
+        .headers
+        .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
+    let body = UpstreamBody::new(incoming, sse, upstream.name.clone(), upstream.idle_timeout);
+    Response::from_parts(parts, ResponseBody::upstream(body))
+}
+
+fn provider_value(upstream: &Upstream) -> HeaderValue {
+    HeaderValue::from_str(&upstream.name).expect("provider names are header-safe")
+}
+
+/// The largest error body weir reads to classify (and pass on) a refusal.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// A non-2xx answer, read whole (bounded) so that its error code can be classified, and kept
+/// so that the client gets it as it was if no other attempt helps.
+async fn buffered_answer(
+    response: Response<crate::body::Upstream>,
+    upstream: &Upstream,
+) -> (Response<ResponseBody>, Option<Failure>) {
+    let (mut parts, body) = response.into_parts();
+    let bytes = match Limited::new(body, ERROR_BODY_LIMIT).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let failure = Failure::from_response(parts.status, &parts.headers, &bytes);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(X_WEIR_PROVIDER.clone(), provider_value(upstream));
+    (
+        Response::from_parts(parts, ResponseBody::full(bytes)),
+        failure,
+    )
+}
+
+/// No response at all: the failure class, and the answer the client gets if it stays so.
+fn client_failure(
+    failed: &weir_breaker::BoxError,
+    upstream: &Upstream,
+) -> (Response<ResponseBody>, Failure) {
+    tracing::warn!(provider = %upstream.name, error = %failed, "upstream request failed");
+    let client = failed.downcast_ref::<weir_client::Error>();
+    let (kind, code, what, failure) = if client.is_some_and(|e| e.is_timeout()) {
+        (
+            ErrorKind::GatewayTimeout,
+            "upstream_timeout",
+            "did not answer in time",
+            Failure::HeadersTimeout,
+        )
+    } else if client.is_some_and(|e| e.is_connect()) {
+        (
+            ErrorKind::BadGateway,
+            "upstream_connect_error",
+            "could not be reached",
+            Failure::Connect,
+        )
+    } else {
+        // Reset or closed before the headers: as good as a failed connection.
+        (
+            ErrorKind::BadGateway,
+            "upstream_error",
+            "closed the connection",
+            Failure::Connect,
+        )
+    };
+    let body = ErrorBody::new(
+        kind,
+        format!("The upstream provider `{}` {what}.", upstream.name),
+    )
+    .code(code);
+    (error(body), failure)
+}
+
+async fn ready_now(service: &mut Guarded) -> bool {
+    matches!(
+        std::future::poll_fn(|cx| Poll::Ready(service.poll_ready(cx))).await,
+        Poll::Ready(Ok(()))
+    )
+}
+
+/// The first target from `from` on whose breaker admits a call now (and, after a
+/// context-length refusal, whose window is larger than `min_window`).
+async fn ready_target(
+    targets: &[RouteTarget],
+    from: usize,
+    min_window: Option<u32>,
+) -> Option<(usize, Guarded)> {
+    for (index, target) in targets.iter().enumerate().skip(from) {
+        if let Some(min) = min_window {
+            if target.context_window.is_none_or(|w| w <= min) {
+                continue;
+            }
+        }
+        let mut service = target.upstream.service.clone();
+        if ready_now(&mut service).await {
+            return Some((index, service));
         }
     }
     None
 }
 
 /// Every target is out: a 503 that says which and why, with the soonest `Retry-After`.
-fn all_out(model: &str, targets: &[(Arc<Upstream>, String)]) -> Response<ResponseBody> {
+fn all_out(model: &str, targets: &[RouteTarget]) -> Response<ResponseBody> {
     let mut soonest: Option<Duration> = None;
     let reasons: Vec<String> = targets
         .iter()
-        .map(|(upstream, _)| {
+        .map(|target| {
+            let upstream = &target.upstream;
             let snapshot = upstream.breaker.snapshot();
             if let Some(wait) = snapshot.retry_after {
                 soonest = Some(soonest.map_or(wait, |s| s.min(wait)));

@@ -1,0 +1,295 @@
+//! Before the commit point a failed attempt is invisible to the client: weir retries the same
+//! target or fails over to the next, by failure class. Attempt counts and spacing are read
+//! from the mocks' logs.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+use tokio::time::Instant;
+use weir_e2e::header;
+use weir_test::{answer, MockUpstream};
+
+struct Setup {
+    primary: MockUpstream,
+    backup: MockUpstream,
+    weir: weir::Running,
+}
+
+/// weir with a primary and a backup provider (probes off), the route `gpt-test` over both.
+/// `primary_url` replaces the primary's base URL (a dead port), `extra` goes in the primary's
+/// provider table, `targets` overrides the route's targets.
+async fn setup(primary_url: Option<String>, extra: &str, targets: Option<&str>) -> Setup {
+    let primary = MockUpstream::start().await;
+    let backup = MockUpstream::start().await;
+    let targets = targets.unwrap_or(
+        r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m" }]"#,
+    );
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[providers]]
+name = "primary"
+base_url = "{}"
+allow_http = true
+health = {{ probe = "off" }}
+{extra}
+
+[[providers]]
+name = "backup"
+base_url = "{}"
+allow_http = true
+health = {{ probe = "off" }}
+
+[[routes]]
+model = "gpt-test"
+targets = {targets}
+"#,
+        primary_url.unwrap_or_else(|| primary.base_url()),
+        backup.base_url()
+    );
+    let config = weir::config::parse("failover.toml".as_ref(), &text, &|_| None).unwrap();
+    let weir = weir::start(&config).await.unwrap();
+    Setup {
+        primary,
+        backup,
+        weir,
+    }
+}
+
+struct Answer {
+    status: u16,
+    provider: Option<String>,
+    attempts: Option<String>,
+    text: String,
+}
+
+async fn ask(weir: &weir::Running, directives: &str) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::post(format!("http://{}/v1/chat/completions", weir.addr()))
+        .header("x-mock", directives)
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
+        )))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let provider = header(response.headers(), "x-weir-provider").map(str::to_owned);
+    let attempts = header(response.headers(), "x-weir-attempts").map(str::to_owned);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let read = weir_e2e::Read {
+        bytes: body.clone(),
+        frames: 1,
+        error: None,
+    };
+    let text = if status == 200 {
+        read.content()
+    } else {
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    Answer {
+        status,
+        provider,
+        attempts,
+        text,
+    }
+}
+
+fn gaps(mock: &MockUpstream) -> Vec<Duration> {
+    mock.requests()
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_500_once_is_retried_on_the_same_target_after_a_backoff() {
+    let s = setup(None, "", None).await;
+    let got = ask(&s.weir, "chunks=3,fault=500_once,key=a").await;
+    assert_eq!(
+        (got.status, got.provider.as_deref()),
+        (200, Some("primary"))
+    );
+    assert_eq!(got.attempts.as_deref(), Some("2"));
+    assert_eq!(got.text, answer(3), "the client sees one clean answer");
+    assert_eq!(s.primary.requests().len(), 2);
+    let gap = gaps(&s.primary)[0];
+    assert!(
+        gap >= Duration::from_millis(125) && gap <= Duration::from_millis(250),
+        "{gap:?}"
+    );
+    assert!(s.backup.requests().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_answering_503_is_retried_once_then_failed_over() {
+    let s = setup(None, "", None).await;
+    s.primary.set_defaults(Some("fault=503"));
+    let got = ask(&s.weir, "chunks=3").await;
+    assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    assert_eq!(got.attempts.as_deref(), Some("3"));
+    assert_eq!(got.text, answer(3));
+    assert_eq!(s.primary.requests().len(), 2);
+    assert_eq!(s.backup.requests().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_connection_is_retried_at_once_then_failed_over() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", dead.local_addr().unwrap());
+    drop(dead);
+    let s = setup(Some(url), "", None).await;
+    let started = Instant::now();
+    let got = ask(&s.weir, "chunks=2").await;
+    assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    assert_eq!(
+        got.attempts.as_deref(),
+        Some("3"),
+        "two connects, then the backup"
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "no backoff for a refused connection"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_provider_is_not_retried() {
+    let s = setup(None, r#"response_timeout = "4s""#, None).await;
+    s.primary.set_defaults(Some("fault=silent"));
+    let started = Instant::now();
+    let got = ask(&s.weir, "chunks=2").await;
+    assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    assert_eq!(got.attempts.as_deref(), Some("2"));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(4),
+        "one response timeout, then the backup"
+    );
+    assert_eq!(s.primary.requests().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_retry_after_fails_over_at_once_and_keeps_the_target_out() {
+    let s = setup(None, "", None).await;
+    s.primary.set_defaults(Some("fault=429,retry_after=30"));
+    let started = Instant::now();
+    let got = ask(&s.weir, "chunks=2").await;
+    assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    // The primary asked for 30 s: the next requests go straight to the backup.
+    let again = ask(&s.weir, "chunks=2").await;
+    assert_eq!(again.provider.as_deref(), Some("backup"));
+    assert_eq!(again.attempts.as_deref(), Some("1"));
+    assert_eq!(s.primary.requests().len(), 1);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    s.primary.set_defaults(None);
+    let later = ask(&s.weir, "chunks=2").await;
+    assert_eq!(
+        later.provider.as_deref(),
+        Some("primary"),
+        "back after its Retry-After"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_without_retry_after_backs_off_with_jitter_then_fails_over() {
+    let s = setup(None, "", None).await;
+    s.primary.set_defaults(Some("fault=429"));
+    let got = ask(&s.weir, "chunks=2").await;
+    assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    assert_eq!(
+        got.attempts.as_deref(),
+        Some("4"),
+        "3 on the primary, then the backup"
+    );
+    let gaps = gaps(&s.primary);
+    assert_eq!(gaps.len(), 2);
+    assert!(
+        gaps[0] >= Duration::from_millis(125) && gaps[0] <= Duration::from_millis(250),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[1] >= Duration::from_millis(250) && gaps[1] <= Duration::from_millis(500),
+        "{gaps:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn context_length_goes_to_a_larger_window_only() {
+    let targets = r#"[{ provider = "primary", model = "small", context_window = 8192 },
+           { provider = "backup", model = "same-size", context_window = 8192 },
+           { provider = "backup", model = "large", context_window = 131072 }]"#;
+    let s = setup(None, "", Some(targets)).await;
+    s.primary.set_defaults(Some("fault=context_length"));
+    let got = ask(&s.weir, "chunks=2").await;
+    assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    assert_eq!(
+        got.attempts.as_deref(),
+        Some("2"),
+        "the 8k backup is skipped"
+    );
+    let models: Vec<_> = s
+        .backup
+        .requests()
+        .iter()
+        .map(|r| r.model.clone().unwrap())
+        .collect();
+    assert_eq!(models, ["large"]);
+    assert_eq!(
+        s.primary.requests().len(),
+        1,
+        "never retried on the same model"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn context_length_with_no_larger_window_returns_the_error() {
+    let s = setup(None, "", None).await; // no windows configured
+    s.primary.set_defaults(Some("fault=context_length"));
+    let got = ask(&s.weir, "chunks=2").await;
+    assert_eq!(got.status, 400);
+    assert!(
+        got.text.contains("context_length_exceeded"),
+        "the provider's own body: {}",
+        got.text
+    );
+    assert!(s.backup.requests().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_content_policy_refusal_is_passed_on_untouched() {
+    let s = setup(None, "", None).await;
+    s.primary.set_defaults(Some("fault=content_policy"));
+    let got = ask(&s.weir, "chunks=2").await;
+    assert_eq!(got.status, 400);
+    assert_eq!(got.provider.as_deref(), Some("primary"));
+    assert!(got.text.contains("content_policy_violation"));
+    assert!(s.backup.requests().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_keeps_an_outage_from_multiplying_load() {
+    // No breaker, so only the budget holds retries back: 20% of requests + 1/s over 10 s.
+    let s = setup(
+        None,
+        r#"breaker = { consecutive_failures = 0, error_rate = 0 }"#,
+        Some(r#"[{ provider = "primary", model = "m" }]"#),
+    )
+    .await;
+    s.primary.set_defaults(Some("fault=503"));
+    for _ in 0..100 {
+        let got = ask(&s.weir, "chunks=2").await;
+        assert_eq!(got.status, 503);
+    }
+    let attempts = s.primary.requests().len();
+    // 100 first attempts; without a budget every one would be retried (200).
+    assert!(attempts <= 100 + 20 + 10 + 1, "{attempts} attempts");
+    assert!(attempts > 100, "some retries were allowed");
+}
