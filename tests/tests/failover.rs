@@ -293,3 +293,65 @@ async fn the_retry_budget_keeps_an_outage_from_multiplying_load() {
     assert!(attempts <= 100 + 20 + 10 + 1, "{attempts} attempts");
     assert!(attempts > 100, "some retries were allowed");
 }
+
+// ---- the commit point: nothing reaches the client before the first event ----------------
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_reset_before_its_first_event_is_failed_over_invisibly() {
+    let s = setup(None, "", None).await;
+    s.primary.set_defaults(Some("fault=reset_after:0"));
+    let got = ask(&s.weir, "chunks=4").await;
+    assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    assert_eq!(got.attempts.as_deref(), Some("2"));
+    assert_eq!(got.text, answer(4), "one complete answer, from the backup");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_first_token_in_time_fails_over() {
+    let s = setup(
+        None,
+        "",
+        Some(r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m" }]
+first_token_timeout = "2s""#),
+    )
+    .await;
+    s.primary.set_defaults(Some("first_ms=10000"));
+    let started = Instant::now();
+    let got = ask(&s.weir, "chunks=3").await;
+    assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    assert_eq!(got.text, answer(3));
+    // The slow stream was dropped: the primary's stream was cancelled.
+    tokio::time::timeout(Duration::from_secs(5), s.primary.wait_cancelled(1))
+        .await
+        .expect("the abandoned upstream stream is cancelled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_band_error_as_the_first_event_fails_over() {
+    let s = setup(None, "", None).await;
+    s.primary.set_defaults(Some("fault=error_event_at:0"));
+    let got = ask(&s.weir, "chunks=3").await;
+    assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    assert_eq!(got.text, answer(3));
+    assert!(!got.text.contains("error"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_target_fails_before_the_first_token_the_client_gets_an_error_not_a_stream() {
+    let s = setup(None, "", None).await;
+    s.primary.set_defaults(Some("fault=reset_after:0"));
+    s.backup.set_defaults(Some("fault=reset_after:0"));
+    let got = ask(&s.weir, "chunks=3").await;
+    assert_eq!(got.status, 502);
+    assert!(got.text.contains("failed before its first token"), "{}", got.text);
+    assert_eq!(got.attempts.as_deref(), Some("2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_answer_takes_one_attempt() {
+    let s = setup(None, "", None).await;
+    let got = ask(&s.weir, "chunks=5").await;
+    assert_eq!((got.status, got.provider.as_deref(), got.attempts.as_deref()), (200, Some("primary"), Some("1")));
+    assert_eq!(got.text, answer(5));
+}

@@ -150,7 +150,7 @@ fn has_finish_reason(data: &[u8]) -> bool {
     false
 }
 
-fn is_error_event(data: &[u8]) -> bool {
+pub(crate) fn is_error_event(data: &[u8]) -> bool {
     let trimmed = data.trim_ascii_start();
     trimmed.starts_with(b"{\"error\"") || trimmed.starts_with(b"{ \"error\"")
 }
@@ -200,6 +200,7 @@ impl Watch {
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
     inner: Upstream,
+    prefix: std::collections::VecDeque<Bytes>,
     sse: Option<Watch>,
     provider: Arc<str>,
     idle: Duration,
@@ -209,9 +210,17 @@ pub(crate) struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Upstream, sse: bool, provider: Arc<str>, idle: Duration) -> Self {
+    /// `prefix`: frames read before the commit point, sent first (and watched like the rest).
+    pub(crate) fn new(
+        inner: Upstream,
+        prefix: Vec<Bytes>,
+        sse: bool,
+        provider: Arc<str>,
+        idle: Duration,
+    ) -> Self {
         Self {
             inner,
+            prefix: prefix.into(),
             sse: sse.then(Watch::default),
             provider,
             idle,
@@ -257,6 +266,36 @@ impl UpstreamBody {
         Poll::Ready(Some(Ok(Frame::data(event))))
     }
 
+    /// Watches one data frame on its way out. `Some` when it ends the stream as failed.
+    #[allow(clippy::type_complexity)]
+    fn on_data(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &Bytes,
+    ) -> Option<Poll<Option<Result<Frame<Bytes>, StreamFailed>>>> {
+        let progress = match &mut self.sse {
+            Some(watch) => {
+                let had_error = watch.upstream_error;
+                match watch.observe(data) {
+                    Ok(progress) => {
+                        if watch.upstream_error && !had_error {
+                            // The provider said in band that it failed.
+                            Pin::new(&mut self.inner)
+                                .settle(Outcome::Failure, Some("in-band error event"));
+                        }
+                        progress
+                    }
+                    Err(failure) => return Some(self.fail(cx, failure)),
+                }
+            }
+            None => !data.is_empty(),
+        };
+        if progress {
+            self.last_progress = Instant::now();
+        }
+        None
+    }
+
     /// Pending unless the idle timeout has passed since the last content.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = self.last_progress + self.idle;
@@ -283,28 +322,17 @@ impl UpstreamBody {
             }
             State::Done => return Poll::Ready(None),
         }
+        if let Some(data) = self.prefix.pop_front() {
+            if let Some(failed) = self.on_data(cx, &data) {
+                return failed;
+            }
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let progress = match &mut self.sse {
-                        Some(watch) => {
-                            let had_error = watch.upstream_error;
-                            match watch.observe(data) {
-                                Ok(progress) => {
-                                    if watch.upstream_error && !had_error {
-                                        // The provider said in band that it failed.
-                                        Pin::new(&mut self.inner)
-                                            .settle(Outcome::Failure, Some("in-band error event"));
-                                    }
-                                    progress
-                                }
-                                Err(failure) => return self.fail(cx, failure),
-                            }
-                        }
-                        None => !data.is_empty(),
-                    };
-                    if progress {
-                        self.last_progress = Instant::now();
+                    if let Some(failed) = self.on_data(cx, data) {
+                        return failed;
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -338,7 +366,9 @@ impl UpstreamBody {
         match self.state {
             State::Done => true,
             State::Streaming => {
-                self.inner.is_end_stream() && self.sse.as_ref().is_none_or(|w| w.done)
+                self.prefix.is_empty()
+                    && self.inner.is_end_stream()
+                    && self.sse.as_ref().is_none_or(|w| w.done)
             }
             State::Flush(_) | State::Fail(_) => false,
         }

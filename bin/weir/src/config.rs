@@ -163,6 +163,8 @@ pub struct Route {
     pub targets: Vec<Target>,
     /// How long retries and failovers may go on before the client gets the last answer.
     pub request_timeout: Duration,
+    /// How long a stream may take from its headers to its first event before weir fails over.
+    pub first_token_timeout: Duration,
 }
 
 /// One target of a route.
@@ -333,6 +335,8 @@ struct RawRoute {
     targets: Spanned<Vec<Spanned<RawTarget>>>,
     #[serde(default)]
     request_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    first_token_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -612,6 +616,11 @@ pub fn parse(
                 &r.request_timeout,
                 &key("request_timeout"),
                 Duration::from_secs(120),
+            )?,
+            first_token_timeout: cx.duration(
+                &r.first_token_timeout,
+                &key("first_token_timeout"),
+                Duration::from_secs(60),
             )?,
         });
     }

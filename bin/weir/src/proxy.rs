@@ -1,6 +1,6 @@
 //! The OpenAI-compatible front: routes a request to its provider and streams the answer back.
 
-use crate::body::{ResponseBody, UpstreamBody};
+use crate::body::{is_error_event, ResponseBody, UpstreamBody};
 use crate::config::{Config, Health, Provider};
 use crate::headers::{self, RequestIds, X_REQUEST_ID, X_WEIR_ATTEMPTS, X_WEIR_PROVIDER};
 use bytes::Bytes;
@@ -9,6 +9,7 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::task::Poll;
@@ -19,6 +20,7 @@ use weir_breaker::policy::{Jitter, XorShift};
 use weir_breaker::{Breaker, CircuitBreaker, LlmClassifier, Mode, State};
 use weir_client::{ClientBuilder, HttpClient};
 use weir_failover::{Decision, RetryBudget, RetryPolicy};
+use weir_llm::sse::{Line, SseScanner};
 use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest, Rejection};
 
 /// The read buffer of each HTTP/1.1 upstream connection.
@@ -134,6 +136,7 @@ struct RouteTarget {
 struct RouteEntry {
     targets: Vec<RouteTarget>,
     request_timeout: Duration,
+    first_token_timeout: Duration,
 }
 
 /// The gateway: routes, providers and limits, shared by every connection.
@@ -192,6 +195,7 @@ impl Gateway {
                 let entry = RouteEntry {
                     targets,
                     request_timeout: r.request_timeout,
+                    first_token_timeout: r.first_token_timeout,
                 };
                 (r.model.clone(), entry)
             })
@@ -341,7 +345,18 @@ impl Gateway {
                 on_target += 1;
                 let failure = match service.call(outgoing.clone()).await {
                     Ok(response) if response.status().is_success() => {
-                        return commit(response, upstream, attempts);
+                        match read_head(response, upstream, route.first_token_timeout).await {
+                            Head::Committed(mut response) => {
+                                response
+                                    .headers_mut()
+                                    .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
+                                return response;
+                            }
+                            Head::Failed(answer, failure) => {
+                                last = Some(answer);
+                                failure
+                            }
+                        }
                     }
                     Ok(response) => {
                         let (answer, failure) = buffered_answer(response, upstream).await;
@@ -411,30 +426,153 @@ impl Gateway {
     }
 }
 
-/// The client gets a successful answer: headers now, the body streamed.
-fn commit(
+/// A 2xx answer read up to its commit point.
+enum Head {
+    /// The client gets it: the first event (or the whole non-streaming answer) is here.
+    Committed(Response<ResponseBody>),
+    /// It failed before the client saw anything: the answer to give if nothing better comes.
+    Failed(Response<ResponseBody>, Failure),
+}
+
+/// The largest non-streaming answer held back until complete (beyond it, it streams).
+const WHOLE_ANSWER_LIMIT: usize = 8 << 20;
+
+/// Reads a 2xx answer to its commit point. A stream commits at its first data event (within
+/// `first_token`); one that breaks, stays silent or opens with an in-band error before that
+/// has shown the client nothing, so it can be retried elsewhere. A non-streaming answer
+/// commits when it is complete.
+async fn read_head(
     response: Response<crate::body::Upstream>,
     upstream: &Upstream,
-    attempts: u32,
-) -> Response<ResponseBody> {
-    let (mut parts, incoming) = response.into_parts();
+    first_token: Duration,
+) -> Head {
+    let (mut parts, mut body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(X_WEIR_PROVIDER.clone(), provider_value(upstream));
     let sse = !parts.headers.contains_key(header::CONTENT_ENCODING)
         && parts
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if sse {
+    let mut prefix = Vec::new();
+    let failure = if sse {
         parts.headers.remove(header::CONTENT_LENGTH);
+        let deadline = Instant::now() + first_token;
+        let mut scanner = SseScanner::new();
+        let (mut data, mut first, mut error) = (false, false, false);
+        loop {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => break Failure::FirstTokenTimeout,
+                Ok(None | Some(Err(_))) => break Failure::StreamBroken,
+                Ok(Some(Ok(frame))) => {
+                    let Ok(bytes) = frame.into_data() else {
+                        continue;
+                    };
+                    let scanned = scanner.scan(&bytes, |line| match line {
+                        Line::Field {
+                            name: b"data",
+                            value,
+                        } if !first => {
+                            data = true;
+                            error |= is_error_event(value);
+                        }
+                        Line::Blank if data => first = true,
+                        _ => {}
+                    });
+                    prefix.push(bytes);
+                    if scanned.is_err() {
+                        break Failure::MalformedEvent;
+                    }
+                    if error {
+                        // The provider's first word was an error: still nothing shown.
+                        break Failure::StreamBroken;
+                    }
+                    if first {
+                        let body = UpstreamBody::new(
+                            body,
+                            prefix,
+                            true,
+                            upstream.name.clone(),
+                            upstream.idle_timeout,
+                        );
+                        return Head::Committed(Response::from_parts(
+                            parts,
+                            ResponseBody::upstream(body),
+                        ));
+                    }
+                }
+            }
+        }
+    } else {
+        let mut total = 0;
+        loop {
+            match tokio::time::timeout(upstream.idle_timeout, body.frame()).await {
+                Err(_) => break Failure::StreamStalled,
+                Ok(Some(Err(_))) => break Failure::StreamBroken,
+                Ok(None) => {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    let whole = concat(prefix);
+                    return Head::Committed(Response::from_parts(parts, ResponseBody::full(whole)));
+                }
+                Ok(Some(Ok(frame))) => {
+                    let Ok(bytes) = frame.into_data() else {
+                        continue;
+                    };
+                    total += bytes.len();
+                    prefix.push(bytes);
+                    if total > WHOLE_ANSWER_LIMIT {
+                        let body = UpstreamBody::new(
+                            body,
+                            prefix,
+                            false,
+                            upstream.name.clone(),
+                            upstream.idle_timeout,
+                        );
+                        return Head::Committed(Response::from_parts(
+                            parts,
+                            ResponseBody::upstream(body),
+                        ));
+                    }
+                }
+            }
+        }
+    };
+    // Only weir sees these; a broken stream the breaker has counted already.
+    Pin::new(&mut body).settle(weir_breaker::Outcome::Failure, Some(failure.as_str()));
+    let (kind, what) = match failure {
+        Failure::FirstTokenTimeout => (
+            ErrorKind::GatewayTimeout,
+            format!("sent no first token within {first_token:?}"),
+        ),
+        _ => (
+            ErrorKind::BadGateway,
+            "failed before its first token".to_owned(),
+        ),
+    };
+    let answer = error(
+        ErrorBody::new(
+            kind,
+            format!("The upstream provider `{}` {what}.", upstream.name),
+        )
+        .code(failure.as_str()),
+    );
+    Head::Failed(answer, failure)
+}
+
+fn concat(parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.into_iter().next().expect("one part"),
+        _ => {
+            let mut whole = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for part in parts {
+                whole.extend_from_slice(&part);
+            }
+            whole.freeze()
+        }
     }
-    parts
-        .headers
-        .insert(X_WEIR_PROVIDER.clone(), provider_value(upstream));
-    parts
-        .headers
-        .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
-    let body = UpstreamBody::new(incoming, sse, upstream.name.clone(), upstream.idle_timeout);
-    Response::from_parts(parts, ResponseBody::upstream(body))
 }
 
 fn provider_value(upstream: &Upstream) -> HeaderValue {
