@@ -311,8 +311,10 @@ async fn no_first_token_in_time_fails_over() {
     let s = setup(
         None,
         "",
-        Some(r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m" }]
-first_token_timeout = "2s""#),
+        Some(
+            r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m" }]
+first_token_timeout = "2s""#,
+        ),
     )
     .await;
     s.primary.set_defaults(Some("first_ms=10000"));
@@ -344,7 +346,11 @@ async fn when_every_target_fails_before_the_first_token_the_client_gets_an_error
     s.backup.set_defaults(Some("fault=reset_after:0"));
     let got = ask(&s.weir, "chunks=3").await;
     assert_eq!(got.status, 502);
-    assert!(got.text.contains("failed before its first token"), "{}", got.text);
+    assert!(
+        got.text.contains("failed before its first token"),
+        "{}",
+        got.text
+    );
     assert_eq!(got.attempts.as_deref(), Some("2"));
 }
 
@@ -352,6 +358,54 @@ async fn when_every_target_fails_before_the_first_token_the_client_gets_an_error
 async fn a_healthy_answer_takes_one_attempt() {
     let s = setup(None, "", None).await;
     let got = ask(&s.weir, "chunks=5").await;
-    assert_eq!((got.status, got.provider.as_deref(), got.attempts.as_deref()), (200, Some("primary"), Some("1")));
+    assert_eq!(
+        (got.status, got.provider.as_deref(), got.attempts.as_deref()),
+        (200, Some("primary"), Some("1"))
+    );
     assert_eq!(got.text, answer(5));
+}
+
+// ---- hedging ------------------------------------------------------------------------------
+
+const HEDGED: &str = r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m" }]
+hedge_after = "1s"
+first_token_timeout = "30s""#;
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_first_token_is_hedged_and_the_faster_answer_wins() {
+    let s = setup(None, "", Some(HEDGED)).await;
+    s.primary.set_defaults(Some("first_ms=10000"));
+    let started = Instant::now();
+    let got = ask(&s.weir, "chunks=3").await;
+    assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(1),
+        "the hedge answered at once"
+    );
+    assert_eq!(got.attempts.as_deref(), Some("2"));
+    assert_eq!(got.text, answer(3));
+    // The hedge started one second after the first attempt; the loser was cancelled.
+    let first = s.primary.requests()[0].at;
+    let second = s.backup.requests()[0].at;
+    assert_eq!(second.duration_since(first), Duration::from_secs(1));
+    tokio::time::timeout(Duration::from_secs(5), s.primary.wait_cancelled(1))
+        .await
+        .expect("the slower attempt is cancelled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fast_first_token_is_not_hedged() {
+    let s = setup(None, "", Some(HEDGED)).await;
+    s.primary.set_defaults(Some("first_ms=500"));
+    let got = ask(&s.weir, "chunks=3").await;
+    assert_eq!(
+        (got.status, got.provider.as_deref()),
+        (200, Some("primary"))
+    );
+    assert_eq!(got.attempts.as_deref(), Some("1"));
+    assert!(
+        s.backup.requests().is_empty(),
+        "no hedge before hedge_after"
+    );
 }

@@ -165,6 +165,9 @@ pub struct Route {
     pub request_timeout: Duration,
     /// How long a stream may take from its headers to its first event before weir fails over.
     pub first_token_timeout: Duration,
+    /// With no first event after this long, also start the request on the next target; the
+    /// first to answer wins.
+    pub hedge_after: Option<Duration>,
 }
 
 /// One target of a route.
@@ -337,6 +340,8 @@ struct RawRoute {
     request_timeout: Option<Spanned<String>>,
     #[serde(default)]
     first_token_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    hedge_after: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -622,6 +627,12 @@ pub fn parse(
                 &key("first_token_timeout"),
                 Duration::from_secs(60),
             )?,
+            hedge_after: match &r.hedge_after {
+                None => None,
+                Some(_) => {
+                    Some(cx.duration(&r.hedge_after, &key("hedge_after"), Duration::ZERO)?)
+                }
+            },
         });
     }
     if routes.is_empty() {

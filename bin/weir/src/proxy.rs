@@ -137,6 +137,7 @@ struct RouteEntry {
     targets: Vec<RouteTarget>,
     request_timeout: Duration,
     first_token_timeout: Duration,
+    hedge_after: Option<Duration>,
 }
 
 /// The gateway: routes, providers and limits, shared by every connection.
@@ -196,6 +197,7 @@ impl Gateway {
                     targets,
                     request_timeout: r.request_timeout,
                     first_token_timeout: r.first_token_timeout,
+                    hedge_after: r.hedge_after,
                 };
                 (r.model.clone(), entry)
             })
@@ -326,50 +328,56 @@ impl Gateway {
         let mut from = 0;
         // After a context-length refusal: only targets with a larger window.
         let mut min_window: Option<u32> = None;
+        let mut hedged = false;
         'targets: while let Some((index, mut service)) =
             ready_target(&route.targets, from, min_window).await
         {
             from = index + 1;
             let target = &route.targets[index];
             let upstream = &target.upstream;
-            let mut headers = headers::upstream_request_headers(&parts.headers, &upstream.headers);
-            headers.insert(X_REQUEST_ID.clone(), id.clone());
-            let mut outgoing = Request::new(Full::new(llm.with_model(&body, &target.model)));
-            *outgoing.method_mut() = Method::POST;
-            *outgoing.uri_mut() = upstream.uri(endpoint);
-            *outgoing.headers_mut() = headers;
+            let outgoing = outgoing_request(target, endpoint, &parts.headers, id, &llm, &body);
 
             let mut on_target = 0;
             loop {
                 attempts += 1;
                 on_target += 1;
-                let failure = match service.call(outgoing.clone()).await {
-                    Ok(response) if response.status().is_success() => {
-                        match read_head(response, upstream, route.first_token_timeout).await {
-                            Head::Committed(mut response) => {
-                                response
-                                    .headers_mut()
-                                    .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
-                                return response;
-                            }
-                            Head::Failed(answer, failure) => {
-                                last = Some(answer);
-                                failure
+                let first = attempt(
+                    service,
+                    outgoing.clone(),
+                    upstream,
+                    route.first_token_timeout,
+                );
+                let result = match route.hedge_after {
+                    Some(after) if !hedged => {
+                        hedged = true;
+                        let hedge = Hedge {
+                            after,
+                            targets: &route.targets,
+                            from,
+                            min_window,
+                            build: |t: &RouteTarget| {
+                                outgoing_request(t, endpoint, &parts.headers, id, &llm, &body)
+                            },
+                            first_token: route.first_token_timeout,
+                        };
+                        match self.hedged(first, hedge, &mut attempts).await {
+                            Hedged::Won(response) => return with_attempts(response, attempts),
+                            Hedged::Primary(result, used) => {
+                                from = from.max(used);
+                                result
                             }
                         }
                     }
-                    Ok(response) => {
-                        let (answer, failure) = buffered_answer(response, upstream).await;
+                    _ => first.await,
+                };
+                let failure = match result {
+                    Attempt::Committed(response) => return with_attempts(response, attempts),
+                    Attempt::Failed(answer, failure) => {
                         last = Some(answer);
                         match failure {
                             Some(failure) => failure,
                             None => break 'targets, // 1xx/3xx: not ours to judge
                         }
-                    }
-                    Err(e) => {
-                        let (answer, failure) = client_failure(&e, upstream);
-                        last = Some(answer);
-                        failure
                     }
                 };
                 let jitter = self.jitter.lock().expect("jitter lock").sample();
@@ -408,13 +416,53 @@ impl Gateway {
             }
         }
         match last {
-            Some(mut answer) => {
-                answer
-                    .headers_mut()
-                    .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
-                answer
-            }
+            Some(answer) => with_attempts(answer, attempts),
             None => all_out(llm.model(), &route.targets),
+        }
+    }
+
+    /// Runs `first`; if it has not committed after `hedge.after`, starts the same request on
+    /// the next ready target too. A hedge that commits first wins (the other attempt is
+    /// dropped, which cancels it upstream); a hedge that fails is forgotten.
+    async fn hedged<'a, F, B>(&self, first: F, hedge: Hedge<'a, B>, attempts: &mut u32) -> Hedged
+    where
+        F: std::future::Future<Output = Attempt>,
+        B: Fn(&RouteTarget) -> Request<Full<Bytes>>,
+    {
+        let mut first = std::pin::pin!(first);
+        tokio::select! {
+            result = &mut first => return Hedged::Primary(result, 0),
+            _ = tokio::time::sleep(hedge.after) => {}
+        }
+        let Some((index, service)) =
+            ready_target(hedge.targets, hedge.from, hedge.min_window).await
+        else {
+            return Hedged::Primary(first.await, 0);
+        };
+        if !self.withdraw() {
+            return Hedged::Primary(first.await, 0);
+        }
+        *attempts += 1;
+        let target = &hedge.targets[index];
+        let second = attempt(
+            service,
+            (hedge.build)(target),
+            &target.upstream,
+            hedge.first_token,
+        );
+        let mut second = std::pin::pin!(second);
+        tokio::select! {
+            result = &mut first => match result {
+                Attempt::Committed(_) => Hedged::Primary(result, index + 1),
+                Attempt::Failed(..) => match second.await {
+                    Attempt::Committed(response) => Hedged::Won(response),
+                    Attempt::Failed(..) => Hedged::Primary(result, index + 1),
+                },
+            },
+            result = &mut second => match result {
+                Attempt::Committed(response) => Hedged::Won(response),
+                Attempt::Failed(..) => Hedged::Primary(first.await, index + 1),
+            },
         }
     }
 
@@ -424,6 +472,84 @@ impl Gateway {
             .expect("budget lock")
             .withdraw(Instant::now())
     }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// The client gets this answer.
+    Committed(Response<ResponseBody>),
+    /// It failed before the commit point: the answer to give if nothing better comes, and the
+    /// failure class (`None`: a 1xx/3xx answer, passed on as it is).
+    Failed(Response<ResponseBody>, Option<Failure>),
+}
+
+/// How a hedged attempt ended.
+enum Hedged {
+    /// The hedge committed first.
+    Won(Response<ResponseBody>),
+    /// The primary's result; targets before this index have been tried.
+    Primary(Attempt, usize),
+}
+
+/// What a hedge needs to start on another target.
+struct Hedge<'a, B> {
+    after: Duration,
+    targets: &'a [RouteTarget],
+    from: usize,
+    min_window: Option<u32>,
+    build: B,
+    first_token: Duration,
+}
+
+/// One attempt on a target: the call, then its answer read to the commit point.
+async fn attempt(
+    mut service: Guarded,
+    outgoing: Request<Full<Bytes>>,
+    upstream: &Upstream,
+    first_token: Duration,
+) -> Attempt {
+    match service.call(outgoing).await {
+        Ok(response) if response.status().is_success() => {
+            match read_head(response, upstream, first_token).await {
+                Head::Committed(response) => Attempt::Committed(response),
+                Head::Failed(answer, failure) => Attempt::Failed(answer, Some(failure)),
+            }
+        }
+        Ok(response) => {
+            let (answer, failure) = buffered_answer(response, upstream).await;
+            Attempt::Failed(answer, failure)
+        }
+        Err(e) => {
+            let (answer, failure) = client_failure(&e, upstream);
+            Attempt::Failed(answer, Some(failure))
+        }
+    }
+}
+
+/// The request as it goes to `target`: its model, its provider's headers, the request id.
+fn outgoing_request(
+    target: &RouteTarget,
+    endpoint: Endpoint,
+    client_headers: &HeaderMap,
+    id: &HeaderValue,
+    llm: &LlmRequest,
+    body: &Bytes,
+) -> Request<Full<Bytes>> {
+    let upstream = &target.upstream;
+    let mut headers = headers::upstream_request_headers(client_headers, &upstream.headers);
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    let mut outgoing = Request::new(Full::new(llm.with_model(body, &target.model)));
+    *outgoing.method_mut() = Method::POST;
+    *outgoing.uri_mut() = upstream.uri(endpoint);
+    *outgoing.headers_mut() = headers;
+    outgoing
+}
+
+fn with_attempts(mut response: Response<ResponseBody>, attempts: u32) -> Response<ResponseBody> {
+    response
+        .headers_mut()
+        .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
+    response
 }
 
 /// A 2xx answer read up to its commit point.
