@@ -11,6 +11,7 @@
 //! layer (or any other proxy) can use it.
 
 pub mod chunk;
+pub mod continuation;
 pub mod error;
 pub mod failure;
 pub mod request;
