@@ -246,3 +246,114 @@ pub fn assert_openai_error(read: &Read) -> serde_json::Value {
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
+
+/// A route over two mock providers, `primary` then `backup`.
+pub mod two {
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use weir_test::MockUpstream;
+
+    /// Two mock providers behind one weir.
+    #[derive(Debug)]
+    pub struct Setup {
+        /// The route's first target.
+        pub primary: MockUpstream,
+        /// Its second.
+        pub backup: MockUpstream,
+        /// weir.
+        pub weir: weir::Running,
+    }
+
+    /// weir with a primary and a backup provider (probes off), the route `gpt-test` over both.
+    /// `primary_url` replaces the primary's base URL (a dead port), `extra` goes in the primary's
+    /// provider table, `targets` overrides the route's targets.
+    pub async fn setup(primary_url: Option<String>, extra: &str, targets: Option<&str>) -> Setup {
+        let primary = MockUpstream::start().await;
+        let backup = MockUpstream::start().await;
+        let targets = targets.unwrap_or(
+            r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m" }]"#,
+        );
+        let text = format!(
+            r#"
+    [server]
+    listen = "127.0.0.1:0"
+    admin_listen = "127.0.0.1:0"
+
+    [[providers]]
+    name = "primary"
+    base_url = "{}"
+    allow_http = true
+    health = {{ probe = "off" }}
+    {extra}
+
+    [[providers]]
+    name = "backup"
+    base_url = "{}"
+    allow_http = true
+    health = {{ probe = "off" }}
+
+    [[routes]]
+    model = "gpt-test"
+    targets = {targets}
+    "#,
+            primary_url.unwrap_or_else(|| primary.base_url()),
+            backup.base_url()
+        );
+        let config = weir::config::parse("failover.toml".as_ref(), &text, &|_| None).unwrap();
+        let weir = weir::start(&config).await.unwrap();
+        Setup {
+            primary,
+            backup,
+            weir,
+        }
+    }
+
+    /// What a client got.
+    #[derive(Debug)]
+    pub struct Answer {
+        /// Status.
+        pub status: u16,
+        /// `x-weir-provider`.
+        pub provider: Option<String>,
+        /// `x-weir-attempts`.
+        pub attempts: Option<String>,
+        /// The streamed content (200) or the body (errors).
+        pub text: String,
+        /// The SSE events' data.
+        pub events: Vec<String>,
+        /// Whether the body ended with an error.
+        pub broken: bool,
+    }
+
+    /// A streaming chat completion on `gpt-test` with mock directives, read to its end.
+    pub async fn ask(weir: &weir::Running, directives: &str) -> Answer {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let request = Request::post(format!("http://{}/v1/chat/completions", weir.addr()))
+            .header("x-mock", directives)
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
+            )))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let provider = crate::header(response.headers(), "x-weir-provider").map(str::to_owned);
+        let attempts = crate::header(response.headers(), "x-weir-attempts").map(str::to_owned);
+        let read = crate::read(response).await;
+        let text = if status == 200 {
+            read.content()
+        } else {
+            String::from_utf8_lossy(&read.bytes).into_owned()
+        };
+        Answer {
+            status,
+            provider,
+            attempts,
+            text,
+            events: read.events(),
+            broken: read.error.is_some(),
+        }
+    }
+}

@@ -2,103 +2,10 @@
 //! target or fails over to the next, by failure class. Attempt counts and spacing are read
 //! from the mocks' logs.
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 use tokio::time::Instant;
-use weir_e2e::header;
+use weir_e2e::two::{ask, setup};
 use weir_test::{answer, MockUpstream};
-
-struct Setup {
-    primary: MockUpstream,
-    backup: MockUpstream,
-    weir: weir::Running,
-}
-
-/// weir with a primary and a backup provider (probes off), the route `gpt-test` over both.
-/// `primary_url` replaces the primary's base URL (a dead port), `extra` goes in the primary's
-/// provider table, `targets` overrides the route's targets.
-async fn setup(primary_url: Option<String>, extra: &str, targets: Option<&str>) -> Setup {
-    let primary = MockUpstream::start().await;
-    let backup = MockUpstream::start().await;
-    let targets = targets.unwrap_or(
-        r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m" }]"#,
-    );
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[[providers]]
-name = "primary"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-{extra}
-
-[[providers]]
-name = "backup"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-
-[[routes]]
-model = "gpt-test"
-targets = {targets}
-"#,
-        primary_url.unwrap_or_else(|| primary.base_url()),
-        backup.base_url()
-    );
-    let config = weir::config::parse("failover.toml".as_ref(), &text, &|_| None).unwrap();
-    let weir = weir::start(&config).await.unwrap();
-    Setup {
-        primary,
-        backup,
-        weir,
-    }
-}
-
-struct Answer {
-    status: u16,
-    provider: Option<String>,
-    attempts: Option<String>,
-    text: String,
-}
-
-async fn ask(weir: &weir::Running, directives: &str) -> Answer {
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::post(format!("http://{}/v1/chat/completions", weir.addr()))
-        .header("x-mock", directives)
-        .body(Full::new(Bytes::from_static(
-            br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
-        )))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let provider = header(response.headers(), "x-weir-provider").map(str::to_owned);
-    let attempts = header(response.headers(), "x-weir-attempts").map(str::to_owned);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let read = weir_e2e::Read {
-        bytes: body.clone(),
-        frames: 1,
-        error: None,
-    };
-    let text = if status == 200 {
-        read.content()
-    } else {
-        String::from_utf8_lossy(&body).into_owned()
-    };
-    Answer {
-        status,
-        provider,
-        attempts,
-        text,
-    }
-}
 
 fn gaps(mock: &MockUpstream) -> Vec<Duration> {
     mock.requests()

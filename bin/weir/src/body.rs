@@ -13,7 +13,9 @@
 //!   cut.
 //! - The upstream sent its own in-band error event and ended: the body ends with an error too.
 
+use crate::proxy::RescuePlan;
 use bytes::Bytes;
+use bytes::BytesMut;
 use http_body::{Body, Frame, SizeHint};
 use memchr::memmem;
 use std::future::Future;
@@ -23,7 +25,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 use weir_breaker::Outcome;
-use weir_llm::sse::{Line, SseScanner};
+use weir_llm::continuation::{self, Replay, Replayed, Transcript};
+use weir_llm::sse::{Line, SseDecoder, SseScanner};
 use weir_llm::{ErrorBody, ErrorKind, Failure};
 
 /// The upstream's body as the breaker hands it over.
@@ -49,6 +52,13 @@ impl ResponseBody {
     pub fn full(data: Bytes) -> Self {
         Self {
             kind: Kind::Full(Some(data).filter(|d| !d.is_empty())),
+        }
+    }
+
+    /// Lets a streamed answer be continued elsewhere if it is cut.
+    pub(crate) fn rescue_with(&mut self, plan: Arc<RescuePlan>) {
+        if let Kind::Upstream(body) = &mut self.kind {
+            body.rescue_with(plan);
         }
     }
 
@@ -129,6 +139,8 @@ struct Watch {
     /// The last two data lines (the finish chunk may be followed by the usage chunk), copied:
     /// whether the answer finished is asked only if the stream ends without `[DONE]`.
     last: [Vec<u8>; 2],
+    /// What the client has received, when the stream may be rescued.
+    transcript: Option<Transcript>,
 }
 
 static FINISH_REASON: LazyLock<memmem::Finder<'static>> =
@@ -165,6 +177,7 @@ impl Watch {
             done,
             upstream_error,
             last,
+            transcript,
         } = self;
         scanner
             .scan(data, |line| match line {
@@ -178,6 +191,9 @@ impl Watch {
                     } else if is_error_event(value) {
                         *upstream_error = true;
                     } else {
+                        if let Some(transcript) = transcript {
+                            transcript.record(value);
+                        }
                         last.swap(0, 1);
                         last[1].clear();
                         last[1].extend_from_slice(value);
@@ -196,17 +212,123 @@ impl Watch {
     }
 }
 
-/// The upstream's body, forwarded frame by frame. See the [module docs](self).
+/// A continuation being set up on another target.
+type Continuing = Pin<Box<dyn Future<Output = Option<Continued>> + Send>>;
+
+/// A cut answer: what the client has of it.
 #[derive(Debug)]
+pub(crate) struct Cut {
+    pub(crate) id: String,
+    pub(crate) delivered: String,
+    pub(crate) tool_calls: bool,
+}
+
+/// A continuation that has produced its first event, ready to be spliced in.
+pub(crate) struct Continued {
+    pub(crate) inner: Upstream,
+    pub(crate) prefix: Vec<Bytes>,
+    pub(crate) splice: Splice,
+    pub(crate) plan: Arc<RescuePlan>,
+    pub(crate) provider: Arc<str>,
+    pub(crate) idle: Duration,
+}
+
+/// Turns a continuation's events into the original stream's: its `id`, and (replay) without
+/// the text the client already has. Rare path: it decodes events and re-encodes them.
+#[derive(Debug)]
+pub(crate) struct Splice {
+    id: String,
+    decoder: SseDecoder,
+    replay: Option<Replay>,
+    out: std::collections::VecDeque<Result<Bytes, ()>>,
+}
+
+impl Splice {
+    pub(crate) fn new(id: String, replay: Option<Replay>) -> Self {
+        Self {
+            id,
+            decoder: SseDecoder::new(),
+            replay,
+            out: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    fn next(&mut self) -> Option<Result<Bytes, ()>> {
+        self.out.pop_front()
+    }
+
+    fn feed(&mut self, frame: Bytes) {
+        self.decoder.push(frame);
+        while let Ok(Some(event)) = self.decoder.next_event() {
+            if event.is_done() || is_error_event(&event.data) {
+                let mut out = BytesMut::new();
+                weir_llm::sse::encode_data(&event.data, &mut out);
+                self.out.push_back(Ok(out.freeze()));
+                continue;
+            }
+            let data = match &mut self.replay {
+                None => event.data,
+                Some(replay) => {
+                    let content = weir_llm::Chunk::parse(&event.data)
+                        .ok()
+                        .and_then(|c| c.content.map(|c| c.into_owned()));
+                    match replay.next(content.as_deref()) {
+                        Replayed::Drop => continue,
+                        Replayed::Keep => event.data,
+                        Replayed::Trim(rest) => {
+                            match continuation::with_content(&event.data, &rest) {
+                                Some(data) => data,
+                                None => {
+                                    self.out.push_back(Err(()));
+                                    return;
+                                }
+                            }
+                        }
+                        Replayed::Diverged => {
+                            self.out.push_back(Err(()));
+                            return;
+                        }
+                    }
+                }
+            };
+            let mut out = BytesMut::new();
+            weir_llm::sse::encode_data(&continuation::relabel(&data, &self.id), &mut out);
+            self.out.push_back(Ok(out.freeze()));
+        }
+    }
+}
+
+/// The upstream's body, forwarded frame by frame. See the [module docs](self).
 pub(crate) struct UpstreamBody {
     inner: Upstream,
     prefix: std::collections::VecDeque<Bytes>,
+    /// How to continue the answer elsewhere if this stream is cut.
+    rescue: Option<Arc<RescuePlan>>,
+    /// A continuation in progress, and what cut the stream it continues.
+    continuing: Option<(Continuing, Failure)>,
+    /// A continued stream's events, re-labelled (and past the replayed prefix).
+    splice: Option<Box<Splice>>,
     sse: Option<Watch>,
     provider: Arc<str>,
     idle: Duration,
     last_progress: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
     state: State,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("provider", &self.provider)
+            .field("state", &self.state)
+            .field("sse", &self.sse.is_some())
+            .field("continuing", &self.continuing.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl UpstreamBody {
@@ -221,6 +343,9 @@ impl UpstreamBody {
         Self {
             inner,
             prefix: prefix.into(),
+            rescue: None,
+            continuing: None,
+            splice: None,
             sse: sse.then(Watch::default),
             provider,
             idle,
@@ -238,6 +363,9 @@ impl UpstreamBody {
         cx: &mut Context<'_>,
         failure: Failure,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
+        if self.state == State::Streaming && self.try_rescue(failure) {
+            return self.poll(cx);
+        }
         self.state = State::Flush(failure);
         // The provider's breaker hears it from here: only weir sees a stall or an unreadable
         // event (a broken stream it has counted already; settling twice counts once).
@@ -264,6 +392,45 @@ impl UpstreamBody {
             .code(failure.as_str())
             .to_sse_event();
         Poll::Ready(Some(Ok(Frame::data(event))))
+    }
+
+    /// Lets a cut stream be continued on the plan's next targets.
+    pub(crate) fn rescue_with(&mut self, plan: Arc<RescuePlan>) {
+        if let Some(watch) = &mut self.sse {
+            watch.transcript = Some(Transcript::default());
+            self.rescue = Some(plan);
+        }
+    }
+
+    /// Starts continuing the answer on another target, if this cut can be rescued.
+    fn try_rescue(&mut self, failure: Failure) -> bool {
+        let (Some(plan), Some(watch)) = (&self.rescue, &self.sse) else {
+            return false;
+        };
+        if watch.upstream_error
+            || watch.done
+            || !matches!(failure, Failure::StreamBroken | Failure::StreamStalled)
+        {
+            return false;
+        }
+        let Some(transcript) = &watch.transcript else {
+            return false;
+        };
+        let (Some(id), Some(delivered)) = (transcript.id(), transcript.text()) else {
+            return false;
+        };
+        let cut = Cut {
+            id: id.to_owned(),
+            delivered,
+            tool_calls: transcript.has_tool_calls(),
+        };
+        // This stream's breaker learns of the cut; the continuation is a new call.
+        Pin::new(&mut self.inner).settle(Outcome::Failure, Some(failure.as_str()));
+        let plan = plan.clone();
+        tracing::info!(provider = %self.provider, %failure, "stream cut after its first token; continuing elsewhere");
+        let continuation = async move { crate::proxy::continue_answer(&plan, cut).await };
+        self.continuing = Some((Box::pin(continuation), failure));
+        true
     }
 
     /// Watches one data frame on its way out. `Some` when it ends the stream as failed.
@@ -322,14 +489,58 @@ impl UpstreamBody {
             }
             State::Done => return Poll::Ready(None),
         }
+        if let Some((continuing, cut_by)) = &mut self.continuing {
+            let Poll::Ready(continued) = continuing.as_mut().poll(cx) else {
+                return Poll::Pending;
+            };
+            let cut_by = *cut_by;
+            self.continuing = None;
+            let Some(continued) = continued else {
+                // Nowhere to continue: the client is told the answer is cut, and why.
+                self.rescue = None;
+                return self.fail(cx, cut_by);
+            };
+            self.provider = continued.provider;
+            self.idle = continued.idle;
+            self.inner = continued.inner;
+            self.rescue = Some(continued.plan);
+            self.last_progress = Instant::now();
+            let mut splice = Box::new(continued.splice);
+            for frame in continued.prefix {
+                splice.feed(frame);
+            }
+            self.splice = Some(splice);
+        }
         if let Some(data) = self.prefix.pop_front() {
             if let Some(failed) = self.on_data(cx, &data) {
                 return failed;
             }
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
+        if let Some(splice) = &mut self.splice {
+            match splice.next() {
+                Some(Ok(data)) => {
+                    if let Some(failed) = self.on_data(cx, &data) {
+                        return failed;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(())) => {
+                    // The replayed answer said something else: stop, honestly.
+                    self.rescue = None;
+                    return self.fail(cx, Failure::StreamBroken);
+                }
+                None => {}
+            }
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(splice) = &mut self.splice {
+                    if let Ok(data) = frame.into_data() {
+                        splice.feed(data);
+                    }
+                    return self.poll(cx);
+                }
                 if let Some(data) = frame.data_ref() {
                     if let Some(failed) = self.on_data(cx, data) {
                         return failed;
@@ -367,6 +578,8 @@ impl UpstreamBody {
             State::Done => true,
             State::Streaming => {
                 self.prefix.is_empty()
+                    && self.continuing.is_none()
+                    && self.splice.as_ref().is_none_or(|s| s.is_empty())
                     && self.inner.is_end_stream()
                     && self.sse.as_ref().is_none_or(|w| w.done)
             }

@@ -180,6 +180,19 @@ pub struct Target {
     /// The model's context window in tokens, if known: after `context_length_exceeded`, only
     /// targets with a larger window are tried.
     pub context_window: Option<u32>,
+    /// How this target may continue an answer cut on another.
+    pub continuation: Continuation,
+}
+
+/// How a target continues an answer that broke elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuation {
+    /// Re-send the request; keep the new answer past what the client has, if it matches.
+    Replay,
+    /// Send the partial answer as a final assistant message; the target writes the rest.
+    Prefill,
+    /// Never continue an answer here.
+    None,
 }
 
 /// Why a configuration was refused. `Display` is the message for the operator:
@@ -351,6 +364,8 @@ struct RawTarget {
     model: Spanned<String>,
     #[serde(default)]
     context_window: Option<u32>,
+    #[serde(default)]
+    continuation: Option<Spanned<String>>,
 }
 
 // ---- loading -----------------------------------------------------------------------------
@@ -608,10 +623,20 @@ pub fn parse(
                     "must not be empty",
                 ));
             }
+            let continuation = cx.choice(
+                &target.continuation,
+                &key(&format!("targets[{t}].continuation")),
+                &[
+                    ("replay", Continuation::Replay),
+                    ("prefill", Continuation::Prefill),
+                    ("none", Continuation::None),
+                ],
+            )?;
             targets.push(Target {
                 provider,
                 model: target.model.get_ref().clone(),
                 context_window: target.context_window,
+                continuation,
             });
         }
         routes.push(Route {

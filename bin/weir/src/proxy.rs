@@ -1,7 +1,7 @@
 //! The OpenAI-compatible front: routes a request to its provider and streams the answer back.
 
-use crate::body::{is_error_event, ResponseBody, UpstreamBody};
-use crate::config::{Config, Health, Provider};
+use crate::body::{is_error_event, Continued, Cut, ResponseBody, Splice, UpstreamBody};
+use crate::config::{Config, Continuation, Health, Provider};
 use crate::headers::{self, RequestIds, X_REQUEST_ID, X_WEIR_ATTEMPTS, X_WEIR_PROVIDER};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -20,6 +20,7 @@ use weir_breaker::policy::{Jitter, XorShift};
 use weir_breaker::{Breaker, CircuitBreaker, LlmClassifier, Mode, State};
 use weir_client::{ClientBuilder, HttpClient};
 use weir_failover::{Decision, RetryBudget, RetryPolicy};
+use weir_llm::continuation::{self, Replay};
 use weir_llm::sse::{Line, SseScanner};
 use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest, Rejection};
 
@@ -124,17 +125,98 @@ impl Upstream {
 
 /// One target of a route.
 #[derive(Debug)]
-struct RouteTarget {
+pub(crate) struct RouteTarget {
     upstream: Arc<Upstream>,
     /// The model name sent to it.
     model: String,
     context_window: Option<u32>,
+    continuation: Continuation,
+}
+
+/// What it takes to continue a committed answer on a route's other targets.
+#[derive(Debug)]
+pub(crate) struct RescuePlan {
+    targets: Arc<[RouteTarget]>,
+    /// The next target to try.
+    next: usize,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    id: HeaderValue,
+    body: Bytes,
+    llm: LlmRequest,
+    first_token: Duration,
+}
+
+/// Continues a cut answer on the plan's next target that can: replay (the same request) or
+/// prefill (the partial answer as a final assistant message; never in a tool call). Returns
+/// the continuation once it has produced its first event.
+pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<Continued> {
+    for index in plan.next..plan.targets.len() {
+        let target = &plan.targets[index];
+        let (body, replay) = match target.continuation {
+            Continuation::None => continue,
+            Continuation::Prefill if cut.tool_calls => continue,
+            Continuation::Prefill => {
+                let original = plan.llm.with_model(&plan.body, &target.model);
+                (
+                    continuation::prefill_request(&original, &cut.delivered)?,
+                    None,
+                )
+            }
+            Continuation::Replay => (
+                plan.llm.with_model(&plan.body, &target.model),
+                Some(Replay::new(cut.delivered.clone())),
+            ),
+        };
+        let mut service = target.upstream.service.clone();
+        if !ready_now(&mut service).await {
+            continue;
+        }
+        let mut outgoing = outgoing_request(
+            target,
+            plan.endpoint,
+            &plan.headers,
+            &plan.id,
+            &plan.llm,
+            &plan.body,
+        );
+        *outgoing.body_mut() = Full::new(body);
+        let Ok(response) = service.call(outgoing).await else {
+            continue;
+        };
+        if !response.status().is_success() {
+            continue;
+        }
+        let mut inner = response.into_body();
+        let Ok(prefix) = first_event(&mut inner, plan.first_token).await else {
+            continue;
+        };
+        let next = Arc::new(RescuePlan {
+            targets: plan.targets.clone(),
+            next: index + 1,
+            endpoint: plan.endpoint,
+            headers: plan.headers.clone(),
+            id: plan.id.clone(),
+            body: plan.body.clone(),
+            llm: plan.llm.clone(),
+            first_token: plan.first_token,
+        });
+        return Some(Continued {
+            inner,
+            prefix,
+            splice: Splice::new(cut.id, replay),
+            plan: next,
+            provider: target.upstream.name.clone(),
+            idle: target.upstream.idle_timeout,
+        });
+    }
+    None
 }
 
 /// A route's targets in order, and its deadline for retries.
 #[derive(Debug)]
 struct RouteEntry {
-    targets: Vec<RouteTarget>,
+    targets: Arc<[RouteTarget]>,
     request_timeout: Duration,
     first_token_timeout: Duration,
     hedge_after: Option<Duration>,
@@ -191,8 +273,10 @@ impl Gateway {
                         upstream: upstreams[t.provider].clone(),
                         model: t.model.clone(),
                         context_window: t.context_window,
+                        continuation: t.continuation,
                     })
-                    .collect();
+                    .collect::<Vec<_>>()
+                    .into();
                 let entry = RouteEntry {
                     targets,
                     request_timeout: r.request_timeout,
@@ -361,7 +445,18 @@ impl Gateway {
                             first_token: route.first_token_timeout,
                         };
                         match self.hedged(first, hedge, &mut attempts).await {
-                            Hedged::Won(response) => return with_attempts(response, attempts),
+                            Hedged::Won(response, at) => {
+                                let plan = rescue_plan(
+                                    route,
+                                    at + 1,
+                                    endpoint,
+                                    parts.headers,
+                                    id,
+                                    body,
+                                    llm,
+                                );
+                                return with_attempts(with_rescue(response, plan), attempts);
+                            }
                             Hedged::Primary(result, used) => {
                                 from = from.max(used);
                                 result
@@ -371,7 +466,11 @@ impl Gateway {
                     _ => first.await,
                 };
                 let failure = match result {
-                    Attempt::Committed(response) => return with_attempts(response, attempts),
+                    Attempt::Committed(response) => {
+                        let plan =
+                            rescue_plan(route, index + 1, endpoint, parts.headers, id, body, llm);
+                        return with_attempts(with_rescue(response, plan), attempts);
+                    }
                     Attempt::Failed(answer, failure) => {
                         last = Some(answer);
                         match failure {
@@ -455,12 +554,12 @@ impl Gateway {
             result = &mut first => match result {
                 Attempt::Committed(_) => Hedged::Primary(result, index + 1),
                 Attempt::Failed(..) => match second.await {
-                    Attempt::Committed(response) => Hedged::Won(response),
+                    Attempt::Committed(response) => Hedged::Won(response, index),
                     Attempt::Failed(..) => Hedged::Primary(result, index + 1),
                 },
             },
             result = &mut second => match result {
-                Attempt::Committed(response) => Hedged::Won(response),
+                Attempt::Committed(response) => Hedged::Won(response, index),
                 Attempt::Failed(..) => Hedged::Primary(first.await, index + 1),
             },
         }
@@ -485,8 +584,8 @@ enum Attempt {
 
 /// How a hedged attempt ended.
 enum Hedged {
-    /// The hedge committed first.
-    Won(Response<ResponseBody>),
+    /// The hedge (on the target at this index) committed first.
+    Won(Response<ResponseBody>, usize),
     /// The primary's result; targets before this index have been tried.
     Primary(Attempt, usize),
 }
@@ -545,6 +644,40 @@ fn outgoing_request(
     outgoing
 }
 
+/// The plan to continue a streamed chat answer on the route's targets after `next`.
+fn rescue_plan(
+    route: &RouteEntry,
+    next: usize,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    id: &HeaderValue,
+    body: Bytes,
+    llm: LlmRequest,
+) -> Option<Arc<RescuePlan>> {
+    (endpoint == Endpoint::ChatCompletions && llm.stream()).then(|| {
+        Arc::new(RescuePlan {
+            targets: route.targets.clone(),
+            next,
+            endpoint,
+            headers,
+            id: id.clone(),
+            body,
+            llm,
+            first_token: route.first_token_timeout,
+        })
+    })
+}
+
+fn with_rescue(
+    mut response: Response<ResponseBody>,
+    plan: Option<Arc<RescuePlan>>,
+) -> Response<ResponseBody> {
+    if let Some(plan) = plan {
+        response.body_mut().rescue_with(plan);
+    }
+    response
+}
+
 fn with_attempts(mut response: Response<ResponseBody>, attempts: u32) -> Response<ResponseBody> {
     response
         .headers_mut()
@@ -585,51 +718,18 @@ async fn read_head(
     let mut prefix = Vec::new();
     let failure = if sse {
         parts.headers.remove(header::CONTENT_LENGTH);
-        let deadline = Instant::now() + first_token;
-        let mut scanner = SseScanner::new();
-        let (mut data, mut first, mut error) = (false, false, false);
-        loop {
-            match tokio::time::timeout_at(deadline, body.frame()).await {
-                Err(_) => break Failure::FirstTokenTimeout,
-                Ok(None | Some(Err(_))) => break Failure::StreamBroken,
-                Ok(Some(Ok(frame))) => {
-                    let Ok(bytes) = frame.into_data() else {
-                        continue;
-                    };
-                    let scanned = scanner.scan(&bytes, |line| match line {
-                        Line::Field {
-                            name: b"data",
-                            value,
-                        } if !first => {
-                            data = true;
-                            error |= is_error_event(value);
-                        }
-                        Line::Blank if data => first = true,
-                        _ => {}
-                    });
-                    prefix.push(bytes);
-                    if scanned.is_err() {
-                        break Failure::MalformedEvent;
-                    }
-                    if error {
-                        // The provider's first word was an error: still nothing shown.
-                        break Failure::StreamBroken;
-                    }
-                    if first {
-                        let body = UpstreamBody::new(
-                            body,
-                            prefix,
-                            true,
-                            upstream.name.clone(),
-                            upstream.idle_timeout,
-                        );
-                        return Head::Committed(Response::from_parts(
-                            parts,
-                            ResponseBody::upstream(body),
-                        ));
-                    }
-                }
+        match first_event(&mut body, first_token).await {
+            Ok(prefix) => {
+                let body = UpstreamBody::new(
+                    body,
+                    prefix,
+                    true,
+                    upstream.name.clone(),
+                    upstream.idle_timeout,
+                );
+                return Head::Committed(Response::from_parts(parts, ResponseBody::upstream(body)));
             }
+            Err(failure) => failure,
         }
     } else {
         let mut total = 0;
@@ -685,6 +785,51 @@ async fn read_head(
         .code(failure.as_str()),
     );
     Head::Failed(answer, failure)
+}
+
+/// Reads a stream up to its first data event (within `first_token`); the frames read, or why
+/// there was none (broken, silent, unreadable, or opening with an in-band error).
+async fn first_event(
+    body: &mut crate::body::Upstream,
+    first_token: Duration,
+) -> Result<Vec<Bytes>, Failure> {
+    let deadline = Instant::now() + first_token;
+    let mut scanner = SseScanner::new();
+    let (mut data, mut first, mut error) = (false, false, false);
+    let mut prefix = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(Failure::FirstTokenTimeout),
+            Ok(None | Some(Err(_))) => return Err(Failure::StreamBroken),
+            Ok(Some(Ok(frame))) => {
+                let Ok(bytes) = frame.into_data() else {
+                    continue;
+                };
+                let scanned = scanner.scan(&bytes, |line| match line {
+                    Line::Field {
+                        name: b"data",
+                        value,
+                    } if !first => {
+                        data = true;
+                        error |= is_error_event(value);
+                    }
+                    Line::Blank if data => first = true,
+                    _ => {}
+                });
+                prefix.push(bytes);
+                if scanned.is_err() {
+                    return Err(Failure::MalformedEvent);
+                }
+                if error {
+                    // The provider's first word was an error: still nothing shown.
+                    return Err(Failure::StreamBroken);
+                }
+                if first {
+                    return Ok(prefix);
+                }
+            }
+        }
+    }
 }
 
 fn concat(parts: Vec<Bytes>) -> Bytes {

@@ -1,7 +1,7 @@
 //! The mock's streamed answer: a small state machine polled by hyper, with no task, channel or
 //! buffer per stream, so that the mock is never the bottleneck of a benchmark.
 
-use crate::script::{token, Fault, Script};
+use crate::script::{Fault, Script};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::fmt::Write as _;
@@ -76,7 +76,7 @@ pub(crate) struct StreamParams {
 impl StreamBody {
     pub(crate) fn new(p: StreamParams) -> Self {
         let (first_piece, next) = match &p.prefill {
-            Some(prefix) => resume_point(prefix, p.script.chunks),
+            Some(prefix) => resume_point(prefix, &p.script),
             None => (None, 0),
         };
         Self {
@@ -196,10 +196,11 @@ pub(crate) fn json_str(s: &str) -> String {
 }
 
 /// Where to resume the answer after `prefix`: the rest of a cut token, and the next token.
-fn resume_point(prefix: &str, chunks: u32) -> (Option<String>, u32) {
+fn resume_point(prefix: &str, script: &Script) -> (Option<String>, u32) {
+    let chunks = script.chunks;
     let mut done = 0;
     for i in 0..chunks {
-        let t = token(i);
+        let t = script.token(i);
         if done + t.len() > prefix.len() {
             let cut = prefix.len() - done;
             return (Some(t[cut..].to_owned()), i + 1);
@@ -245,6 +246,10 @@ impl Body for StreamBody {
                             }
                             return Poll::Ready(Some(Err(Injected("reset after chunks"))));
                         }
+                        Some(Fault::EndAfter(k)) if this.emitted == k => {
+                            this.phase = Phase::End;
+                            return Poll::Ready(None);
+                        }
                         Some(Fault::ErrorEventAt(k)) if this.emitted == k => {
                             this.phase = Phase::End;
                             let event = Bytes::from_static(
@@ -277,7 +282,7 @@ impl Body for StreamBody {
                         Some(piece) => piece,
                         None => {
                             this.next += 1;
-                            token(this.next - 1)
+                            this.script.token(this.next - 1)
                         }
                     };
                     let frame = this.chunk(Some(&content), None);
@@ -324,9 +329,13 @@ mod tests {
 
     #[test]
     fn resume_inside_and_between_tokens() {
-        assert_eq!(resume_point("", 3), (Some("tok0 ".into()), 1));
-        assert_eq!(resume_point("tok0 to", 3), (Some("k1 ".into()), 2));
-        assert_eq!(resume_point("tok0 tok1 ", 3), (Some("tok2 ".into()), 3));
-        assert_eq!(resume_point("tok0 tok1 tok2 ", 3), (None, 3));
+        let s = Script {
+            chunks: 3,
+            ..Script::default()
+        };
+        assert_eq!(resume_point("", &s), (Some("tok0 ".into()), 1));
+        assert_eq!(resume_point("tok0 to", &s), (Some("k1 ".into()), 2));
+        assert_eq!(resume_point("tok0 tok1 ", &s), (Some("tok2 ".into()), 3));
+        assert_eq!(resume_point("tok0 tok1 tok2 ", &s), (None, 3));
     }
 }

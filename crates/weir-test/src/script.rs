@@ -10,6 +10,7 @@
 //! | `delay_ms=D` | pause between chunks | 0 |
 //! | `first_ms=F` | pause before the first chunk (slow first token) | 0 |
 //! | `headers_ms=H` | pause before the response headers | 0 |
+//! | `word=W` | the answer's tokens are `W0 W1 ...` | `tok` |
 //! | `ping_ms=P` | while stalled, an SSE comment (`: ping`) every P ms | none |
 //! | `retry_after=S` | `Retry-After` on a 429 | none |
 //! | `key=K` | a name that separates `500_once` counters | the directive string |
@@ -19,7 +20,8 @@
 //! answer at all), `reset_after:K` (the connection is aborted after K chunks: the
 //! chunked body never ends), `stall_after:K`, `malformed_at:K`, `error_event_at:K`
 //! (an in-band `{"error":...}` event after K chunks, then the end), `no_done` (the stream ends
-//! after its finish reason, without `[DONE]`), `context_length`, `content_policy`.
+//! after its finish reason, without `[DONE]`), `end_after:K` (a clean end after K chunks, with no
+//! finish reason), `context_length`, `content_policy`.
 
 use std::time::Duration;
 
@@ -48,6 +50,8 @@ pub enum Fault {
     ErrorEventAt(u32),
     /// The finish-reason chunk is the last thing sent: no `[DONE]`.
     NoDone,
+    /// The body ends cleanly after K chunks: no finish reason, no `[DONE]` (a truncation).
+    EndAfter(u32),
     /// 400 `context_length_exceeded`.
     ContextLength,
     /// 400 `content_policy_violation`.
@@ -67,6 +71,8 @@ pub struct Script {
     pub headers: Duration,
     /// While stalled, a keep-alive comment this often.
     pub ping: Option<Duration>,
+    /// The stem of the answer's tokens.
+    pub word: Option<String>,
     /// `Retry-After` seconds on a 429.
     pub retry_after: Option<u32>,
     /// The counter key for `500_once`.
@@ -83,6 +89,7 @@ impl Default for Script {
             first: Duration::ZERO,
             headers: Duration::ZERO,
             ping: None,
+            word: None,
             retry_after: None,
             key: None,
             fault: None,
@@ -113,6 +120,7 @@ impl Script {
                 "first_ms" => self.first = ms(value)?,
                 "headers_ms" => self.headers = ms(value)?,
                 "ping_ms" => self.ping = Some(ms(value)?),
+                "word" => self.word = Some(value.to_owned()),
                 "retry_after" => self.retry_after = Some(number(value)?),
                 "key" => self.key = Some(value.to_owned()),
                 "fault" => self.fault = Some(parse_fault(value, number)?),
@@ -153,6 +161,7 @@ fn parse_fault(value: &str, number: impl Fn(&str) -> Result<u32, String>) -> Res
         "malformed_at" => Fault::MalformedAt(needs(arg)?),
         "error_event_at" => Fault::ErrorEventAt(needs(arg)?),
         "no_done" => Fault::NoDone,
+        "end_after" => Fault::EndAfter(needs(arg)?),
         "context_length" => Fault::ContextLength,
         "content_policy" => Fault::ContentPolicy,
         _ => return Err(format!("unknown mock fault `{value}`")),
@@ -161,12 +170,29 @@ fn parse_fault(value: &str, number: impl Fn(&str) -> Result<u32, String>) -> Res
 
 /// The text of content chunk `i`: the mock's answer is these, in order.
 pub fn token(i: u32) -> String {
-    format!("tok{i} ")
+    word_token("tok", i)
+}
+
+/// Chunk `i` of an answer whose tokens have the stem `word`.
+pub fn word_token(word: &str, i: u32) -> String {
+    format!("{word}{i} ")
 }
 
 /// The whole answer of `chunks` chunks.
 pub fn answer(chunks: u32) -> String {
     (0..chunks).map(token).collect()
+}
+
+impl Script {
+    /// Chunk `i` of this script's answer.
+    pub fn token(&self, i: u32) -> String {
+        word_token(self.word.as_deref().unwrap_or("tok"), i)
+    }
+
+    /// This script's whole answer.
+    pub fn answer(&self) -> String {
+        (0..self.chunks).map(|i| self.token(i)).collect()
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 use crate::body::{json_str, Injected, Shape, StreamBody, StreamParams, StreamStats};
-use crate::script::{answer, Fault, Script};
+use crate::script::{Fault, Script};
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -481,7 +481,7 @@ async fn handle(
         Some(last) if last.get("role").and_then(|r| r.as_str()) == Some("assistant") => last
             .get("content")
             .and_then(|c| c.as_str())
-            .filter(|text| answer(script.chunks).starts_with(text))
+            .filter(|text| script.answer().starts_with(text))
             .map(str::to_owned),
         _ => None,
     };
@@ -529,7 +529,7 @@ async fn handle(
     if !generation.is_zero() {
         tokio::time::sleep(generation).await;
     }
-    let full = answer(script.chunks);
+    let full = script.answer();
     let text = match &prefill {
         Some(prefix) => &full[prefix.len()..],
         None => &full[..],

@@ -1,0 +1,133 @@
+//! After the commit point: a stream cut mid-way is continued on the next target, so that the
+//! client receives one complete, coherent answer (same id, no text repeated or missing).
+
+use std::time::Duration;
+use weir_e2e::two::{ask, setup};
+use weir_test::answer;
+
+/// The ids of the events the client received (ignoring [DONE]).
+fn ids(events: &[String]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(e).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+fn assert_one_complete_answer(got: &weir_e2e::two::Answer, chunks: u32) {
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.text,
+        answer(chunks),
+        "one complete answer, nothing repeated or missing"
+    );
+    assert!(!got.broken, "the body ends cleanly");
+    assert_eq!(got.events.last().map(String::as_str), Some("[DONE]"));
+    assert!(!got.events.iter().any(|e| e.contains("\"error\"")));
+    let ids = ids(&got.events);
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one completion id: {ids:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_mid_stream_is_continued_by_replay() {
+    let s = setup(None, "", None).await;
+    s.primary.set_defaults(Some("fault=reset_after:3"));
+    let got = ask(&s.weir, "chunks=8").await;
+    assert_one_complete_answer(&got, 8);
+    assert_eq!(
+        got.provider.as_deref(),
+        Some("primary"),
+        "headers came from the first provider"
+    );
+    // The backup was asked the same question again.
+    let replayed = &s.backup.requests()[0];
+    let body: serde_json::Value = serde_json::from_slice(&replayed.body).unwrap();
+    assert_eq!(body["messages"], serde_json::json!([]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_mid_stream_is_continued_by_prefill() {
+    let targets = r#"[{ provider = "primary", model = "m" },
+           { provider = "backup", model = "m", continuation = "prefill" }]"#;
+    let s = setup(None, "", Some(targets)).await;
+    s.primary.set_defaults(Some("fault=reset_after:3"));
+    let got = ask(&s.weir, "chunks=8").await;
+    assert_one_complete_answer(&got, 8);
+    // The backup got the partial answer as a final assistant message.
+    let sent: serde_json::Value = serde_json::from_slice(&s.backup.requests()[0].body).unwrap();
+    assert_eq!(
+        sent["messages"],
+        serde_json::json!([{"role": "assistant", "content": "tok0 tok1 tok2 "}])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_mid_stream_is_continued() {
+    let s = setup(None, r#"idle_timeout = "2s""#, None).await;
+    s.primary.set_defaults(Some("fault=stall_after:4"));
+    let started = tokio::time::Instant::now();
+    let got = ask(&s.weir, "chunks=6").await;
+    assert_one_complete_answer(&got, 6);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(2),
+        "continued once the stall was seen"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_end_without_finish_reason_is_continued() {
+    let s = setup(None, "", None).await;
+    // The stream ends cleanly after 3 chunks: no finish reason, no [DONE]: a truncation.
+    s.primary.set_defaults(Some("fault=end_after:3"));
+    let got = ask(&s.weir, "chunks=5").await;
+    assert_one_complete_answer(&got, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_that_diverges_stops_with_an_error() {
+    let s = setup(None, "", None).await;
+    s.primary.set_defaults(Some("fault=reset_after:3"));
+    s.backup.set_defaults(Some("word=other"));
+    let got = ask(&s.weir, "chunks=6").await;
+    assert!(got.broken, "the body does not end cleanly");
+    assert!(!got.events.iter().any(|e| e == "[DONE]"));
+    assert_eq!(
+        got.text, "tok0 tok1 tok2 ",
+        "nothing of the diverging answer reached the client"
+    );
+    let last: serde_json::Value = serde_json::from_str(got.events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_broken");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_continuation_target_means_an_honest_error() {
+    let targets = r#"[{ provider = "primary", model = "m" },
+           { provider = "backup", model = "m", continuation = "none" }]"#;
+    let s = setup(None, "", Some(targets)).await;
+    s.primary.set_defaults(Some("fault=reset_after:3"));
+    let got = ask(&s.weir, "chunks=6").await;
+    assert!(got.broken);
+    assert_eq!(got.text, "tok0 tok1 tok2 ");
+    assert!(s.backup.requests().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_band_error_already_shown_is_not_papered_over() {
+    let s = setup(None, "", None).await;
+    s.primary.set_defaults(Some("fault=error_event_at:3"));
+    let got = ask(&s.weir, "chunks=6").await;
+    assert!(got.broken);
+    assert!(
+        s.backup.requests().is_empty(),
+        "the client saw the provider's error"
+    );
+}
