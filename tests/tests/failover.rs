@@ -316,3 +316,21 @@ async fn a_fast_first_token_is_not_hedged() {
         "no hedge before hedge_after"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn retry_limits_come_from_the_route() {
+    let targets = r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m" }]
+retry = { server_error_retries = 0 }"#;
+    let s = setup(None, "", Some(targets)).await;
+    s.primary.set_defaults(Some("fault=503"));
+    let got = ask(&s.weir, "chunks=2").await;
+    assert_eq!(
+        (got.provider.as_deref(), got.attempts.as_deref()),
+        (Some("backup"), Some("2"))
+    );
+    assert_eq!(
+        s.primary.requests().len(),
+        1,
+        "no retry of the 503 on the primary"
+    );
+}

@@ -168,6 +168,21 @@ pub struct Route {
     /// With no first event after this long, also start the request on the next target; the
     /// first to answer wins.
     pub hedge_after: Option<Duration>,
+    /// Retry limits by failure class (`retry = {...}`).
+    pub retry: weir_failover::RetryPolicy,
+    /// Retries and failovers as a share of requests (`retry_budget = {...}`).
+    pub retry_budget: RetryBudgetConfig,
+}
+
+/// `retry_budget = { ratio, per_second, window }`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetConfig {
+    /// Retries allowed per request over the window (0.2: one in five).
+    pub ratio: f64,
+    /// Retries allowed per second of the window regardless of traffic.
+    pub per_second: f64,
+    /// The window.
+    pub window: Duration,
 }
 
 /// One target of a route.
@@ -355,6 +370,38 @@ struct RawRoute {
     first_token_timeout: Option<Spanned<String>>,
     #[serde(default)]
     hedge_after: Option<Spanned<String>>,
+    #[serde(default)]
+    retry: Option<RawRetry>,
+    #[serde(default)]
+    retry_budget: Option<RawBudget>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default)]
+    rate_limit_wait_ceiling: Option<Spanned<String>>,
+    #[serde(default)]
+    rate_limit_attempts: Option<u32>,
+    #[serde(default)]
+    server_error_retries: Option<u32>,
+    #[serde(default)]
+    connect_retries: Option<u32>,
+    #[serde(default)]
+    backoff: Option<Spanned<String>>,
+    #[serde(default)]
+    max_backoff: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    #[serde(default)]
+    ratio: Option<Spanned<f64>>,
+    #[serde(default)]
+    per_second: Option<f64>,
+    #[serde(default)]
+    window: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -652,6 +699,50 @@ pub fn parse(
                 &key("first_token_timeout"),
                 Duration::from_secs(60),
             )?,
+            retry: {
+                let d = weir_failover::RetryPolicy::default();
+                let empty = RawRetry::default();
+                let raw = r.retry.as_ref().unwrap_or(&empty);
+                let k = |f: &str| key(&format!("retry.{f}"));
+                weir_failover::RetryPolicy {
+                    rate_limit_wait_ceiling: cx.duration(
+                        &raw.rate_limit_wait_ceiling,
+                        &k("rate_limit_wait_ceiling"),
+                        d.rate_limit_wait_ceiling,
+                    )?,
+                    rate_limit_attempts: raw.rate_limit_attempts.unwrap_or(d.rate_limit_attempts),
+                    server_error_retries: raw
+                        .server_error_retries
+                        .unwrap_or(d.server_error_retries),
+                    connect_retries: raw.connect_retries.unwrap_or(d.connect_retries),
+                    backoff: cx.duration(&raw.backoff, &k("backoff"), d.backoff)?,
+                    max_backoff: cx.duration(&raw.max_backoff, &k("max_backoff"), d.max_backoff)?,
+                }
+            },
+            retry_budget: {
+                let empty = RawBudget::default();
+                let raw = r.retry_budget.as_ref().unwrap_or(&empty);
+                let ratio = match &raw.ratio {
+                    Some(v) if !(0.0..=10.0).contains(v.get_ref()) => {
+                        return Err(cx.error(
+                            v.span(),
+                            &key("retry_budget.ratio"),
+                            "must be between 0 and 10",
+                        ))
+                    }
+                    Some(v) => *v.get_ref(),
+                    None => 0.2,
+                };
+                RetryBudgetConfig {
+                    ratio,
+                    per_second: raw.per_second.unwrap_or(1.0).max(0.0),
+                    window: cx.duration(
+                        &raw.window,
+                        &key("retry_budget.window"),
+                        Duration::from_secs(10),
+                    )?,
+                }
+            },
             hedge_after: match &r.hedge_after {
                 None => None,
                 Some(_) => {

@@ -217,6 +217,8 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
 #[derive(Debug)]
 struct RouteEntry {
     targets: Arc<[RouteTarget]>,
+    policy: RetryPolicy,
+    budget: Mutex<RetryBudget>,
     request_timeout: Duration,
     first_token_timeout: Duration,
     hedge_after: Option<Duration>,
@@ -226,8 +228,6 @@ struct RouteEntry {
 #[derive(Debug)]
 pub struct Gateway {
     upstreams: Vec<Arc<Upstream>>,
-    policy: RetryPolicy,
-    budget: Mutex<RetryBudget>,
     jitter: Mutex<XorShift>,
     routes: HashMap<String, RouteEntry>,
     models: Bytes,
@@ -277,8 +277,16 @@ impl Gateway {
                     })
                     .collect::<Vec<_>>()
                     .into();
+                let b = r.retry_budget;
                 let entry = RouteEntry {
                     targets,
+                    policy: r.retry.clone(),
+                    budget: Mutex::new(RetryBudget::new(
+                        b.ratio,
+                        b.per_second,
+                        b.window,
+                        Instant::now(),
+                    )),
                     request_timeout: r.request_timeout,
                     first_token_timeout: r.first_token_timeout,
                     hedge_after: r.hedge_after,
@@ -295,8 +303,6 @@ impl Gateway {
             .expect("JSON values serialize");
         Ok(Self {
             upstreams,
-            policy: RetryPolicy::default(),
-            budget: Mutex::new(RetryBudget::standard(Instant::now())),
             jitter: Mutex::new(XorShift::default()),
             routes,
             models: models.into(),
@@ -401,7 +407,8 @@ impl Gateway {
                 .code("model_not_found"),
             );
         };
-        self.budget
+        route
+            .budget
             .lock()
             .expect("budget lock")
             .deposit(Instant::now());
@@ -444,7 +451,7 @@ impl Gateway {
                             },
                             first_token: route.first_token_timeout,
                         };
-                        match self.hedged(first, hedge, &mut attempts).await {
+                        match self.hedged(first, hedge, route, &mut attempts).await {
                             Hedged::Won(response, at) => {
                                 let plan = rescue_plan(
                                     route,
@@ -480,7 +487,7 @@ impl Gateway {
                     }
                 };
                 let jitter = self.jitter.lock().expect("jitter lock").sample();
-                let decision = self.policy.decide(failure, on_target, jitter);
+                let decision = route.policy.decide(failure, on_target, jitter);
                 tracing::debug!(provider = %upstream.name, %failure, ?decision, attempts, "attempt failed");
                 match decision {
                     Decision::GiveUp => break 'targets,
@@ -495,13 +502,13 @@ impl Gateway {
                             // Unknown window: no target is known to be larger.
                             min_window = Some(target.context_window.unwrap_or(u32::MAX));
                         }
-                        if !self.withdraw() {
+                        if !route.withdraw() {
                             break 'targets;
                         }
                         continue 'targets;
                     }
                     Decision::RetrySame { after } => {
-                        if Instant::now() + after > deadline || !self.withdraw() {
+                        if Instant::now() + after > deadline || !route.withdraw() {
                             break 'targets;
                         }
                         tokio::time::sleep(after).await;
@@ -523,7 +530,13 @@ impl Gateway {
     /// Runs `first`; if it has not committed after `hedge.after`, starts the same request on
     /// the next ready target too. A hedge that commits first wins (the other attempt is
     /// dropped, which cancels it upstream); a hedge that fails is forgotten.
-    async fn hedged<'a, F, B>(&self, first: F, hedge: Hedge<'a, B>, attempts: &mut u32) -> Hedged
+    async fn hedged<'a, F, B>(
+        &self,
+        first: F,
+        hedge: Hedge<'a, B>,
+        route: &RouteEntry,
+        attempts: &mut u32,
+    ) -> Hedged
     where
         F: std::future::Future<Output = Attempt>,
         B: Fn(&RouteTarget) -> Request<Full<Bytes>>,
@@ -538,7 +551,7 @@ impl Gateway {
         else {
             return Hedged::Primary(first.await, 0);
         };
-        if !self.withdraw() {
+        if !route.withdraw() {
             return Hedged::Primary(first.await, 0);
         }
         *attempts += 1;
@@ -564,7 +577,9 @@ impl Gateway {
             },
         }
     }
+}
 
+impl RouteEntry {
     fn withdraw(&self) -> bool {
         self.budget
             .lock()

@@ -268,3 +268,30 @@ fn tls_ca_is_read_relative_to_the_config_file() {
         .to_string();
     assert!(message.contains("holds no PEM certificate"), "{message}");
 }
+
+#[test]
+fn route_retry_settings() {
+    let text = GOOD.replace(
+        "strategy = \"failover\"",
+        "strategy = \"failover\"\nretry = { rate_limit_wait_ceiling = \"2s\", server_error_retries = 0, backoff = \"100ms\" }\nretry_budget = { ratio = 0.5, per_second = 0, window = \"30s\" }\nhedge_after = \"3s\"\nfirst_token_timeout = \"20s\"",
+    );
+    let config = load(&text).unwrap();
+    let route = &config.routes[0];
+    assert_eq!(route.retry.rate_limit_wait_ceiling, Duration::from_secs(2));
+    assert_eq!(route.retry.server_error_retries, 0);
+    assert_eq!(route.retry.backoff, Duration::from_millis(100));
+    assert_eq!(
+        route.retry.connect_retries, 1,
+        "unset keys keep their defaults"
+    );
+    assert_eq!(route.retry_budget.ratio, 0.5);
+    assert_eq!(route.retry_budget.window, Duration::from_secs(30));
+    assert_eq!(route.hedge_after, Some(Duration::from_secs(3)));
+    assert_eq!(route.first_token_timeout, Duration::from_secs(20));
+    assert_eq!(
+        config.routes[1].retry,
+        weir_failover::RetryPolicy::default()
+    );
+    let bad = GOOD.replace("strategy = \"failover\"", "retry = { retries = 3 }");
+    assert!(error(&bad).contains("retries"), "{}", error(&bad));
+}
