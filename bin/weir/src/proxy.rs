@@ -670,13 +670,24 @@ fn rescue_plan(
     llm: LlmRequest,
 ) -> Option<Arc<RescuePlan>> {
     (endpoint == Endpoint::ChatCompletions && llm.stream()).then(|| {
+        // Own copies: the originals are slices of hyper's read buffer, and holding them for
+        // the whole stream would pin that buffer (8 KiB per open stream).
+        let headers = headers
+            .iter()
+            .map(|(name, value)| {
+                let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("it was valid");
+                copy.set_sensitive(value.is_sensitive());
+                (name.clone(), copy)
+            })
+            .collect();
+        let id = HeaderValue::from_bytes(id.as_bytes()).expect("it was valid");
         Arc::new(RescuePlan {
             targets: route.targets.clone(),
             next,
             endpoint,
             headers,
-            id: id.clone(),
-            body,
+            id,
+            body: Bytes::copy_from_slice(&body),
             llm,
             first_token: route.first_token_timeout,
         })
