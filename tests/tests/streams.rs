@@ -100,3 +100,37 @@ async fn client_going_away_cancels_the_upstream() {
         .await
         .expect("weir cancelled the upstream stream");
 }
+
+#[tokio::test]
+async fn a_malformed_event_is_dropped_and_counted_and_the_stream_goes_on() {
+    let h = Harness::start().await;
+    let got = stream(&h, "chunks=5,fault=malformed_at:2").await;
+    assert_eq!(got.error, None, "the stream goes on");
+    assert_eq!(got.content(), "tok0 tok1 tok2 tok3 tok4 ");
+    let events = got.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        events
+            .iter()
+            .all(|e| e == "[DONE]" || serde_json::from_str::<serde_json::Value>(e).is_ok()),
+        "every event the client got is JSON: {events:?}"
+    );
+    // Counted, by provider.
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let scrape = client
+        .request(
+            http::Request::get(format!("http://{}/metrics", h.admin))
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = scrape.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("weir_malformed_events_total{provider=\"mock\"} 1"),
+        "{text}"
+    );
+}

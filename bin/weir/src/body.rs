@@ -20,6 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use memchr::memmem;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -143,6 +144,23 @@ struct Watch {
     transcript: Option<Transcript>,
 }
 
+/// What one frame held, for the body.
+struct Observed {
+    /// A content event was completed.
+    progress: bool,
+    /// Data events that are not JSON objects (truncated, garbled).
+    malformed: u32,
+    /// The frame began on an event boundary (no event of an earlier frame was pending).
+    clean_start: bool,
+}
+
+/// A chunk event is a JSON object. An O(1) check that catches truncation, the way providers'
+/// events break, without parsing every event.
+fn looks_like_object(data: &[u8]) -> bool {
+    let data = data.trim_ascii();
+    data.first() == Some(&b'{') && data.last() == Some(&b'}')
+}
+
 static FINISH_REASON: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\""));
 
@@ -168,9 +186,11 @@ pub(crate) fn is_error_event(data: &[u8]) -> bool {
 }
 
 impl Watch {
-    /// Reads the lines in `data`; true when it completed a content event.
-    fn observe(&mut self, data: &[u8]) -> Result<bool, Failure> {
+    /// Reads the lines in `data`.
+    fn observe(&mut self, data: &[u8]) -> Result<Observed, Failure> {
         let mut progress = false;
+        let mut malformed = 0;
+        let clean_start = !self.has_data && !self.scanner.has_partial_line();
         let Self {
             scanner,
             has_data,
@@ -190,6 +210,8 @@ impl Watch {
                         *done = true;
                     } else if is_error_event(value) {
                         *upstream_error = true;
+                    } else if !looks_like_object(value) {
+                        malformed += 1;
                     } else {
                         if let Some(transcript) = transcript {
                             transcript.record(value);
@@ -203,13 +225,37 @@ impl Watch {
                 _ => {}
             })
             .map_err(|_| Failure::MalformedEvent)?;
-        Ok(progress)
+        Ok(Observed {
+            progress,
+            malformed,
+            clean_start,
+        })
     }
 
     /// Whether one of the last data events carried a finish reason.
     fn finished(&self) -> bool {
         self.last.iter().any(|line| has_finish_reason(line))
     }
+}
+
+/// What to do with a data frame.
+enum OnData {
+    Forward,
+    Replace(Bytes),
+    Fail(Poll<Option<Result<Frame<Bytes>, StreamFailed>>>),
+}
+
+/// The frame's events without the malformed ones (the rare path: decoded and re-encoded).
+fn without_malformed(frame: &Bytes) -> Bytes {
+    let mut decoder = SseDecoder::new();
+    decoder.push(frame.clone());
+    let mut out = BytesMut::with_capacity(frame.len());
+    while let Ok(Some(event)) = decoder.next_event() {
+        if event.is_done() || looks_like_object(&event.data) {
+            weir_llm::sse::encode_data(&event.data, &mut out);
+        }
+    }
+    out.freeze()
 }
 
 /// A continuation being set up on another target.
@@ -230,6 +276,7 @@ pub(crate) struct Continued {
     pub(crate) splice: Splice,
     pub(crate) plan: Arc<RescuePlan>,
     pub(crate) provider: Arc<str>,
+    pub(crate) malformed: Arc<AtomicU64>,
     pub(crate) idle: Duration,
 }
 
@@ -314,6 +361,8 @@ pub(crate) struct UpstreamBody {
     splice: Option<Box<Splice>>,
     sse: Option<Watch>,
     provider: Arc<str>,
+    /// The provider's count of malformed events dropped.
+    malformed: Arc<AtomicU64>,
     idle: Duration,
     last_progress: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -338,6 +387,7 @@ impl UpstreamBody {
         prefix: Vec<Bytes>,
         sse: bool,
         provider: Arc<str>,
+        malformed: Arc<AtomicU64>,
         idle: Duration,
     ) -> Self {
         Self {
@@ -348,6 +398,7 @@ impl UpstreamBody {
             splice: None,
             sse: sse.then(Watch::default),
             provider,
+            malformed,
             idle,
             last_progress: Instant::now(),
             sleep: None,
@@ -433,26 +484,35 @@ impl UpstreamBody {
         true
     }
 
-    /// Watches one data frame on its way out. `Some` when it ends the stream as failed.
-    #[allow(clippy::type_complexity)]
-    fn on_data(
-        &mut self,
-        cx: &mut Context<'_>,
-        data: &Bytes,
-    ) -> Option<Poll<Option<Result<Frame<Bytes>, StreamFailed>>>> {
+    /// Watches one data frame on its way out: forward it, forward a cleaned copy (malformed
+    /// events dropped), or end the stream.
+    fn on_data(&mut self, cx: &mut Context<'_>, data: &Bytes) -> OnData {
         let progress = match &mut self.sse {
             Some(watch) => {
                 let had_error = watch.upstream_error;
                 match watch.observe(data) {
-                    Ok(progress) => {
+                    Ok(observed) => {
                         if watch.upstream_error && !had_error {
                             // The provider said in band that it failed.
                             Pin::new(&mut self.inner)
                                 .settle(Outcome::Failure, Some("in-band error event"));
                         }
-                        progress
+                        if observed.malformed > 0 {
+                            self.malformed
+                                .fetch_add(u64::from(observed.malformed), Ordering::Relaxed);
+                            if !observed.clean_start {
+                                // Part of the bad event went out with an earlier frame.
+                                return OnData::Fail(self.fail(cx, Failure::MalformedEvent));
+                            }
+                            tracing::debug!(provider = %self.provider, "malformed event dropped");
+                            if observed.progress {
+                                self.last_progress = Instant::now();
+                            }
+                            return OnData::Replace(without_malformed(data));
+                        }
+                        observed.progress
                     }
-                    Err(failure) => return Some(self.fail(cx, failure)),
+                    Err(failure) => return OnData::Fail(self.fail(cx, failure)),
                 }
             }
             None => !data.is_empty(),
@@ -460,7 +520,20 @@ impl UpstreamBody {
         if progress {
             self.last_progress = Instant::now();
         }
-        None
+        OnData::Forward
+    }
+
+    /// Sends a data frame on, as the watch decides.
+    fn emit(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: Bytes,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
+        match self.on_data(cx, &data) {
+            OnData::Forward => Poll::Ready(Some(Ok(Frame::data(data)))),
+            OnData::Replace(clean) => Poll::Ready(Some(Ok(Frame::data(clean)))),
+            OnData::Fail(failed) => failed,
+        }
     }
 
     /// Pending unless the idle timeout has passed since the last content.
@@ -501,6 +574,7 @@ impl UpstreamBody {
                 return self.fail(cx, cut_by);
             };
             self.provider = continued.provider;
+            self.malformed = continued.malformed;
             self.idle = continued.idle;
             self.inner = continued.inner;
             self.rescue = Some(continued.plan);
@@ -512,19 +586,11 @@ impl UpstreamBody {
             self.splice = Some(splice);
         }
         if let Some(data) = self.prefix.pop_front() {
-            if let Some(failed) = self.on_data(cx, &data) {
-                return failed;
-            }
-            return Poll::Ready(Some(Ok(Frame::data(data))));
+            return self.emit(cx, data);
         }
         if let Some(splice) = &mut self.splice {
             match splice.next() {
-                Some(Ok(data)) => {
-                    if let Some(failed) = self.on_data(cx, &data) {
-                        return failed;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
+                Some(Ok(data)) => return self.emit(cx, data),
                 Some(Err(())) => {
                     // The replayed answer said something else: stop, honestly.
                     self.rescue = None;
@@ -541,12 +607,10 @@ impl UpstreamBody {
                     }
                     return self.poll(cx);
                 }
-                if let Some(data) = frame.data_ref() {
-                    if let Some(failed) = self.on_data(cx, data) {
-                        return failed;
-                    }
+                match frame.into_data() {
+                    Ok(data) => self.emit(cx, data),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
                 }
-                Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => self.fail(cx, Failure::StreamBroken),
             Poll::Ready(None) => match &self.sse {

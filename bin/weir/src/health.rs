@@ -164,5 +164,19 @@ pub(crate) fn breaker_metrics(gateway: &Gateway) -> Bytes {
             s.failure_rate
         );
     }
+    out.push_str(
+        "# HELP weir_malformed_events_total Malformed stream events dropped per provider.\n",
+    );
+    out.push_str("# TYPE weir_malformed_events_total counter\n");
+    for upstream in gateway.upstreams() {
+        let dropped = upstream
+            .malformed
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "weir_malformed_events_total{{provider=\"{}\"}} {dropped}",
+            upstream.name
+        );
+    }
     out.into()
 }

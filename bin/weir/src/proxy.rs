@@ -42,6 +42,8 @@ pub(crate) struct Upstream {
     pub(crate) health: Health,
     /// When the next health probe is due.
     pub(crate) next_probe: Mutex<Option<Instant>>,
+    /// Malformed events dropped from this provider's streams.
+    pub(crate) malformed: Arc<std::sync::atomic::AtomicU64>,
     /// The full URI of each endpoint under the base URL.
     uris: [Uri; 3],
     /// `Authorization` and the configured extra headers, marked sensitive.
@@ -100,6 +102,7 @@ impl Upstream {
             breaker,
             health: p.health.clone(),
             next_probe: Mutex::new(None),
+            malformed: Arc::default(),
             models_uri: format!("{base}/models")
                 .parse()
                 .expect("a valid base URL plus a fixed path is a valid URI"),
@@ -207,6 +210,7 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
             splice: Splice::new(cut.id, replay),
             plan: next,
             provider: target.upstream.name.clone(),
+            malformed: target.upstream.malformed.clone(),
             idle: target.upstream.idle_timeout,
         });
     }
@@ -751,6 +755,7 @@ async fn read_head(
                     prefix,
                     true,
                     upstream.name.clone(),
+                    upstream.malformed.clone(),
                     upstream.idle_timeout,
                 );
                 return Head::Committed(Response::from_parts(parts, ResponseBody::upstream(body)));
@@ -780,6 +785,7 @@ async fn read_head(
                             prefix,
                             false,
                             upstream.name.clone(),
+                            upstream.malformed.clone(),
                             upstream.idle_timeout,
                         );
                         return Head::Committed(Response::from_parts(
