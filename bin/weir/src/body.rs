@@ -63,6 +63,15 @@ impl ResponseBody {
         }
     }
 
+    /// weir asked the upstream for usage that the client did not: drop the usage event.
+    pub(crate) fn strip_usage(&mut self) {
+        if let Kind::Upstream(body) = &mut self.kind {
+            if let Some(watch) = &mut body.sse {
+                watch.strip_usage = true;
+            }
+        }
+    }
+
     pub(crate) fn upstream(body: UpstreamBody) -> Self {
         Self {
             kind: Kind::Upstream(Box::new(body)),
@@ -142,6 +151,17 @@ struct Watch {
     last: [Vec<u8>; 2],
     /// What the client has received, when the stream may be rescued.
     transcript: Option<Transcript>,
+    /// weir asked for usage on the client's behalf: drop the usage event on the way out.
+    strip_usage: bool,
+}
+
+static EMPTY_CHOICES: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"choices\":[]"));
+
+/// The usage-only chunk (`"choices":[]` and a `usage` object). Content chunks end with their
+/// `choices` array (`]}`), so only events ending in `}}` are searched.
+fn is_usage_event(data: &[u8]) -> bool {
+    data.trim_ascii_end().ends_with(b"}}") && EMPTY_CHOICES.find(data).is_some()
 }
 
 /// What one frame held, for the body.
@@ -150,6 +170,8 @@ struct Observed {
     progress: bool,
     /// Data events that are not JSON objects (truncated, garbled).
     malformed: u32,
+    /// Events to drop on the way out (malformed ones, and a usage event nobody asked for).
+    dropped: u32,
     /// The frame began on an event boundary (no event of an earlier frame was pending).
     clean_start: bool,
 }
@@ -190,6 +212,8 @@ impl Watch {
     fn observe(&mut self, data: &[u8]) -> Result<Observed, Failure> {
         let mut progress = false;
         let mut malformed = 0;
+        let mut dropped = 0;
+        let strip_usage = self.strip_usage;
         let clean_start = !self.has_data && !self.scanner.has_partial_line();
         let Self {
             scanner,
@@ -198,6 +222,7 @@ impl Watch {
             upstream_error,
             last,
             transcript,
+            strip_usage: _,
         } = self;
         scanner
             .scan(data, |line| match line {
@@ -212,6 +237,9 @@ impl Watch {
                         *upstream_error = true;
                     } else if !looks_like_object(value) {
                         malformed += 1;
+                        dropped += 1;
+                    } else if strip_usage && is_usage_event(value) {
+                        dropped += 1;
                     } else {
                         if let Some(transcript) = transcript {
                             transcript.record(value);
@@ -228,6 +256,7 @@ impl Watch {
         Ok(Observed {
             progress,
             malformed,
+            dropped,
             clean_start,
         })
     }
@@ -245,13 +274,16 @@ enum OnData {
     Fail(Poll<Option<Result<Frame<Bytes>, StreamFailed>>>),
 }
 
-/// The frame's events without the malformed ones (the rare path: decoded and re-encoded).
-fn without_malformed(frame: &Bytes) -> Bytes {
+/// The frame's events without the malformed ones, and without a usage event when weir asked
+/// for it on the client's behalf (a rare path per stream: decoded and re-encoded).
+fn without_dropped(frame: &Bytes, strip_usage: bool) -> Bytes {
     let mut decoder = SseDecoder::new();
     decoder.push(frame.clone());
     let mut out = BytesMut::with_capacity(frame.len());
     while let Ok(Some(event)) = decoder.next_event() {
-        if event.is_done() || looks_like_object(&event.data) {
+        let keep = event.is_done()
+            || (looks_like_object(&event.data) && !(strip_usage && is_usage_event(&event.data)));
+        if keep {
             weir_llm::sse::encode_data(&event.data, &mut out);
         }
     }
@@ -497,18 +529,24 @@ impl UpstreamBody {
                             Pin::new(&mut self.inner)
                                 .settle(Outcome::Failure, Some("in-band error event"));
                         }
-                        if observed.malformed > 0 {
-                            self.malformed
-                                .fetch_add(u64::from(observed.malformed), Ordering::Relaxed);
-                            if !observed.clean_start {
-                                // Part of the bad event went out with an earlier frame.
-                                return OnData::Fail(self.fail(cx, Failure::MalformedEvent));
+                        if observed.dropped > 0 {
+                            let strip_usage = watch.strip_usage;
+                            if observed.malformed > 0 {
+                                self.malformed
+                                    .fetch_add(u64::from(observed.malformed), Ordering::Relaxed);
+                                if !observed.clean_start {
+                                    // Part of the bad event went out with an earlier frame.
+                                    return OnData::Fail(self.fail(cx, Failure::MalformedEvent));
+                                }
+                                tracing::debug!(provider = %self.provider, "malformed event dropped");
+                            } else if !observed.clean_start {
+                                // A usage event begun in an earlier frame: let it through.
+                                return OnData::Forward;
                             }
-                            tracing::debug!(provider = %self.provider, "malformed event dropped");
                             if observed.progress {
                                 self.last_progress = Instant::now();
                             }
-                            return OnData::Replace(without_malformed(data));
+                            return OnData::Replace(without_dropped(data, strip_usage));
                         }
                         observed.progress
                     }

@@ -160,14 +160,14 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
             Continuation::None => continue,
             Continuation::Prefill if cut.tool_calls => continue,
             Continuation::Prefill => {
-                let original = plan.llm.with_model(&plan.body, &target.model);
+                let original = plan.llm.upstream_body(&plan.body, &target.model, true);
                 (
                     continuation::prefill_request(&original, &cut.delivered)?,
                     None,
                 )
             }
             Continuation::Replay => (
-                plan.llm.with_model(&plan.body, &target.model),
+                plan.llm.upstream_body(&plan.body, &target.model, true),
                 Some(Replay::new(cut.delivered.clone())),
             ),
         };
@@ -656,7 +656,10 @@ fn outgoing_request(
     let upstream = &target.upstream;
     let mut headers = headers::upstream_request_headers(client_headers, &upstream.headers);
     headers.insert(X_REQUEST_ID.clone(), id.clone());
-    let mut outgoing = Request::new(Full::new(llm.with_model(body, &target.model)));
+    // Streamed chat: weir asks for usage (its own accounting needs it) and, if the client did
+    // not, drops the usage event on the way back.
+    let ask_usage = endpoint == Endpoint::ChatCompletions;
+    let mut outgoing = Request::new(Full::new(llm.upstream_body(body, &target.model, ask_usage)));
     *outgoing.method_mut() = Method::POST;
     *outgoing.uri_mut() = upstream.uri(endpoint);
     *outgoing.headers_mut() = headers;
@@ -703,6 +706,9 @@ fn with_rescue(
     plan: Option<Arc<RescuePlan>>,
 ) -> Response<ResponseBody> {
     if let Some(plan) = plan {
+        if plan.llm.can_ask_for_usage() {
+            response.body_mut().strip_usage();
+        }
         response.body_mut().rescue_with(plan);
     }
     response

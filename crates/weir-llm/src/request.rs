@@ -74,6 +74,7 @@ pub struct LlmRequest {
     model_span: Range<usize>,
     stream: bool,
     include_usage: bool,
+    has_stream_options: bool,
     max_tokens: Option<u32>,
     prompt_token_estimate: u32,
 }
@@ -188,7 +189,8 @@ impl LlmRequest {
             model: model.into(),
             model_span,
             stream: raw.stream.unwrap_or(false),
-            include_usage: raw.stream_options.is_some_and(|o| o.include_usage),
+            include_usage: raw.stream_options.as_ref().is_some_and(|o| o.include_usage),
+            has_stream_options: raw.stream_options.is_some(),
             max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
             prompt_token_estimate: u32::try_from(estimate).unwrap_or(u32::MAX),
         })
@@ -223,6 +225,32 @@ impl LlmRequest {
     /// Good enough to charge a token budget up front; settle with the real usage later.
     pub fn prompt_token_estimate(&self) -> u32 {
         self.prompt_token_estimate
+    }
+
+    /// Whether a streamed request left usage out, and had no `stream_options` at all (so weir
+    /// can add `"stream_options":{"include_usage":true}` without a duplicate key).
+    pub fn can_ask_for_usage(&self) -> bool {
+        self.stream && !self.has_stream_options
+    }
+
+    /// The body as it goes upstream: `model` set to `model` and, with `ask_usage` (see
+    /// [`LlmRequest::can_ask_for_usage`]), `"stream_options":{"include_usage":true}` added as
+    /// the last field; everything else byte for byte the same.
+    pub fn upstream_body(&self, body: &Bytes, model: &str, ask_usage: bool) -> Bytes {
+        let renamed = self.with_model(body, model);
+        if !ask_usage || !self.can_ask_for_usage() {
+            return renamed;
+        }
+        let end = renamed.trim_ascii_end().len();
+        if end == 0 || renamed[end - 1] != b'}' {
+            return renamed;
+        }
+        const FIELD: &[u8] = br#","stream_options":{"include_usage":true}"#;
+        let mut out = BytesMut::with_capacity(renamed.len() + FIELD.len());
+        out.extend_from_slice(&renamed[..end - 1]);
+        out.extend_from_slice(FIELD);
+        out.extend_from_slice(&renamed[end - 1..]);
+        out.freeze()
     }
 
     /// The body with `model` set to `model`, everything else byte for byte the same. Returns
@@ -291,6 +319,30 @@ mod tests {
             body.as_ptr(),
             "no copy when the name is unchanged"
         );
+    }
+
+    #[test]
+    fn usage_is_asked_for_without_touching_anything_else() {
+        let body = Bytes::from_static(br#"{"model":"a","stream":true,"messages":[]} "#);
+        let req = LlmRequest::parse(Endpoint::ChatCompletions, &body).unwrap();
+        assert!(req.can_ask_for_usage());
+        let out = req.upstream_body(&body, "b", true);
+        assert_eq!(
+            &out[..],
+            br#"{"model":"b","stream":true,"messages":[],"stream_options":{"include_usage":true}} "#
+        );
+        let parsed = LlmRequest::parse(Endpoint::ChatCompletions, &out).unwrap();
+        assert!(parsed.include_usage());
+        // A client that set stream_options itself is left alone, as is a non-streaming one.
+        for body in [
+            &br#"{"model":"a","stream":true,"stream_options":{"include_usage":false}}"#[..],
+            br#"{"model":"a"}"#,
+        ] {
+            let body = Bytes::copy_from_slice(body);
+            let req = LlmRequest::parse(Endpoint::ChatCompletions, &body).unwrap();
+            assert!(!req.can_ask_for_usage());
+            assert_eq!(req.upstream_body(&body, "a", true), body);
+        }
     }
 
     #[test]
