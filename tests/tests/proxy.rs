@@ -195,15 +195,22 @@ async fn h2c_clients_are_served() {
 async fn weir_asks_for_usage_and_strips_it_when_the_client_did_not() {
     let h = Harness::start().await;
     let got = read(
-        h.post("/v1/chat/completions", r#"{"model":"gpt-test","stream":true,"messages":[]}"#, &[])
-            .await,
+        h.post(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-test","stream":true,"messages":[]}"#,
+            &[],
+        )
+        .await,
     )
     .await;
     assert_eq!(got.error, None);
     assert_eq!(got.content(), answer(20));
     let events = got.events();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    assert!(!events.iter().any(|e| e.contains("\"usage\"")), "no usage the client did not ask for");
+    assert!(
+        !events.iter().any(|e| e.contains("\"usage\"")),
+        "no usage the client did not ask for"
+    );
     // Upstream, weir asked for it.
     let sent: serde_json::Value = serde_json::from_slice(&h.mock.requests()[0].body).unwrap();
     assert_eq!(sent["stream_options"]["include_usage"], true);

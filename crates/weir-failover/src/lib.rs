@@ -16,6 +16,8 @@
 
 pub mod budget;
 pub mod policy;
+pub mod router;
 
 pub use budget::RetryBudget;
 pub use policy::{Decision, RetryPolicy};
+pub use router::{Failover, Judge, Judged, Order, Routed, Target};

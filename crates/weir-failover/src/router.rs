@@ -1,0 +1,577 @@
+//! The failover router: a [`Service`] over a route's targets that retries and fails over a
+//! call until one target's answer is committed.
+//!
+//! Targets are tried in order (priority), or in an order drawn by weight for each call
+//! ([`Order::Weighted`]), skipping those that are not ready (an open breaker reads as not
+//! ready). What an answer means is the [`Judge`]'s business, so the router knows no protocol:
+//! the judge builds each target's request from the call, and reads each result up to its
+//! commit point (for an LLM stream: the first event), saying whether the client gets it or it
+//! failed with a [`Failure`] class. The router then acts on [`RetryPolicy`]: the same target
+//! after a pause, the next target, or the last answer, within a [`RetryBudget`] and the call's
+//! deadline; with `hedge_after`, a slow first attempt is raced against the next target.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::future::{ready, Ready};
+//! use std::time::Duration;
+//! use tower::{service_fn, Service, ServiceExt};
+//! use weir_failover::router::{Failover, Judge, Judged, Target};
+//! use weir_llm::Failure;
+//!
+//! /// Answers are numbers; anything but 200 failed with a 5xx.
+//! #[derive(Clone)]
+//! struct Status;
+//! impl Judge<&'static str> for Status {
+//!     type Request = &'static str;
+//!     type Response = u16;
+//!     type Answer = u16;
+//!     type Future = Ready<Judged<u16>>;
+//!     fn request(&self, _target: usize, call: &&'static str) -> &'static str { call }
+//!     fn judge(&self, _target: usize, result: Result<u16, tower::BoxError>) -> Self::Future {
+//!         ready(match result {
+//!             Ok(200) => Judged::Commit(200),
+//!             Ok(status) => Judged::Failed(status, Some(Failure::Upstream5xx {
+//!                 status: http::StatusCode::from_u16(status).unwrap(),
+//!             })),
+//!             Err(_) => Judged::Failed(502, Some(Failure::Connect)),
+//!         })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let down = service_fn(|_: &'static str| async { Ok::<u16, tower::BoxError>(503) });
+//! let up = service_fn(|_: &'static str| async { Ok::<u16, tower::BoxError>(200) });
+//! let mut router = Failover::new(
+//!     vec![Target::new(tower::util::BoxCloneSyncService::new(down)),
+//!          Target::new(tower::util::BoxCloneSyncService::new(up))],
+//!     Status,
+//! );
+//! let routed = router.ready().await.unwrap().call("hello").await.unwrap();
+//! assert_eq!((routed.answer, routed.target, routed.attempts), (200, Some(1), 3));
+//! # }
+//! ```
+
+use crate::budget::RetryBudget;
+use crate::policy::{Decision, RetryPolicy};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
+use tower_service::Service;
+use weir_llm::{Failure, Rejection};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a judge says of one attempt.
+#[derive(Debug)]
+pub enum Judged<A> {
+    /// The client gets this answer (it has reached its commit point).
+    Commit(A),
+    /// It failed before the commit point: the answer to give if nothing better comes, and
+    /// the failure class (`None`: not a failure weir judges, such as a 3xx: given as it is).
+    Failed(A, Option<Failure>),
+}
+
+/// The protocol-specific half of the router. See the [module docs](self).
+pub trait Judge<C>: Clone + Send + Sync + 'static {
+    /// The request a target takes.
+    type Request;
+    /// What a target answers.
+    type Response;
+    /// What the client gets.
+    type Answer: Send + 'static;
+    /// Reads a result to its commit point.
+    type Future: Future<Output = Judged<Self::Answer>> + Send;
+
+    /// The request for target `target` (its model name, its headers).
+    fn request(&self, target: usize, call: &C) -> Self::Request;
+
+    /// Judges target `target`'s result.
+    fn judge(&self, target: usize, result: Result<Self::Response, BoxError>) -> Self::Future;
+}
+
+/// One target of a route.
+#[derive(Clone, Debug)]
+pub struct Target<S> {
+    service: S,
+    context_window: Option<u32>,
+    weight: u32,
+}
+
+impl<S> Target<S> {
+    /// A target with weight 1 and no known context window.
+    pub fn new(service: S) -> Self {
+        Self {
+            service,
+            context_window: None,
+            weight: 1,
+        }
+    }
+
+    /// Its model's context window: after `context_length_exceeded` only larger ones are tried.
+    pub fn context_window(mut self, tokens: Option<u32>) -> Self {
+        self.context_window = tokens;
+        self
+    }
+
+    /// Its weight under [`Order::Weighted`].
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+}
+
+/// In which order a call tries the targets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// As listed: the first is preferred.
+    #[default]
+    Priority,
+    /// Drawn for each call by weight (a target of weight 3 comes first three times as often as
+    /// one of weight 1); the rest follow in drawn order.
+    Weighted,
+}
+
+/// The router's answer: what the client gets, from which target, after how many attempts.
+#[derive(Debug)]
+pub struct Routed<A> {
+    /// The answer (committed, or the last one when nothing better came).
+    pub answer: A,
+    /// The index of the target whose answer was committed.
+    pub target: Option<usize>,
+    /// Attempts made, hedges included.
+    pub attempts: u32,
+}
+
+/// No target could take the call at all (every one was not ready).
+#[derive(Debug)]
+pub struct NoTarget(());
+
+impl std::fmt::Display for NoTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no target of the route is ready")
+    }
+}
+
+impl std::error::Error for NoTarget {}
+
+/// A source of uniform samples in `[0, 1)`, injected so that tests are deterministic.
+pub type Rng = Arc<Mutex<dyn FnMut() -> f64 + Send>>;
+
+struct Shared<S, J> {
+    targets: Vec<Target<S>>,
+    judge: J,
+    policy: RetryPolicy,
+    budget: Mutex<RetryBudget>,
+    deadline: Duration,
+    hedge_after: Option<Duration>,
+    order: Order,
+    rng: Rng,
+}
+
+/// The failover router. Clones share targets, budget and random source.
+pub struct Failover<S, J> {
+    shared: Arc<Shared<S, J>>,
+}
+
+impl<S, J> Clone for Failover<S, J> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, J> std::fmt::Debug for Failover<S, J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failover")
+            .field("targets", &self.shared.targets.len())
+            .field("order", &self.shared.order)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_rng() -> Rng {
+    use std::hash::BuildHasher;
+    let mut state = std::collections::hash_map::RandomState::new().hash_one(0u64) | 1;
+    Arc::new(Mutex::new(move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    }))
+}
+
+impl<S, J> Failover<S, J> {
+    /// A priority router with the default policy, budget (20% + 1/s over 10 s) and a 120 s
+    /// deadline.
+    pub fn new(targets: Vec<Target<S>>, judge: J) -> Self {
+        Self::builder(targets, judge).build()
+    }
+
+    /// A router to configure.
+    pub fn builder(targets: Vec<Target<S>>, judge: J) -> Builder<S, J> {
+        Builder {
+            targets,
+            judge,
+            policy: RetryPolicy::default(),
+            budget: RetryBudget::standard(Instant::now()),
+            deadline: Duration::from_secs(120),
+            hedge_after: None,
+            order: Order::Priority,
+            rng: default_rng(),
+        }
+    }
+
+    /// The targets.
+    pub fn targets(&self) -> impl Iterator<Item = &S> {
+        self.shared.targets.iter().map(|t| &t.service)
+    }
+}
+
+/// Configures a [`Failover`].
+pub struct Builder<S, J> {
+    targets: Vec<Target<S>>,
+    judge: J,
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    deadline: Duration,
+    hedge_after: Option<Duration>,
+    order: Order,
+    rng: Rng,
+}
+
+impl<S, J> std::fmt::Debug for Builder<S, J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").finish_non_exhaustive()
+    }
+}
+
+impl<S, J> Builder<S, J> {
+    /// The retry policy.
+    pub fn policy(mut self, policy: RetryPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The retry budget.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// No retry or failover starts after this long from the call.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Race a first attempt that has not committed after this long against the next target.
+    pub fn hedge_after(mut self, after: Option<Duration>) -> Self {
+        self.hedge_after = after;
+        self
+    }
+
+    /// The order targets are tried in.
+    pub fn order(mut self, order: Order) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// The random source (jitter, weighted order).
+    pub fn rng(mut self, rng: Rng) -> Self {
+        self.rng = rng;
+        self
+    }
+
+    /// The router.
+    pub fn build(self) -> Failover<S, J> {
+        Failover {
+            shared: Arc::new(Shared {
+                targets: self.targets,
+                judge: self.judge,
+                policy: self.policy,
+                budget: Mutex::new(self.budget),
+                deadline: self.deadline,
+                hedge_after: self.hedge_after,
+                order: self.order,
+                rng: self.rng,
+            }),
+        }
+    }
+}
+
+impl<S, J> Shared<S, J> {
+    fn sample(&self) -> f64 {
+        (self.rng.lock().expect("rng lock"))()
+    }
+
+    fn withdraw(&self) -> bool {
+        self.budget
+            .lock()
+            .expect("budget lock")
+            .withdraw(Instant::now())
+    }
+
+    /// The order of this call: indices into `targets`.
+    fn order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.targets.len()).collect();
+        if self.order == Order::Weighted {
+            // Efraimidis-Spirakis: sort by u^(1/w), largest first.
+            let mut keyed: Vec<(f64, usize)> = order
+                .iter()
+                .map(|&i| {
+                    let w = f64::from(self.targets[i].weight.max(1));
+                    (self.sample().max(f64::MIN_POSITIVE).powf(1.0 / w), i)
+                })
+                .collect();
+            keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+            order = keyed.into_iter().map(|(_, i)| i).collect();
+        }
+        order
+    }
+}
+
+fn ready_now<S: Service<R>, R>(service: &mut S) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(())))
+}
+
+impl<S, J> Shared<S, J>
+where
+    S: Clone,
+{
+    /// The first target in `order[from..]` that is ready now (and, after a context-length
+    /// refusal, whose window is larger than `min_window`).
+    fn ready<R>(
+        &self,
+        order: &[usize],
+        from: usize,
+        min_window: Option<u32>,
+    ) -> Option<(usize, usize, S)>
+    where
+        S: Service<R>,
+    {
+        for (position, &index) in order.iter().enumerate().skip(from) {
+            let target = &self.targets[index];
+            if let Some(min) = min_window {
+                if target.context_window.is_none_or(|w| w <= min) {
+                    continue;
+                }
+            }
+            let mut service = target.service.clone();
+            if ready_now(&mut service) {
+                return Some((position, index, service));
+            }
+        }
+        None
+    }
+}
+
+type Attempt<A> = Pin<Box<dyn Future<Output = Judged<A>> + Send>>;
+
+impl<S, J> Shared<S, J>
+where
+    S: Clone + Send + Sync + 'static,
+    J: 'static,
+{
+    fn attempt<C>(&self, mut service: S, index: usize, call: &C) -> Attempt<J::Answer>
+    where
+        S: Service<J::Request, Response = J::Response>,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        J: Judge<C>,
+    {
+        let request = self.judge.request(index, call);
+        let future = service.call(request);
+        let judge = self.judge.clone();
+        Box::pin(async move { judge.judge(index, future.await.map_err(Into::into)).await })
+    }
+}
+
+impl<S, J, C> Service<C> for Failover<S, J>
+where
+    S: Service<J::Request, Response = J::Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    J: Judge<C>,
+    J::Request: Send,
+    C: Send + Sync + 'static,
+{
+    type Response = Routed<J::Answer>;
+    type Error = NoTarget;
+    type Future = Pin<Box<dyn Future<Output = Result<Routed<J::Answer>, NoTarget>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), NoTarget>> {
+        // Targets are checked per call; a route with none ready answers at once.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: C) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move { route(shared, call).await })
+    }
+}
+
+async fn route<S, J, C>(shared: Arc<Shared<S, J>>, call: C) -> Result<Routed<J::Answer>, NoTarget>
+where
+    S: Service<J::Request, Response = J::Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    J: Judge<C>,
+    C: Send + Sync + 'static,
+{
+    shared
+        .budget
+        .lock()
+        .expect("budget lock")
+        .deposit(Instant::now());
+    let deadline = Instant::now() + shared.deadline;
+    let order = shared.order();
+    let mut attempts = 0;
+    let mut last = None;
+    let mut from = 0;
+    let mut min_window = None;
+    let mut hedged = false;
+    'targets: while let Some((position, index, mut service)) =
+        shared.ready::<J::Request>(&order, from, min_window)
+    {
+        from = position + 1;
+        let mut on_target = 0;
+        loop {
+            attempts += 1;
+            on_target += 1;
+            let first = shared.attempt(service, index, &call);
+            let judged = match shared.hedge_after {
+                Some(after) if !hedged => {
+                    hedged = true;
+                    let mut first = first;
+                    tokio::select! {
+                        judged = &mut first => judged,
+                        _ = tokio::time::sleep(after) => {
+                            match hedge(&shared, &call, &order, from, min_window, first, &mut attempts).await {
+                                Hedge::Won(answer, at) => {
+                                    return Ok(Routed { answer, target: Some(at), attempts });
+                                }
+                                Hedge::Primary(judged, used) => {
+                                    from = from.max(used);
+                                    judged
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => first.await,
+            };
+            let failure = match judged {
+                Judged::Commit(answer) => {
+                    return Ok(Routed {
+                        answer,
+                        target: Some(index),
+                        attempts,
+                    })
+                }
+                Judged::Failed(answer, failure) => {
+                    last = Some(answer);
+                    match failure {
+                        Some(failure) => failure,
+                        None => break 'targets,
+                    }
+                }
+            };
+            let decision = shared.policy.decide(failure, on_target, shared.sample());
+            match decision {
+                Decision::GiveUp => break 'targets,
+                Decision::NextTarget => {
+                    if matches!(
+                        failure,
+                        Failure::Rejected {
+                            reason: Rejection::ContextLengthExceeded,
+                            ..
+                        }
+                    ) {
+                        // Unknown window: no target is known to be larger.
+                        min_window = Some(shared.targets[index].context_window.unwrap_or(u32::MAX));
+                    }
+                    if !shared.withdraw() {
+                        break 'targets;
+                    }
+                    continue 'targets;
+                }
+                Decision::RetrySame { after } => {
+                    if Instant::now() + after > deadline || !shared.withdraw() {
+                        break 'targets;
+                    }
+                    tokio::time::sleep(after).await;
+                    // The target must be ready again (its breaker may have opened).
+                    service = shared.targets[index].service.clone();
+                    if !ready_now(&mut service) {
+                        continue 'targets;
+                    }
+                }
+            }
+        }
+    }
+    match last {
+        Some(answer) => Ok(Routed {
+            answer,
+            target: None,
+            attempts,
+        }),
+        None => Err(NoTarget(())),
+    }
+}
+
+enum Hedge<A> {
+    /// The hedge (on the target at this index) committed first.
+    Won(A, usize),
+    /// The first attempt's verdict; targets before this position were tried.
+    Primary(Judged<A>, usize),
+}
+
+/// Starts the call on the next ready target beside `first`. A hedge that commits first wins
+/// (the other attempt is dropped, which cancels it); a hedge that fails is forgotten.
+async fn hedge<S, J, C>(
+    shared: &Shared<S, J>,
+    call: &C,
+    order: &[usize],
+    from: usize,
+    min_window: Option<u32>,
+    mut first: Attempt<J::Answer>,
+    attempts: &mut u32,
+) -> Hedge<J::Answer>
+where
+    S: Service<J::Request, Response = J::Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    J: Judge<C>,
+{
+    let Some((position, index, service)) = shared.ready::<J::Request>(order, from, min_window)
+    else {
+        return Hedge::Primary(first.await, 0);
+    };
+    if !shared.withdraw() {
+        return Hedge::Primary(first.await, 0);
+    }
+    *attempts += 1;
+    let mut second = shared.attempt(service, index, call);
+    tokio::select! {
+        judged = &mut first => match judged {
+            Judged::Commit(_) => Hedge::Primary(judged, position + 1),
+            Judged::Failed(..) => match second.await {
+                Judged::Commit(answer) => Hedge::Won(answer, index),
+                Judged::Failed(..) => Hedge::Primary(judged, position + 1),
+            },
+        },
+        judged = &mut second => match judged {
+            Judged::Commit(answer) => Hedge::Won(answer, index),
+            Judged::Failed(..) => Hedge::Primary(first.await, position + 1),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
