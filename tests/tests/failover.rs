@@ -334,3 +334,25 @@ retry = { server_error_retries = 0 }"#;
         "no retry of the 503 on the primary"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_weighted_route_spreads_first_attempts_by_weight() {
+    let targets = r#"[{ provider = "primary", model = "m", weight = 3 }, { provider = "backup", model = "m", weight = 1 }]
+strategy = "weighted""#;
+    let s = setup(None, "", Some(targets)).await;
+    for _ in 0..400 {
+        assert_eq!(ask(&s.weir, "chunks=1").await.status, 200);
+    }
+    let (primary, backup) = (s.primary.requests().len(), s.backup.requests().len());
+    assert_eq!(primary + backup, 400, "one attempt each");
+    let share = backup as f64 / 400.0;
+    assert!((0.15..0.35).contains(&share), "weight 1 of 4 took {share}");
+    // And a weighted route still fails over.
+    s.primary.set_defaults(Some("fault=503"));
+    s.backup.set_defaults(Some("fault=503"));
+    s.backup.set_defaults(None);
+    for _ in 0..20 {
+        let got = ask(&s.weir, "chunks=1").await;
+        assert_eq!((got.status, got.provider.as_deref()), (200, Some("backup")));
+    }
+}

@@ -161,6 +161,8 @@ pub struct Route {
     /// The upstreams that serve it, in order of preference: a request goes to the first whose
     /// breaker admits it, and fails over down the list.
     pub targets: Vec<Target>,
+    /// `strategy = "weighted"`: each call draws its order of targets by weight.
+    pub weighted: bool,
     /// How long retries and failovers may go on before the client gets the last answer.
     pub request_timeout: Duration,
     /// How long a stream may take from its headers to its first event before weir fails over.
@@ -197,6 +199,8 @@ pub struct Target {
     pub context_window: Option<u32>,
     /// How this target may continue an answer cut on another.
     pub continuation: Continuation,
+    /// Its share of first attempts under `strategy = "weighted"`.
+    pub weight: u32,
 }
 
 /// How a target continues an answer that broke elsewhere.
@@ -413,6 +417,8 @@ struct RawTarget {
     context_window: Option<u32>,
     #[serde(default)]
     continuation: Option<Spanned<String>>,
+    #[serde(default)]
+    weight: Option<Spanned<u32>>,
 }
 
 // ---- loading -----------------------------------------------------------------------------
@@ -630,18 +636,11 @@ pub fn parse(
                 format!("model `{model}` is routed twice"),
             ));
         }
-        if let Some(strategy) = &r.strategy {
-            if strategy.get_ref() != "failover" {
-                return Err(cx.error(
-                    strategy.span(),
-                    &key("strategy"),
-                    format!(
-                        "unknown strategy `{}` (this version supports \"failover\")",
-                        strategy.get_ref()
-                    ),
-                ));
-            }
-        }
+        let weighted = cx.choice(
+            &r.strategy,
+            &key("strategy"),
+            &[("failover", false), ("weighted", true)],
+        )?;
         let raw_targets = r.targets.get_ref();
         if raw_targets.is_empty() {
             return Err(cx.error(
@@ -679,16 +678,29 @@ pub fn parse(
                     ("none", Continuation::None),
                 ],
             )?;
+            let weight = match &target.weight {
+                Some(w) if *w.get_ref() == 0 => {
+                    return Err(cx.error(
+                        w.span(),
+                        &key(&format!("targets[{t}].weight")),
+                        "must be at least 1",
+                    ))
+                }
+                Some(w) => *w.get_ref(),
+                None => 1,
+            };
             targets.push(Target {
                 provider,
                 model: target.model.get_ref().clone(),
                 context_window: target.context_window,
                 continuation,
+                weight,
             });
         }
         routes.push(Route {
             model: model.clone(),
             targets,
+            weighted,
             request_timeout: cx.duration(
                 &r.request_timeout,
                 &key("request_timeout"),

@@ -16,13 +16,14 @@ use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::Service;
-use weir_breaker::policy::{Jitter, XorShift};
+use tower::ServiceExt;
 use weir_breaker::{Breaker, CircuitBreaker, LlmClassifier, Mode, State};
 use weir_client::{ClientBuilder, HttpClient};
-use weir_failover::{Decision, RetryBudget, RetryPolicy};
+use weir_failover::router::{Failover, Judge, Judged, Order, Routed, Target};
+use weir_failover::RetryBudget;
 use weir_llm::continuation::{self, Replay};
 use weir_llm::sse::{Line, SseScanner};
-use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest, Rejection};
+use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
 
 /// The read buffer of each HTTP/1.1 upstream connection.
 const UPSTREAM_READ_BUF: usize = 8192;
@@ -132,7 +133,6 @@ pub(crate) struct RouteTarget {
     upstream: Arc<Upstream>,
     /// The model name sent to it.
     model: String,
-    context_window: Option<u32>,
     continuation: Continuation,
 }
 
@@ -140,7 +140,8 @@ pub(crate) struct RouteTarget {
 #[derive(Debug)]
 pub(crate) struct RescuePlan {
     targets: Arc<[RouteTarget]>,
-    /// The next target to try.
+    /// The targets to try, in order, and how far the plan has come.
+    order: Arc<[usize]>,
     next: usize,
     endpoint: Endpoint,
     headers: HeaderMap,
@@ -154,7 +155,8 @@ pub(crate) struct RescuePlan {
 /// prefill (the partial answer as a final assistant message; never in a tool call). Returns
 /// the continuation once it has produced its first event.
 pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<Continued> {
-    for index in plan.next..plan.targets.len() {
+    for position in plan.next..plan.order.len() {
+        let index = plan.order[position];
         let target = &plan.targets[index];
         let (body, replay) = match target.continuation {
             Continuation::None => continue,
@@ -196,7 +198,8 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
         };
         let next = Arc::new(RescuePlan {
             targets: plan.targets.clone(),
-            next: index + 1,
+            order: plan.order.clone(),
+            next: position + 1,
             endpoint: plan.endpoint,
             headers: plan.headers.clone(),
             id: plan.id.clone(),
@@ -221,18 +224,14 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
 #[derive(Debug)]
 struct RouteEntry {
     targets: Arc<[RouteTarget]>,
-    policy: RetryPolicy,
-    budget: Mutex<RetryBudget>,
-    request_timeout: Duration,
+    router: Failover<Guarded, LlmJudge>,
     first_token_timeout: Duration,
-    hedge_after: Option<Duration>,
 }
 
 /// The gateway: routes, providers and limits, shared by every connection.
 #[derive(Debug)]
 pub struct Gateway {
     upstreams: Vec<Arc<Upstream>>,
-    jitter: Mutex<XorShift>,
     routes: HashMap<String, RouteEntry>,
     models: Bytes,
     max_request_bytes: usize,
@@ -276,24 +275,45 @@ impl Gateway {
                     .map(|t| RouteTarget {
                         upstream: upstreams[t.provider].clone(),
                         model: t.model.clone(),
-                        context_window: t.context_window,
                         continuation: t.continuation,
                     })
                     .collect::<Vec<_>>()
                     .into();
+                let targets: Arc<[RouteTarget]> = targets;
                 let b = r.retry_budget;
+                let router = Failover::builder(
+                    r.targets
+                        .iter()
+                        .map(|t| {
+                            Target::new(upstreams[t.provider].service.clone())
+                                .context_window(t.context_window)
+                                .weight(t.weight)
+                        })
+                        .collect(),
+                    LlmJudge {
+                        targets: targets.clone(),
+                        first_token: r.first_token_timeout,
+                    },
+                )
+                .policy(r.retry.clone())
+                .budget(RetryBudget::new(
+                    b.ratio,
+                    b.per_second,
+                    b.window,
+                    Instant::now(),
+                ))
+                .deadline(r.request_timeout)
+                .hedge_after(r.hedge_after)
+                .order(if r.weighted {
+                    Order::Weighted
+                } else {
+                    Order::Priority
+                })
+                .build();
                 let entry = RouteEntry {
                     targets,
-                    policy: r.retry.clone(),
-                    budget: Mutex::new(RetryBudget::new(
-                        b.ratio,
-                        b.per_second,
-                        b.window,
-                        Instant::now(),
-                    )),
-                    request_timeout: r.request_timeout,
+                    router,
                     first_token_timeout: r.first_token_timeout,
-                    hedge_after: r.hedge_after,
                 };
                 (r.model.clone(), entry)
             })
@@ -307,7 +327,6 @@ impl Gateway {
             .expect("JSON values serialize");
         Ok(Self {
             upstreams,
-            jitter: Mutex::new(XorShift::default()),
             routes,
             models: models.into(),
             max_request_bytes: config.server.max_request_bytes,
@@ -411,236 +430,92 @@ impl Gateway {
                 .code("model_not_found"),
             );
         };
-        route
-            .budget
-            .lock()
-            .expect("budget lock")
-            .deposit(Instant::now());
-        let deadline = Instant::now() + route.request_timeout;
-        let mut attempts = 0u32;
-        // The answer the client gets if no attempt succeeds.
-        let mut last: Option<Response<ResponseBody>> = None;
-        let mut from = 0;
-        // After a context-length refusal: only targets with a larger window.
-        let mut min_window: Option<u32> = None;
-        let mut hedged = false;
-        'targets: while let Some((index, mut service)) =
-            ready_target(&route.targets, from, min_window).await
-        {
-            from = index + 1;
-            let target = &route.targets[index];
-            let upstream = &target.upstream;
-            let outgoing = outgoing_request(target, endpoint, &parts.headers, id, &llm, &body);
+        let call = Arc::new(Call {
+            endpoint,
+            headers: parts.headers,
+            id: id.clone(),
+            body,
+            llm,
+        });
+        match route.router.clone().oneshot(call.clone()).await {
+            Ok(Routed {
+                answer,
+                target: Some(served),
+                attempts,
+            }) => {
+                let plan = rescue_plan(route, served, &call);
+                with_attempts(with_rescue(answer, plan), attempts)
+            }
+            Ok(Routed {
+                answer, attempts, ..
+            }) => with_attempts(answer, attempts),
+            Err(_) => all_out(call.llm.model(), &route.targets),
+        }
+    }
+}
 
-            let mut on_target = 0;
-            loop {
-                attempts += 1;
-                on_target += 1;
-                let first = attempt(
-                    service,
-                    outgoing.clone(),
-                    upstream,
-                    route.first_token_timeout,
-                );
-                let result = match route.hedge_after {
-                    Some(after) if !hedged => {
-                        hedged = true;
-                        let hedge = Hedge {
-                            after,
-                            targets: &route.targets,
-                            from,
-                            min_window,
-                            build: |t: &RouteTarget| {
-                                outgoing_request(t, endpoint, &parts.headers, id, &llm, &body)
-                            },
-                            first_token: route.first_token_timeout,
-                        };
-                        match self.hedged(first, hedge, route, &mut attempts).await {
-                            Hedged::Won(response, at) => {
-                                let plan = rescue_plan(
-                                    route,
-                                    at + 1,
-                                    endpoint,
-                                    parts.headers,
-                                    id,
-                                    body,
-                                    llm,
-                                );
-                                return with_attempts(with_rescue(response, plan), attempts);
-                            }
-                            Hedged::Primary(result, used) => {
-                                from = from.max(used);
-                                result
-                            }
-                        }
-                    }
-                    _ => first.await,
-                };
-                let failure = match result {
-                    Attempt::Committed(response) => {
-                        let plan =
-                            rescue_plan(route, index + 1, endpoint, parts.headers, id, body, llm);
-                        return with_attempts(with_rescue(response, plan), attempts);
-                    }
-                    Attempt::Failed(answer, failure) => {
-                        last = Some(answer);
-                        match failure {
-                            Some(failure) => failure,
-                            None => break 'targets, // 1xx/3xx: not ours to judge
-                        }
-                    }
-                };
-                let jitter = self.jitter.lock().expect("jitter lock").sample();
-                let decision = route.policy.decide(failure, on_target, jitter);
-                tracing::debug!(provider = %upstream.name, %failure, ?decision, attempts, "attempt failed");
-                match decision {
-                    Decision::GiveUp => break 'targets,
-                    Decision::NextTarget => {
-                        if matches!(
-                            failure,
-                            Failure::Rejected {
-                                reason: Rejection::ContextLengthExceeded,
-                                ..
-                            }
-                        ) {
-                            // Unknown window: no target is known to be larger.
-                            min_window = Some(target.context_window.unwrap_or(u32::MAX));
-                        }
-                        if !route.withdraw() {
-                            break 'targets;
-                        }
-                        continue 'targets;
-                    }
-                    Decision::RetrySame { after } => {
-                        if Instant::now() + after > deadline || !route.withdraw() {
-                            break 'targets;
-                        }
-                        tokio::time::sleep(after).await;
-                        // The breaker must admit this target again.
-                        service = upstream.service.clone();
-                        if !ready_now(&mut service).await {
-                            continue 'targets;
-                        }
+/// One client call, as every attempt and continuation needs it.
+#[derive(Debug)]
+pub(crate) struct Call {
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    id: HeaderValue,
+    body: Bytes,
+    llm: LlmRequest,
+}
+
+/// The LLM half of the failover router: each target's request, and each answer read to its
+/// commit point and classified.
+#[derive(Clone, Debug)]
+pub(crate) struct LlmJudge {
+    targets: Arc<[RouteTarget]>,
+    first_token: Duration,
+}
+
+type Judging = Pin<Box<dyn std::future::Future<Output = Judged<Response<ResponseBody>>> + Send>>;
+
+impl Judge<Arc<Call>> for LlmJudge {
+    type Request = Request<Full<Bytes>>;
+    type Response = Response<crate::body::Upstream>;
+    type Answer = Response<ResponseBody>;
+    type Future = Judging;
+
+    fn request(&self, target: usize, call: &Arc<Call>) -> Request<Full<Bytes>> {
+        outgoing_request(
+            &self.targets[target],
+            call.endpoint,
+            &call.headers,
+            &call.id,
+            &call.llm,
+            &call.body,
+        )
+    }
+
+    fn judge(
+        &self,
+        target: usize,
+        result: Result<Response<crate::body::Upstream>, weir_breaker::BoxError>,
+    ) -> Judging {
+        let upstream = self.targets[target].upstream.clone();
+        let first_token = self.first_token;
+        Box::pin(async move {
+            match result {
+                Ok(response) if response.status().is_success() => {
+                    match read_head(response, &upstream, first_token).await {
+                        Head::Committed(response) => Judged::Commit(response),
+                        Head::Failed(answer, failure) => Judged::Failed(answer, Some(failure)),
                     }
                 }
+                Ok(response) => {
+                    let (answer, failure) = buffered_answer(response, &upstream).await;
+                    Judged::Failed(answer, failure)
+                }
+                Err(e) => {
+                    let (answer, failure) = client_failure(&e, &upstream);
+                    Judged::Failed(answer, Some(failure))
+                }
             }
-        }
-        match last {
-            Some(answer) => with_attempts(answer, attempts),
-            None => all_out(llm.model(), &route.targets),
-        }
-    }
-
-    /// Runs `first`; if it has not committed after `hedge.after`, starts the same request on
-    /// the next ready target too. A hedge that commits first wins (the other attempt is
-    /// dropped, which cancels it upstream); a hedge that fails is forgotten.
-    async fn hedged<'a, F, B>(
-        &self,
-        first: F,
-        hedge: Hedge<'a, B>,
-        route: &RouteEntry,
-        attempts: &mut u32,
-    ) -> Hedged
-    where
-        F: std::future::Future<Output = Attempt>,
-        B: Fn(&RouteTarget) -> Request<Full<Bytes>>,
-    {
-        let mut first = std::pin::pin!(first);
-        tokio::select! {
-            result = &mut first => return Hedged::Primary(result, 0),
-            _ = tokio::time::sleep(hedge.after) => {}
-        }
-        let Some((index, service)) =
-            ready_target(hedge.targets, hedge.from, hedge.min_window).await
-        else {
-            return Hedged::Primary(first.await, 0);
-        };
-        if !route.withdraw() {
-            return Hedged::Primary(first.await, 0);
-        }
-        *attempts += 1;
-        let target = &hedge.targets[index];
-        let second = attempt(
-            service,
-            (hedge.build)(target),
-            &target.upstream,
-            hedge.first_token,
-        );
-        let mut second = std::pin::pin!(second);
-        tokio::select! {
-            result = &mut first => match result {
-                Attempt::Committed(_) => Hedged::Primary(result, index + 1),
-                Attempt::Failed(..) => match second.await {
-                    Attempt::Committed(response) => Hedged::Won(response, index),
-                    Attempt::Failed(..) => Hedged::Primary(result, index + 1),
-                },
-            },
-            result = &mut second => match result {
-                Attempt::Committed(response) => Hedged::Won(response, index),
-                Attempt::Failed(..) => Hedged::Primary(first.await, index + 1),
-            },
-        }
-    }
-}
-
-impl RouteEntry {
-    fn withdraw(&self) -> bool {
-        self.budget
-            .lock()
-            .expect("budget lock")
-            .withdraw(Instant::now())
-    }
-}
-
-/// What one attempt came to.
-enum Attempt {
-    /// The client gets this answer.
-    Committed(Response<ResponseBody>),
-    /// It failed before the commit point: the answer to give if nothing better comes, and the
-    /// failure class (`None`: a 1xx/3xx answer, passed on as it is).
-    Failed(Response<ResponseBody>, Option<Failure>),
-}
-
-/// How a hedged attempt ended.
-enum Hedged {
-    /// The hedge (on the target at this index) committed first.
-    Won(Response<ResponseBody>, usize),
-    /// The primary's result; targets before this index have been tried.
-    Primary(Attempt, usize),
-}
-
-/// What a hedge needs to start on another target.
-struct Hedge<'a, B> {
-    after: Duration,
-    targets: &'a [RouteTarget],
-    from: usize,
-    min_window: Option<u32>,
-    build: B,
-    first_token: Duration,
-}
-
-/// One attempt on a target: the call, then its answer read to the commit point.
-async fn attempt(
-    mut service: Guarded,
-    outgoing: Request<Full<Bytes>>,
-    upstream: &Upstream,
-    first_token: Duration,
-) -> Attempt {
-    match service.call(outgoing).await {
-        Ok(response) if response.status().is_success() => {
-            match read_head(response, upstream, first_token).await {
-                Head::Committed(response) => Attempt::Committed(response),
-                Head::Failed(answer, failure) => Attempt::Failed(answer, Some(failure)),
-            }
-        }
-        Ok(response) => {
-            let (answer, failure) = buffered_answer(response, upstream).await;
-            Attempt::Failed(answer, failure)
-        }
-        Err(e) => {
-            let (answer, failure) = client_failure(&e, upstream);
-            Attempt::Failed(answer, Some(failure))
-        }
+        })
     }
 }
 
@@ -666,20 +541,14 @@ fn outgoing_request(
     outgoing
 }
 
-/// The plan to continue a streamed chat answer on the route's targets after `next`.
-fn rescue_plan(
-    route: &RouteEntry,
-    next: usize,
-    endpoint: Endpoint,
-    headers: HeaderMap,
-    id: &HeaderValue,
-    body: Bytes,
-    llm: LlmRequest,
-) -> Option<Arc<RescuePlan>> {
-    (endpoint == Endpoint::ChatCompletions && llm.stream()).then(|| {
+/// The plan to continue a streamed chat answer served by target `served` on the route's
+/// other targets (those after it first, then those before).
+fn rescue_plan(route: &RouteEntry, served: usize, call: &Call) -> Option<Arc<RescuePlan>> {
+    (call.endpoint == Endpoint::ChatCompletions && call.llm.stream()).then(|| {
         // Own copies: the originals are slices of hyper's read buffer, and holding them for
         // the whole stream would pin that buffer (8 KiB per open stream).
-        let headers = headers
+        let headers = call
+            .headers
             .iter()
             .map(|(name, value)| {
                 let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("it was valid");
@@ -687,15 +556,18 @@ fn rescue_plan(
                 (name.clone(), copy)
             })
             .collect();
-        let id = HeaderValue::from_bytes(id.as_bytes()).expect("it was valid");
+        let id = HeaderValue::from_bytes(call.id.as_bytes()).expect("it was valid");
+        let count = route.targets.len();
+        let order: Arc<[usize]> = (1..count).map(|step| (served + step) % count).collect();
         Arc::new(RescuePlan {
             targets: route.targets.clone(),
-            next,
-            endpoint,
+            order,
+            next: 0,
+            endpoint: call.endpoint,
             headers,
             id,
-            body: Bytes::copy_from_slice(&body),
-            llm,
+            body: Bytes::copy_from_slice(&call.body),
+            llm: call.llm.clone(),
             first_token: route.first_token_timeout,
         })
     })
@@ -957,27 +829,6 @@ async fn ready_now(service: &mut Guarded) -> bool {
         std::future::poll_fn(|cx| Poll::Ready(service.poll_ready(cx))).await,
         Poll::Ready(Ok(()))
     )
-}
-
-/// The first target from `from` on whose breaker admits a call now (and, after a
-/// context-length refusal, whose window is larger than `min_window`).
-async fn ready_target(
-    targets: &[RouteTarget],
-    from: usize,
-    min_window: Option<u32>,
-) -> Option<(usize, Guarded)> {
-    for (index, target) in targets.iter().enumerate().skip(from) {
-        if let Some(min) = min_window {
-            if target.context_window.is_none_or(|w| w <= min) {
-                continue;
-            }
-        }
-        let mut service = target.upstream.service.clone();
-        if ready_now(&mut service).await {
-            return Some((index, service));
-        }
-    }
-    None
 }
 
 /// Every target is out: a 503 that says which and why, with the soonest `Retry-After`.

@@ -158,7 +158,12 @@ fn bad_values() {
     let text = GOOD.replace("model = \"llama\"", "model = \"gpt-4.1\"");
     assert!(error(&text).contains("routed twice"));
     let text = GOOD.replace("strategy = \"failover\"", "strategy = \"random\"");
-    assert!(error(&text).contains("unknown strategy `random`"));
+    assert!(
+        error(&text)
+            .contains("routes[0].strategy: `random` is not one of \"failover\", \"weighted\""),
+        "{}",
+        error(&text)
+    );
     let text = GOOD.replace(
         "allow_http = true",
         "allow_http = true\nhttp_version = \"h3\"",
