@@ -131,3 +131,53 @@ async fn an_in_band_error_already_shown_is_not_papered_over() {
         "the client saw the provider's error"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_cut_point_yields_the_whole_answer_by_replay_and_by_prefill() {
+    for continuation in ["replay", "prefill"] {
+        for cut in 0..7 {
+            let targets = format!(
+                r#"[{{ provider = "primary", model = "m" }},
+           {{ provider = "backup", model = "m", continuation = "{continuation}" }}]"#
+            );
+            let s = setup(None, "", Some(&targets)).await;
+            s.primary
+                .set_defaults(Some(&format!("fault=reset_after:{cut}")));
+            let got = ask(&s.weir, "chunks=7").await;
+            assert_eq!(
+                got.text,
+                answer(7),
+                "{continuation}, cut after {cut} chunks"
+            );
+            assert!(!got.broken, "{continuation}, cut after {cut}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn usage_after_a_prefill_rescue_covers_what_was_delivered() {
+    let targets = r#"[{ provider = "primary", model = "m" },
+           { provider = "backup", model = "m", continuation = "prefill" }]"#;
+    let s = setup(None, "", Some(targets)).await;
+    s.primary.set_defaults(Some("fault=reset_after:3"));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let request = http::Request::post(format!("http://{}/v1/chat/completions", s.weir.addr()))
+        .header("x-mock", "chunks=8")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"gpt-test","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#,
+        )))
+        .unwrap();
+    let got = weir_e2e::read(client.request(request).await.unwrap()).await;
+    assert_eq!(got.content(), answer(8));
+    let usage = got
+        .events()
+        .iter()
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .find(|e| e["usage"].is_object())
+        .expect("the client asked for usage");
+    assert_eq!(
+        usage["usage"]["completion_tokens"], 8,
+        "3 delivered before the cut + 5 after"
+    );
+}

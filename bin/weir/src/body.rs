@@ -299,6 +299,8 @@ pub(crate) struct Cut {
     pub(crate) id: String,
     pub(crate) delivered: String,
     pub(crate) tool_calls: bool,
+    /// Content events the client received.
+    pub(crate) events: u64,
 }
 
 /// A continuation that has produced its first event, ready to be spliced in.
@@ -319,15 +321,20 @@ pub(crate) struct Splice {
     id: String,
     decoder: SseDecoder,
     replay: Option<Replay>,
+    /// Prefill: the content events the client had before the cut. The continuation counts
+    /// them as prompt; its usage event is corrected so that usage covers what was delivered
+    /// (one token per content event, as OpenAI-style streams send them: an estimate).
+    prefilled: Option<u64>,
     out: std::collections::VecDeque<Result<Bytes, ()>>,
 }
 
 impl Splice {
-    pub(crate) fn new(id: String, replay: Option<Replay>) -> Self {
+    pub(crate) fn new(id: String, replay: Option<Replay>, prefilled: Option<u64>) -> Self {
         Self {
             id,
             decoder: SseDecoder::new(),
             replay,
+            prefilled,
             out: std::collections::VecDeque::new(),
         }
     }
@@ -350,7 +357,13 @@ impl Splice {
                 continue;
             }
             let data = match &mut self.replay {
-                None => event.data,
+                None => match self.prefilled {
+                    Some(delivered) if is_usage_event(&event.data) => {
+                        continuation::add_delivered_usage(&event.data, delivered)
+                            .unwrap_or(event.data)
+                    }
+                    _ => event.data,
+                },
                 Some(replay) => {
                     let content = weir_llm::Chunk::parse(&event.data)
                         .ok()
@@ -506,6 +519,7 @@ impl UpstreamBody {
             id: id.to_owned(),
             delivered,
             tool_calls: transcript.has_tool_calls(),
+            events: transcript.events(),
         };
         // This stream's breaker learns of the cut; the continuation is a new call.
         Pin::new(&mut self.inner).settle(Outcome::Failure, Some(failure.as_str()));

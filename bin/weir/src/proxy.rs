@@ -210,7 +210,11 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
         return Some(Continued {
             inner,
             prefix,
-            splice: Splice::new(cut.id, replay),
+            splice: Splice::new(
+                cut.id,
+                replay,
+                (target.continuation == Continuation::Prefill).then_some(cut.events),
+            ),
             plan: next,
             provider: target.upstream.name.clone(),
             malformed: target.upstream.malformed.clone(),

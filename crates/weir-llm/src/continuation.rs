@@ -200,6 +200,28 @@ impl Replay {
     }
 }
 
+/// Moves `delivered` tokens of a prefill continuation's usage event from prompt to completion:
+/// the continuation counted the prefilled answer as prompt, the client received it as
+/// completion. `None` if the event has no usage object.
+pub fn add_delivered_usage(data: &[u8], delivered: u64) -> Option<Bytes> {
+    let mut chunk: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let usage = chunk.get_mut("usage")?.as_object_mut()?;
+    let get = |usage: &serde_json::Map<String, serde_json::Value>, k: &str| {
+        usage
+            .get(k)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let prompt = get(usage, "prompt_tokens");
+    let completion = get(usage, "completion_tokens");
+    usage.insert(
+        "prompt_tokens".into(),
+        prompt.saturating_sub(delivered).into(),
+    );
+    usage.insert("completion_tokens".into(), (completion + delivered).into());
+    serde_json::to_vec(&chunk).ok().map(Bytes::from)
+}
+
 /// Replaces the content of a chunk event (a full parse: once per continuation, not per chunk).
 pub fn with_content(data: &[u8], content: &str) -> Option<Bytes> {
     let mut chunk: serde_json::Value = serde_json::from_slice(data).ok()?;
@@ -269,6 +291,17 @@ mod tests {
         assert_eq!(r.next(Some("gh")), Replayed::Keep);
         let mut d = Replay::new("ab".into());
         assert_eq!(d.next(Some("ax")), Replayed::Diverged);
+    }
+
+    #[test]
+    fn prefill_usage_counts_the_delivered_tokens_as_completion() {
+        let usage = br#"{"id":"c","choices":[],"usage":{"prompt_tokens":30,"completion_tokens":5,"total_tokens":35}}"#;
+        let out: serde_json::Value =
+            serde_json::from_slice(&add_delivered_usage(usage, 3).unwrap()).unwrap();
+        assert_eq!(out["usage"]["completion_tokens"], 8);
+        assert_eq!(out["usage"]["prompt_tokens"], 27);
+        assert_eq!(out["usage"]["total_tokens"], 35);
+        assert!(add_delivered_usage(br#"{"choices":[]}"#, 3).is_none());
     }
 
     #[test]
