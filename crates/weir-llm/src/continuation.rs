@@ -73,6 +73,9 @@ pub struct Transcript {
     content: Vec<u8>,
     tool_calls: bool,
     events: u64,
+    /// Where `"content":` was in the last event: a stream's chunks share their prefix (id,
+    /// object, created, model), so it is usually there again, and found without a search.
+    content_at: Option<usize>,
 }
 
 impl Transcript {
@@ -84,7 +87,15 @@ impl Transcript {
                 self.id = std::str::from_utf8(id).ok().map(Into::into);
             }
         }
-        match string_field(data, &CONTENT) {
+        const KEY: &[u8] = b"\"content\":";
+        let at = match self.content_at {
+            Some(at) if data.get(at..at + KEY.len()) == Some(KEY) => Some(at),
+            _ => CONTENT.find(data),
+        };
+        self.content_at = at;
+        let content =
+            at.and_then(|at| json_string(skip_ws(&data[at + KEY.len()..])).map(|(s, _)| s));
+        match content {
             Some(content) => self.content.extend_from_slice(content),
             None => {
                 if !self.tool_calls && TOOL_CALLS.find(data).is_some() {
