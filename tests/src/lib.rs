@@ -273,6 +273,12 @@ pub mod two {
     pub async fn setup(primary_url: Option<String>, extra: &str, targets: Option<&str>) -> Setup {
         let primary = MockUpstream::start().await;
         let backup = MockUpstream::start().await;
+        // Probes off unless the test sets them.
+        let health = if extra.contains("health") {
+            ""
+        } else {
+            "health = { probe = \"off\" }"
+        };
         let targets = targets.unwrap_or(
             r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m" }]"#,
         );
@@ -286,7 +292,7 @@ pub mod two {
     name = "primary"
     base_url = "{}"
     allow_http = true
-    health = {{ probe = "off" }}
+    {health}
     {extra}
 
     [[providers]]

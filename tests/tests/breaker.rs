@@ -11,52 +11,14 @@ use tokio::time::Instant;
 use weir_e2e::{assert_openai_error, header, read, Harness};
 use weir_test::MockUpstream;
 
-/// weir in front of a primary and a backup mock, the route preferring the primary.
 async fn two_providers(primary_extra: &str) -> (MockUpstream, MockUpstream, weir::Running) {
-    let primary = MockUpstream::start().await;
-    let backup = MockUpstream::start().await;
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[[providers]]
-name = "primary"
-base_url = "{}"
-allow_http = true
-{primary_extra}
-
-[[providers]]
-name = "backup"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-
-[[routes]]
-model = "gpt-test"
-targets = [{{ provider = "primary", model = "m" }}, {{ provider = "backup", model = "m" }}]
-"#,
-        primary.base_url(),
-        backup.base_url()
-    );
-    let config = weir::config::parse("e2e.toml".as_ref(), &text, &|_| None).unwrap();
-    let weir = weir::start(&config).await.unwrap();
-    (primary, backup, weir)
+    let s = weir_e2e::two::setup(None, primary_extra, None).await;
+    (s.primary, s.backup, s.weir)
 }
 
 async fn ask(weir: &weir::Running) -> (u16, Option<String>) {
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::post(format!("http://{}/v1/chat/completions", weir.addr()))
-        .body(Full::new(Bytes::from_static(
-            br#"{"model":"gpt-test","stream":true}"#,
-        )))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let provider = header(response.headers(), "x-weir-provider").map(str::to_owned);
-    let _ = response.into_body().collect().await;
-    (status, provider)
+    let got = weir_e2e::two::ask(weir, "").await;
+    (got.status, got.provider)
 }
 
 async fn admin_providers(weir: &weir::Running) -> serde_json::Value {

@@ -125,58 +125,67 @@ pub(crate) fn providers_json(gateway: &Gateway) -> Bytes {
 /// `GET /metrics` (the breaker families, until the metrics layer adds the rest): Prometheus
 /// text format. Labels are configured provider names only.
 pub(crate) fn breaker_metrics(gateway: &Gateway) -> Bytes {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(512);
-    out.push_str("# HELP weir_breaker_state Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.\n");
-    out.push_str("# TYPE weir_breaker_state gauge\n");
     let snapshots: Vec<_> = gateway
         .upstreams()
         .iter()
-        .map(|u| (u.name.clone(), u.breaker.snapshot()))
+        .map(|u| (u, u.breaker.snapshot()))
         .collect();
-    for (name, s) in &snapshots {
-        let value = match s.state {
-            weir_breaker::State::Closed => 0,
-            weir_breaker::State::HalfOpen => 1,
-            weir_breaker::State::Open { .. } => 2,
-        };
-        let _ = writeln!(out, "weir_breaker_state{{provider=\"{name}\"}} {value}");
-    }
-    out.push_str(
-        "# HELP weir_breaker_transitions_total Circuit breaker state changes per provider.\n",
+    let mut out = String::with_capacity(1024);
+    family(
+        &mut out,
+        "weir_breaker_state",
+        "gauge",
+        "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
+        snapshots.iter().map(|(u, s)| {
+            let state = match s.state {
+                weir_breaker::State::Closed => 0.0,
+                weir_breaker::State::HalfOpen => 1.0,
+                weir_breaker::State::Open { .. } => 2.0,
+            };
+            (&*u.name, state)
+        }),
     );
-    out.push_str("# TYPE weir_breaker_transitions_total counter\n");
-    for (name, s) in &snapshots {
-        let _ = writeln!(
-            out,
-            "weir_breaker_transitions_total{{provider=\"{name}\"}} {}",
-            s.transitions
-        );
-    }
-    out.push_str(
-        "# HELP weir_breaker_failure_rate Failure rate over the breaker window per provider.\n",
+    family(
+        &mut out,
+        "weir_breaker_transitions_total",
+        "counter",
+        "Circuit breaker state changes per provider.",
+        snapshots
+            .iter()
+            .map(|(u, s)| (&*u.name, s.transitions as f64)),
     );
-    out.push_str("# TYPE weir_breaker_failure_rate gauge\n");
-    for (name, s) in &snapshots {
-        let _ = writeln!(
-            out,
-            "weir_breaker_failure_rate{{provider=\"{name}\"}} {}",
-            s.failure_rate
-        );
-    }
-    out.push_str(
-        "# HELP weir_malformed_events_total Malformed stream events dropped per provider.\n",
+    family(
+        &mut out,
+        "weir_breaker_failure_rate",
+        "gauge",
+        "Failure rate over the breaker window per provider.",
+        snapshots.iter().map(|(u, s)| (&*u.name, s.failure_rate)),
     );
-    out.push_str("# TYPE weir_malformed_events_total counter\n");
-    for upstream in gateway.upstreams() {
-        let dropped = upstream
-            .malformed
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "weir_malformed_events_total{{provider=\"{}\"}} {dropped}",
-            upstream.name
-        );
-    }
+    family(
+        &mut out,
+        "weir_malformed_events_total",
+        "counter",
+        "Malformed stream events dropped per provider.",
+        snapshots.iter().map(|(u, _)| {
+            let dropped = u.malformed.load(std::sync::atomic::Ordering::Relaxed);
+            (&*u.name, dropped as f64)
+        }),
+    );
     out.into()
+}
+
+/// One metric family with a `provider` label.
+fn family<'a>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl Iterator<Item = (&'a str, f64)>,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (provider, value) in samples {
+        let _ = writeln!(out, "{name}{{provider=\"{provider}\"}} {value}");
+    }
 }

@@ -268,6 +268,24 @@ fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response<
     )
 }
 
+fn internal_error() -> Response<MockBody> {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "internal",
+        "The server had an error",
+    )
+}
+
+fn overloaded() -> Response<MockBody> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "overloaded",
+        "The engine is currently overloaded",
+    )
+}
+
 #[derive(serde::Deserialize, Default)]
 struct Req {
     #[serde(default)]
@@ -329,20 +347,10 @@ async fn handle(
         }
         match script.fault {
             Some(Fault::ServerError | Fault::ServerErrorOnce) => {
-                return Ok(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "internal",
-                    "The server had an error",
-                ));
+                return Ok(internal_error());
             }
             Some(Fault::Unavailable) => {
-                return Ok(error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    "overloaded",
-                    "The engine is currently overloaded",
-                ));
+                return Ok(overloaded());
             }
             Some(Fault::Reset) => {
                 reset.store(true, Ordering::Release);
@@ -421,12 +429,7 @@ async fn handle(
             return Ok(resp);
         }
         Some(Fault::ServerError) => {
-            return Ok(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal",
-                "The server had an error",
-            ));
+            return Ok(internal_error());
         }
         Some(Fault::ServerErrorOnce) => {
             let key = script
@@ -437,21 +440,11 @@ async fn handle(
             let seen = counters.entry(key).or_insert(0);
             *seen += 1;
             if *seen == 1 {
-                return Ok(error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    "internal",
-                    "The server had an error",
-                ));
+                return Ok(internal_error());
             }
         }
         Some(Fault::Unavailable) => {
-            return Ok(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "overloaded",
-                "The engine is currently overloaded",
-            ));
+            return Ok(overloaded());
         }
         Some(Fault::ContextLength) => {
             return Ok(error(
