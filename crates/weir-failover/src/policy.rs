@@ -15,7 +15,7 @@
 //! Pure: the caller passes the jitter sample, so tests are deterministic.
 
 use std::time::Duration;
-use weir_llm::{Failure, Rejection};
+use weir_llm::Failure;
 
 /// The retry settings. [`RetryPolicy::default`] gives the table in the module docs.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +73,10 @@ impl RetryPolicy {
     /// Decides after `attempts` attempts on the current target, the last failing with
     /// `failure` (before the commit point).
     pub fn decide(&self, failure: Failure, attempts: u32, jitter: f64) -> Decision {
+        if !failure.is_retryable() {
+            // The client's own fault (or the client left): no attempt anywhere can help.
+            return Decision::GiveUp;
+        }
         match failure {
             Failure::RateLimited {
                 retry_after: Some(wait),
@@ -115,11 +119,9 @@ impl RetryPolicy {
             Failure::StreamBroken | Failure::StreamStalled | Failure::MalformedEvent => {
                 Decision::NextTarget
             }
-            Failure::Rejected {
-                reason: Rejection::ContextLengthExceeded,
-                ..
-            } => Decision::NextTarget,
-            Failure::Rejected { .. } | Failure::ClientGone => Decision::GiveUp,
+            // What is left of the refusals is a context window: another model may have a
+            // larger one, the same model never will.
+            Failure::Rejected { .. } | Failure::ClientGone => Decision::NextTarget,
         }
     }
 }
@@ -128,6 +130,7 @@ impl RetryPolicy {
 mod tests {
     use super::*;
     use http::StatusCode;
+    use weir_llm::Rejection;
 
     fn policy() -> RetryPolicy {
         RetryPolicy::default()

@@ -130,13 +130,20 @@ impl Script {
         Ok(())
     }
 
-    /// The script for a request: the model's directives (after `@`), then the header's.
-    pub fn for_request(model: &str, header: Option<&str>) -> Result<Self, String> {
+    /// The script for a request: the mock's defaults, then the model's directives (after
+    /// `@`), then the header's, each over the one before.
+    pub fn for_request(
+        defaults: Option<&str>,
+        model: &str,
+        header: Option<&str>,
+    ) -> Result<Self, String> {
         let mut script = Self::default();
-        if let Some((_, spec)) = model.split_once('@') {
-            script.apply(spec)?;
-        }
-        if let Some(spec) = header {
+        let specs = [
+            defaults,
+            model.split_once('@').map(|(_, spec)| spec),
+            header,
+        ];
+        for spec in specs.into_iter().flatten() {
             script.apply(spec)?;
         }
         Ok(script)
@@ -201,19 +208,20 @@ mod tests {
 
     #[test]
     fn model_then_header() {
-        let s = Script::for_request("mock@chunks=5,fault=reset_after:2", Some("chunks=7")).unwrap();
+        let s = Script::for_request(None, "mock@chunks=5,fault=reset_after:2", Some("chunks=7"))
+            .unwrap();
         assert_eq!(s.chunks, 7);
         assert_eq!(s.fault, Some(Fault::ResetAfter(2)));
         assert_eq!(
-            Script::for_request("plain", None).unwrap(),
+            Script::for_request(None, "plain", None).unwrap(),
             Script::default()
         );
     }
 
     #[test]
     fn typos_fail() {
-        assert!(Script::for_request("m@chunk=5", None).is_err());
-        assert!(Script::for_request("m@fault=reset_after", None).is_err());
-        assert!(Script::for_request("m@delay_ms=x", None).is_err());
+        assert!(Script::for_request(None, "m@chunk=5", None).is_err());
+        assert!(Script::for_request(None, "m@fault=reset_after", None).is_err());
+        assert!(Script::for_request(None, "m@delay_ms=x", None).is_err());
     }
 }

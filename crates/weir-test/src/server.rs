@@ -390,24 +390,17 @@ async fn handle(
 
     let model = parsed.model.clone().unwrap_or_default();
     let header = parts.headers.get("x-mock").and_then(|v| v.to_str().ok());
-    let mut script = Script::default();
-    let mut applied = Ok(());
-    let specs = [
-        defaults.as_deref(),
-        model.split_once('@').map(|(_, spec)| spec),
-        header,
-    ];
-    for spec in specs.into_iter().flatten() {
-        applied = applied.and_then(|()| script.apply(spec));
-    }
-    if let Err(message) = applied {
-        return Ok(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "mock_directive",
-            &message,
-        ));
-    }
+    let mut script = match Script::for_request(defaults.as_deref(), &model, header) {
+        Ok(script) => script,
+        Err(message) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "mock_directive",
+                &message,
+            ))
+        }
+    };
     if let Some(max) = parsed.max_tokens {
         script.chunks = script.chunks.min(max);
     }
