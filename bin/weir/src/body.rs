@@ -30,10 +30,12 @@ use weir_llm::continuation::{self, Replay, Replayed, Transcript};
 use weir_llm::sse::{Line, SseDecoder, SseScanner};
 use weir_llm::{ErrorBody, ErrorKind, Failure};
 
-/// The upstream's body as the breaker hands it over.
-pub(crate) type Upstream = weir_breaker::ResponseBody<
-    weir_client::ResponseBody<http_body_util::Full<Bytes>>,
-    weir_breaker::classify::LlmEos,
+/// The upstream's body as the provider's limit and breaker hand it over.
+pub(crate) type Upstream = weir_backpressure::ResponseBody<
+    weir_breaker::ResponseBody<
+        weir_client::ResponseBody<http_body_util::Full<Bytes>>,
+        weir_breaker::classify::LlmEos,
+    >,
 >;
 
 /// The body type of every weir response.
@@ -69,6 +71,14 @@ impl ResponseBody {
             if let Some(watch) = &mut body.sse {
                 watch.strip_usage = true;
             }
+        }
+    }
+
+    /// Holds the server-wide permit to the end of a streamed answer (a complete answer needs
+    /// it no longer).
+    pub(crate) fn hold(&mut self, permit: weir_backpressure::Permit) {
+        if let Kind::Upstream(body) = &mut self.kind {
+            body.permit = Some(permit);
         }
     }
 
@@ -412,6 +422,8 @@ pub(crate) struct UpstreamBody {
     last_progress: Instant,
     sleep: Option<Pin<Box<Sleep>>>,
     state: State,
+    /// The server-wide concurrency permit, released with the body.
+    permit: Option<weir_backpressure::Permit>,
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -448,6 +460,7 @@ impl UpstreamBody {
             last_progress: Instant::now(),
             sleep: None,
             state: State::Streaming,
+            permit: None,
         }
     }
 
@@ -465,7 +478,9 @@ impl UpstreamBody {
         self.state = State::Flush(failure);
         // The provider's breaker hears it from here: only weir sees a stall or an unreadable
         // event (a broken stream it has counted already; settling twice counts once).
-        Pin::new(&mut self.inner).settle(Outcome::Failure, Some(failure.as_str()));
+        if let Some(inner) = Pin::new(&mut self.inner).inner_pin_mut() {
+            inner.settle(Outcome::Failure, Some(failure.as_str()));
+        }
         let told = self.sse.as_ref().is_none_or(|w| w.upstream_error);
         if told {
             return self.poll(cx);
@@ -522,7 +537,9 @@ impl UpstreamBody {
             events: transcript.events(),
         };
         // This stream's breaker learns of the cut; the continuation is a new call.
-        Pin::new(&mut self.inner).settle(Outcome::Failure, Some(failure.as_str()));
+        if let Some(inner) = Pin::new(&mut self.inner).inner_pin_mut() {
+            inner.settle(Outcome::Failure, Some(failure.as_str()));
+        }
         let plan = plan.clone();
         tracing::info!(provider = %self.provider, %failure, "stream cut after its first token; continuing elsewhere");
         let continuation = async move { crate::proxy::continue_answer(&plan, cut).await };
@@ -540,8 +557,9 @@ impl UpstreamBody {
                     Ok(observed) => {
                         if watch.upstream_error && !had_error {
                             // The provider said in band that it failed.
-                            Pin::new(&mut self.inner)
-                                .settle(Outcome::Failure, Some("in-band error event"));
+                            if let Some(inner) = Pin::new(&mut self.inner).inner_pin_mut() {
+                                inner.settle(Outcome::Failure, Some("in-band error event"));
+                            }
                         }
                         if observed.dropped > 0 {
                             let strip_usage = watch.strip_usage;

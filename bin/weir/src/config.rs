@@ -53,6 +53,33 @@ pub struct Server {
     pub header_read_timeout: Duration,
     /// On SIGTERM, how long in-flight streams may run before weir exits anyway.
     pub drain_timeout: Duration,
+    /// The limit on requests in flight across every route (`max_concurrency`, ...).
+    pub concurrency: Option<Concurrency>,
+    /// A client that reads nothing for this long is cut, which cancels its upstream request.
+    pub client_stall_timeout: Duration,
+}
+
+/// A concurrency limit: `max_concurrency`, `max_queue`, `queue_timeout` (and, on a provider,
+/// `adaptive_concurrency`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Concurrency {
+    /// Requests (streams included, to their end) in flight at once.
+    pub max: usize,
+    /// Requests that may wait for a slot; beyond it they are refused at once (503).
+    pub max_queue: usize,
+    /// The longest a request waits for a slot before it is refused (503).
+    pub queue_timeout: Duration,
+    /// The limit follows time to first token, between `min` and `max` (off when `None`).
+    pub adaptive: Option<AdaptiveConcurrency>,
+}
+
+/// `adaptive_concurrency = { min = 4, first_token_target = "2s" }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveConcurrency {
+    /// The lowest the limit goes.
+    pub min: usize,
+    /// A first token later than this (or a 429, a 5xx, an error) lowers the limit.
+    pub first_token_target: Duration,
 }
 
 /// `[telemetry]`: logs for now.
@@ -129,6 +156,11 @@ pub struct Provider {
     pub slow_first_byte: Option<Duration>,
     /// Active health probes (`health = {...}`).
     pub health: Health,
+    /// The limit on requests in flight to this provider.
+    pub concurrency: Option<Concurrency>,
+    /// Open connections per host at most (in use and idle); a request that needs one more
+    /// waits for one to come back.
+    pub max_connections: Option<usize>,
 }
 
 /// Active health probing of a provider.
@@ -277,6 +309,21 @@ struct RawServer {
     header_read_timeout: Option<Spanned<String>>,
     #[serde(default)]
     drain_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    max_concurrency: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_queue: Option<Spanned<u64>>,
+    #[serde(default)]
+    queue_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    client_stall_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdaptive {
+    min: Spanned<u64>,
+    first_token_target: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -319,6 +366,16 @@ struct RawProvider {
     breaker: Option<RawBreaker>,
     #[serde(default)]
     health: Option<RawHealth>,
+    #[serde(default)]
+    max_concurrency: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_queue: Option<Spanned<u64>>,
+    #[serde(default)]
+    queue_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    adaptive_concurrency: Option<Spanned<RawAdaptive>>,
+    #[serde(default)]
+    max_connections: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -587,6 +644,21 @@ pub fn parse(
             &server.drain_timeout,
             "server.drain_timeout",
             Duration::from_secs(30),
+        )?,
+        concurrency: concurrency(
+            &cx,
+            "server.",
+            RawLimit {
+                max: server.max_concurrency.as_ref(),
+                queue: server.max_queue.as_ref(),
+                timeout: &server.queue_timeout,
+                adaptive: None,
+            },
+        )?,
+        client_stall_timeout: cx.duration(
+            &server.client_stall_timeout,
+            "server.client_stall_timeout",
+            Duration::from_secs(60),
         )?,
     };
     if server.listen == server.admin_listen && server.listen.port() != 0 {
@@ -921,7 +993,87 @@ fn provider(
         breaker_counts_rate_limits: counts_rate_limits,
         slow_first_byte,
         health,
+        concurrency: concurrency(
+            cx,
+            &key(""),
+            RawLimit {
+                max: p.max_concurrency.as_ref(),
+                queue: p.max_queue.as_ref(),
+                timeout: &p.queue_timeout,
+                adaptive: p.adaptive_concurrency.as_ref(),
+            },
+        )?,
+        max_connections: match &p.max_connections {
+            None => None,
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(cx.error(v.span(), &key("max_connections"), "must be at least 1"))
+            }
+            Some(v) => Some(usize::try_from(*v.get_ref()).unwrap_or(usize::MAX)),
+        },
     })
+}
+
+/// The raw keys of one concurrency limit.
+struct RawLimit<'a> {
+    max: Option<&'a Spanned<u64>>,
+    queue: Option<&'a Spanned<u64>>,
+    timeout: &'a Option<Spanned<String>>,
+    adaptive: Option<&'a Spanned<RawAdaptive>>,
+}
+
+/// A concurrency limit from its keys under `prefix` (`server.` or `providers[0].`).
+fn concurrency(
+    cx: &Ctx<'_>,
+    prefix: &str,
+    raw: RawLimit<'_>,
+) -> Result<Option<Concurrency>, ConfigError> {
+    let key = |k: &str| format!("{prefix}{k}");
+    let Some(max) = raw.max else {
+        // The other keys mean nothing without a limit: say so rather than ignore them.
+        let orphan = [
+            raw.queue.map(|v| (v.span(), "max_queue")),
+            raw.timeout.as_ref().map(|v| (v.span(), "queue_timeout")),
+            raw.adaptive.map(|v| (v.span(), "adaptive_concurrency")),
+        ];
+        if let Some((span, name)) = orphan.into_iter().flatten().next() {
+            return Err(cx.error(span, &key(name), "needs `max_concurrency` beside it"));
+        }
+        return Ok(None);
+    };
+    let size = |v: &Spanned<u64>| usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
+    if *max.get_ref() == 0 {
+        return Err(cx.error(max.span(), &key("max_concurrency"), "must be at least 1"));
+    }
+    let max_concurrency = size(max);
+    let adaptive = match raw.adaptive {
+        None => None,
+        Some(a) => {
+            let a = a.get_ref();
+            let min = size(&a.min);
+            if min == 0 || min > max_concurrency {
+                return Err(cx.error(
+                    a.min.span(),
+                    &key("adaptive_concurrency.min"),
+                    format!("must be between 1 and max_concurrency ({max_concurrency})"),
+                ));
+            }
+            let target = Some(a.first_token_target.clone());
+            Some(AdaptiveConcurrency {
+                min,
+                first_token_target: cx.duration(
+                    &target,
+                    &key("adaptive_concurrency.first_token_target"),
+                    Duration::ZERO,
+                )?,
+            })
+        }
+    };
+    Ok(Some(Concurrency {
+        max: max_concurrency,
+        max_queue: raw.queue.map_or(max_concurrency, size),
+        queue_timeout: cx.duration(raw.timeout, &key("queue_timeout"), Duration::from_secs(10))?,
+        adaptive,
+    }))
 }
 
 fn breaker_config(

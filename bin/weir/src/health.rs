@@ -171,7 +171,110 @@ pub(crate) fn breaker_metrics(gateway: &Gateway) -> Bytes {
             (&*u.name, dropped as f64)
         }),
     );
+    backpressure_metrics(gateway, &mut out);
     out.into()
+}
+
+/// The concurrency limits: the server-wide one (`scope="server"`) and each provider's
+/// (`scope="provider"`). A provider without `max_concurrency` reports only what is in flight.
+fn backpressure_metrics(gateway: &Gateway, out: &mut String) {
+    use std::fmt::Write;
+    let mut limits: Vec<(String, bool, weir_backpressure::Snapshot)> = Vec::new();
+    if let Some(limit) = gateway.limit() {
+        limits.push(("scope=\"server\"".to_owned(), true, limit.snapshot()));
+    }
+    for u in gateway.upstreams() {
+        limits.push((
+            format!("scope=\"provider\",provider=\"{}\"", u.name),
+            u.limited,
+            u.limit.snapshot(),
+        ));
+    }
+    let mut family = |name: &str,
+                      kind: &str,
+                      help: &str,
+                      all: bool,
+                      value: &dyn Fn(&weir_backpressure::Snapshot) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, limited, snapshot) in &limits {
+            if all || *limited {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", value(snapshot));
+            }
+        }
+    };
+    family(
+        "weir_in_flight",
+        "gauge",
+        "Requests in flight, streams counted to their end.",
+        true,
+        &|s| s.in_flight as f64,
+    );
+    family(
+        "weir_concurrency_limit",
+        "gauge",
+        "Requests allowed in flight at once (it moves under an adaptive limit).",
+        false,
+        &|s| s.limit as f64,
+    );
+    family(
+        "weir_queued",
+        "gauge",
+        "Requests waiting for a slot.",
+        false,
+        &|s| s.queued as f64,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP weir_shed_total Requests refused with a 503 because the limit was reached."
+    );
+    let _ = writeln!(out, "# TYPE weir_shed_total counter");
+    for (labels, limited, s) in &limits {
+        if *limited {
+            let _ = writeln!(
+                out,
+                "weir_shed_total{{{labels},reason=\"queue_full\"}} {}",
+                s.shed_queue_full
+            );
+            let _ = writeln!(
+                out,
+                "weir_shed_total{{{labels},reason=\"timed_out\"}} {}",
+                s.shed_timed_out
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP weir_queue_wait_seconds How long requests waited for a slot (or to be refused)."
+    );
+    let _ = writeln!(out, "# TYPE weir_queue_wait_seconds histogram");
+    for (labels, limited, s) in &limits {
+        if !*limited {
+            continue;
+        }
+        let mut cumulative = 0;
+        for (bound, count) in weir_backpressure::WAIT_BUCKETS.iter().zip(&s.wait_buckets) {
+            cumulative += count;
+            let _ = writeln!(
+                out,
+                "weir_queue_wait_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += s.wait_buckets.last().copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "weir_queue_wait_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "weir_queue_wait_seconds_sum{{{labels}}} {}",
+            s.wait_seconds_sum
+        );
+        let _ = writeln!(
+            out,
+            "weir_queue_wait_seconds_count{{{labels}}} {cumulative}"
+        );
+    }
 }
 
 /// One metric family with a `provider` label.

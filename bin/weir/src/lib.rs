@@ -59,6 +59,7 @@ pub async fn start(config: &config::Config) -> Result<Running, StartError> {
     let gateway = Arc::new(Gateway::new(config).map_err(StartError::Client)?);
     let options = server::ServeOptions {
         header_read_timeout: config.server.header_read_timeout,
+        client_stall_timeout: config.server.client_stall_timeout,
     };
     let mut running = server::serve(
         gateway.clone(),

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::Service;
 use tower::ServiceExt;
+use weir_backpressure::{Backpressure, Limit};
 use weir_breaker::{Breaker, CircuitBreaker, LlmClassifier, Mode, State};
 use weir_client::{ClientBuilder, HttpClient};
 use weir_failover::router::{Failover, Judge, Judged, Order, Routed, Target};
@@ -28,8 +29,9 @@ use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
 /// The read buffer of each HTTP/1.1 upstream connection.
 const UPSTREAM_READ_BUF: usize = 8192;
 
-/// A provider's client behind its circuit breaker.
-pub(crate) type Guarded = CircuitBreaker<HttpClient<Full<Bytes>>, LlmClassifier>;
+/// A provider's client behind its circuit breaker and its concurrency limit. The limit is
+/// outside: its own 503s (a full queue) are not the provider's failures.
+pub(crate) type Guarded = Backpressure<CircuitBreaker<HttpClient<Full<Bytes>>, LlmClassifier>>;
 
 /// One provider, ready to take requests.
 #[derive(Debug)]
@@ -40,6 +42,12 @@ pub(crate) struct Upstream {
     /// The client behind the breaker: what requests go through.
     service: Guarded,
     pub(crate) breaker: Breaker,
+    /// Requests in flight to this provider (unbounded unless `max_concurrency` is set).
+    pub(crate) limit: Limit,
+    /// Whether `max_concurrency` is set (else the limit only counts).
+    pub(crate) limited: bool,
+    /// The longest a request waits for this provider's limit.
+    queue_timeout: Duration,
     pub(crate) health: Health,
     /// When the next health probe is due.
     pub(crate) next_probe: Mutex<Option<Instant>>,
@@ -76,6 +84,11 @@ impl Upstream {
             .slow_first_byte(p.slow_first_byte)
             .in_band_errors(false);
         let service = CircuitBreaker::new(client.clone(), breaker.clone(), classifier, Mode::Wait);
+        let (limit, queue_timeout) = match &p.concurrency {
+            Some(c) => (limit_from(c), c.queue_timeout),
+            None => (unlimited(), Duration::ZERO),
+        };
+        let service = Backpressure::new(service, limit.clone(), weir_backpressure::Mode::Wait);
         let base = p.base_url.to_string();
         let base = base.trim_end_matches('/');
         let uri = |e: Endpoint| -> Uri {
@@ -101,6 +114,9 @@ impl Upstream {
             client,
             service,
             breaker,
+            limit,
+            limited: p.concurrency.is_some(),
+            queue_timeout,
             health: p.health.clone(),
             next_probe: Mutex::new(None),
             malformed: Arc::default(),
@@ -224,6 +240,29 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
     None
 }
 
+/// A concurrency limit from its config.
+pub(crate) fn limit_from(c: &crate::config::Concurrency) -> Limit {
+    let mut builder = Limit::builder(c.max)
+        .max_queue(c.max_queue)
+        .max_wait(c.queue_timeout)
+        .retry_after(Duration::from_secs(1));
+    if let Some(a) = &c.adaptive {
+        builder = builder.adaptive(weir_backpressure::Aimd::new(
+            a.min,
+            c.max,
+            a.first_token_target,
+        ));
+    }
+    builder.build()
+}
+
+/// No limit: as many permits as a semaphore holds, no queue.
+fn unlimited() -> Limit {
+    Limit::builder(tokio::sync::Semaphore::MAX_PERMITS)
+        .max_queue(0)
+        .build()
+}
+
 /// A route's targets in order, and its deadline for retries.
 #[derive(Debug)]
 struct RouteEntry {
@@ -240,6 +279,8 @@ pub struct Gateway {
     models: Bytes,
     max_request_bytes: usize,
     ids: RequestIds,
+    /// The server-wide limit on requests in flight (`[server] max_concurrency`).
+    limit: Option<Limit>,
 }
 
 fn error(body: ErrorBody) -> Response<ResponseBody> {
@@ -308,6 +349,14 @@ impl Gateway {
                 ))
                 .deadline(r.request_timeout)
                 .hedge_after(r.hedge_after)
+                // A request waits for a target at its limit as long as its provider says.
+                .queue_timeout(
+                    r.targets
+                        .iter()
+                        .map(|t| upstreams[t.provider].queue_timeout)
+                        .max()
+                        .unwrap_or_default(),
+                )
                 .order(if r.weighted {
                     Order::Weighted
                 } else {
@@ -335,12 +384,18 @@ impl Gateway {
             models: models.into(),
             max_request_bytes: config.server.max_request_bytes,
             ids: RequestIds::default(),
+            limit: config.server.concurrency.as_ref().map(limit_from),
         })
     }
 
     /// The providers, in config order.
     pub(crate) fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.upstreams
+    }
+
+    /// The server-wide concurrency limit, if one is set.
+    pub(crate) fn limit(&self) -> Option<&Limit> {
+        self.limit.as_ref()
     }
 
     /// Answers one client request. Never fails: every error is an OpenAI-style response.
@@ -371,7 +426,20 @@ impl Gateway {
         if request.method() != Method::POST {
             return method_not_allowed("POST");
         }
-        self.proxy(endpoint, request, id).await
+        let Some(limit) = &self.limit else {
+            return self.proxy(endpoint, request, id).await;
+        };
+        // Admitted before the body is read: a queued request holds no body in memory.
+        match limit.acquire().await {
+            Ok(permit) => {
+                let mut response = self.proxy(endpoint, request, id).await;
+                response.body_mut().hold(permit);
+                response
+            }
+            Err(shed) => {
+                weir_backpressure::shed_response(shed, limit.retry_after(), ResponseBody::full)
+            }
+        }
     }
 
     async fn proxy(
@@ -680,7 +748,9 @@ async fn read_head(
         }
     };
     // Only weir sees these; a broken stream the breaker has counted already.
-    Pin::new(&mut body).settle(weir_breaker::Outcome::Failure, Some(failure.as_str()));
+    if let Some(inner) = Pin::new(&mut body).inner_pin_mut() {
+        inner.settle(weir_breaker::Outcome::Failure, Some(failure.as_str()));
+    }
     let (kind, what) = match failure {
         Failure::FirstTokenTimeout => (
             ErrorKind::GatewayTimeout,
@@ -846,10 +916,22 @@ fn all_out(model: &str, targets: &[RouteTarget]) -> Response<ResponseBody> {
             if let Some(wait) = snapshot.retry_after {
                 soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
             }
+            let load = upstream.limit.snapshot();
             let why = match snapshot.state {
-                State::Open { .. } => "circuit open",
-                State::HalfOpen => "circuit half-open, waiting for a probe",
-                State::Closed => "cooling down after a rate limit",
+                State::Open { .. } => "circuit open".to_owned(),
+                State::HalfOpen => "circuit half-open, waiting for a probe".to_owned(),
+                State::Closed if snapshot.retry_after.is_some() => {
+                    "cooling down after a rate limit".to_owned()
+                }
+                State::Closed => {
+                    soonest = Some(soonest.map_or(upstream.limit.retry_after(), |s| {
+                        s.min(upstream.limit.retry_after())
+                    }));
+                    format!(
+                        "at capacity ({} of {} requests in flight, {} waiting)",
+                        load.in_flight, load.limit, load.queued
+                    )
+                }
             };
             match snapshot.retry_after {
                 Some(wait) => format!(

@@ -36,6 +36,8 @@ impl Health {
 pub struct ServeOptions {
     /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
+    /// How long a client may leave a response unread before its connection is cut.
+    pub client_stall_timeout: Duration,
 }
 
 fn builder(options: ServeOptions) -> auto::Builder<TokioExecutor> {
@@ -44,6 +46,8 @@ fn builder(options: ServeOptions) -> auto::Builder<TokioExecutor> {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        // Also the most a client that does not read makes weir hold in its write buffer:
+        // past it hyper stops pulling the body, and the upstream is not read either.
         .max_buf_size(64 * 1024)
         // SSE chunks are small and come in bursts: copying them into one buffer and writing
         // once beats hyper's vectored queue, which holds 16 buffers and so flushes a 20-chunk
@@ -93,8 +97,11 @@ where
             let response = service(request);
             async move { Ok::<_, Infallible>(response.await) }
         });
+        // A client that stops reading is cut after the stall timeout: that drops its streams,
+        // which releases their slots and cancels their upstream requests.
+        let io = weir_backpressure::WriteStall::new(stream, options.client_stall_timeout);
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -48,6 +48,11 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    /// The inner body, pinned (`None` for a shed answer).
+    pub fn inner_pin_mut(self: Pin<&mut Self>) -> Option<Pin<&mut B>> {
+        self.project().inner.as_pin_mut()
+    }
+
     /// Whether this body still holds its permit (false once it ended, failed, or for a shed
     /// answer).
     pub fn holds_permit(&self) -> bool {

@@ -1,6 +1,7 @@
 use crate::body::ResponseBody;
 use crate::limit::{Permit, Shed};
 use crate::BoxError;
+use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use pin_project_lite::pin_project;
 use std::future::Future;
@@ -53,14 +54,19 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 }
 
 /// The answer to a shed call: a 503 OpenAI-style error with `Retry-After` (whole seconds,
-/// rounded up, at least 1) and the reason in `x-weir-shed`.
-pub fn shed_response<B>(shed: Shed, retry_after: Duration) -> Response<ResponseBody<B>> {
+/// rounded up, at least 1) and the reason in `x-weir-shed`; `body` makes the body type from
+/// the JSON bytes.
+pub fn shed_response<B>(
+    shed: Shed,
+    retry_after: Duration,
+    body: impl FnOnce(Bytes) -> B,
+) -> Response<B> {
     let message = match shed {
         Shed::QueueFull => "The server is at capacity and its wait queue is full; retry later.",
         Shed::TimedOut => "The server is at capacity and no slot freed in time; retry later.",
     };
-    let body = ErrorBody::new(ErrorKind::Unavailable, message).code("overloaded");
-    let mut response = Response::new(ResponseBody::shed(body.to_json()));
+    let error = ErrorBody::new(ErrorKind::Unavailable, message).code("overloaded");
+    let mut response = Response::new(body(error.to_json()));
     *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     let headers = response.headers_mut();
     headers.insert(
@@ -83,7 +89,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            Proj::Shed { shed, retry_after } => Poll::Ready(Ok(shed_response(*shed, *retry_after))),
+            Proj::Shed { shed, retry_after } => {
+                Poll::Ready(Ok(shed_response(*shed, *retry_after, ResponseBody::shed)))
+            }
             Proj::Inner { future, permit } => {
                 let result = ready!(future.poll(cx));
                 let mut permit = permit.take().expect("polled after completion");

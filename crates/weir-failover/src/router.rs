@@ -168,6 +168,7 @@ struct Shared<S, J> {
     budget: Mutex<RetryBudget>,
     deadline: Duration,
     hedge_after: Option<Duration>,
+    queue_timeout: Duration,
     order: Order,
     rng: Rng,
 }
@@ -221,6 +222,7 @@ impl<S, J> Failover<S, J> {
             budget: RetryBudget::standard(Instant::now()),
             deadline: Duration::from_secs(120),
             hedge_after: None,
+            queue_timeout: Duration::ZERO,
             order: Order::Priority,
             rng: default_rng(),
         }
@@ -240,6 +242,7 @@ pub struct Builder<S, J> {
     budget: RetryBudget,
     deadline: Duration,
     hedge_after: Option<Duration>,
+    queue_timeout: Duration,
     order: Order,
     rng: Rng,
 }
@@ -275,6 +278,14 @@ impl<S, J> Builder<S, J> {
         self
     }
 
+    /// When no target is ready, how long a call waits for one to become ready (a target at
+    /// its concurrency limit, a breaker about to half-open) before it gives up with
+    /// [`NoTarget`]; never past the deadline. Zero (the default) gives up at once.
+    pub fn queue_timeout(mut self, wait: Duration) -> Self {
+        self.queue_timeout = wait;
+        self
+    }
+
     /// The order targets are tried in.
     pub fn order(mut self, order: Order) -> Self {
         self.order = order;
@@ -297,6 +308,7 @@ impl<S, J> Builder<S, J> {
                 budget: Mutex::new(self.budget),
                 deadline: self.deadline,
                 hedge_after: self.hedge_after,
+                queue_timeout: self.queue_timeout,
                 order: self.order,
                 rng: self.rng,
             }),
@@ -355,19 +367,58 @@ where
     where
         S: Service<R>,
     {
-        for (position, &index) in order.iter().enumerate().skip(from) {
-            let target = &self.targets[index];
-            if let Some(min) = min_window {
-                if target.context_window.is_none_or(|w| w <= min) {
-                    continue;
-                }
-            }
-            let mut service = target.service.clone();
-            if ready_now(&mut service) {
-                return Some((position, index, service));
-            }
+        self.candidates(order, from, min_window)
+            .find_map(|(position, index, mut service)| {
+                ready_now(&mut service).then_some((position, index, service))
+            })
+    }
+
+    /// Fresh clones of the targets in `order[from..]` that fit `min_window`.
+    fn candidates<'a>(
+        &'a self,
+        order: &'a [usize],
+        from: usize,
+        min_window: Option<u32>,
+    ) -> impl Iterator<Item = (usize, usize, S)> + 'a {
+        order
+            .iter()
+            .enumerate()
+            .skip(from)
+            .filter(move |(_, &index)| {
+                min_window
+                    .is_none_or(|min| self.targets[index].context_window.is_some_and(|w| w > min))
+            })
+            .map(|(position, &index)| (position, index, self.targets[index].service.clone()))
+    }
+
+    /// Like [`ready`](Self::ready), but when none is ready now, waits up to `queue_timeout`
+    /// (and never past `deadline`) for the first of them to become ready.
+    async fn next_ready<R>(
+        &self,
+        order: &[usize],
+        from: usize,
+        min_window: Option<u32>,
+        deadline: Instant,
+    ) -> Option<(usize, usize, S)>
+    where
+        S: Service<R>,
+    {
+        if let Some(found) = self.ready(order, from, min_window) {
+            return Some(found);
         }
-        None
+        if self.queue_timeout.is_zero() {
+            return None;
+        }
+        let mut waiting: Vec<_> = self.candidates(order, from, min_window).collect();
+        let first_ready = std::future::poll_fn(|cx| {
+            let ready = waiting
+                .iter_mut()
+                .position(|(_, _, service)| matches!(service.poll_ready(cx), Poll::Ready(Ok(()))));
+            ready.map_or(Poll::Pending, Poll::Ready)
+        });
+        let until = deadline.min(Instant::now() + self.queue_timeout);
+        let at = tokio::time::timeout_at(until, first_ready).await.ok()?;
+        Some(waiting.swap_remove(at))
     }
 }
 
@@ -436,8 +487,9 @@ where
     let mut from = 0;
     let mut min_window = None;
     let mut hedged = false;
-    'targets: while let Some((position, index, mut service)) =
-        shared.ready::<J::Request>(&order, from, min_window)
+    'targets: while let Some((position, index, mut service)) = shared
+        .next_ready::<J::Request>(&order, from, min_window, deadline)
+        .await
     {
         from = position + 1;
         let mut on_target = 0;

@@ -100,3 +100,39 @@ async fn no_ready_target_at_all_is_an_error_and_failures_give_the_last_answer() 
     assert_eq!(routed.answer, (1, 500), "the last answer");
     assert_eq!(routed.attempts, 4, "each target: one try and one retry");
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_a_queue_timeout_a_call_waits_for_a_busy_target() {
+    let (busy, mut handle) = tower_test::mock::pair::<u32, u16>();
+    handle.allow(0);
+    let busy = BoxCloneSyncService::new(busy.map_err(|e: BoxError| e));
+    let router = Failover::builder(vec![Target::new(busy)], ByStatus)
+        .queue_timeout(Duration::from_secs(5))
+        .build();
+    let started = Instant::now();
+    let call = tokio::spawn(router.clone().oneshot(1));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A slot frees after 2 s: the waiting call takes it.
+    handle.allow(1);
+    let (request, respond) = handle.next_request().await.unwrap();
+    assert_eq!(request, 1);
+    respond.send_response(200);
+    let routed = call.await.unwrap().unwrap();
+    assert_eq!((routed.answer, routed.target), ((0, 200), Some(0)));
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+    // Nothing frees: the call gives up after the queue timeout, or at its deadline if sooner.
+    let started = Instant::now();
+    assert!(router.oneshot(2).await.is_err());
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let (busy, mut handle) = tower_test::mock::pair::<u32, u16>();
+    handle.allow(0);
+    let busy = BoxCloneSyncService::new(busy.map_err(|e: BoxError| e));
+    let short = Failover::builder(vec![Target::new(busy)], ByStatus)
+        .queue_timeout(Duration::from_secs(5))
+        .deadline(Duration::from_secs(3))
+        .build();
+    let started = Instant::now();
+    assert!(short.oneshot(3).await.is_err());
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+}
