@@ -578,6 +578,24 @@ impl Judge<Arc<Call>> for LlmJudge {
                         Head::Failed(answer, failure) => Judged::Failed(answer, Some(failure)),
                     }
                 }
+                Ok(response)
+                    if response
+                        .headers()
+                        .contains_key(weir_backpressure::SHED_HEADER) =>
+                {
+                    // weir's own limit for this provider is full: nothing went upstream.
+                    let (parts, body) = response.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let mut answer = Response::from_parts(parts, ResponseBody::full(body));
+                    answer
+                        .headers_mut()
+                        .insert(X_WEIR_PROVIDER.clone(), provider_value(&upstream));
+                    Judged::Failed(answer, Some(Failure::AtCapacity))
+                }
                 Ok(response) => {
                     let (answer, failure) = buffered_answer(response, &upstream).await;
                     Judged::Failed(answer, failure)

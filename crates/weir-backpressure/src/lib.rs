@@ -75,7 +75,7 @@ pub mod stall;
 
 pub use adaptive::Aimd;
 pub use body::ResponseBody;
-pub use future::{shed_response, ResponseFuture};
+pub use future::{shed_response, ResponseFuture, SHED_HEADER};
 pub use layer::BackpressureLayer;
 pub use limit::{Limit, LimitBuilder, Permit, Shed, Snapshot, WAIT_BUCKETS};
 pub use service::{Backpressure, Mode};

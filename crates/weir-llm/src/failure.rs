@@ -72,6 +72,9 @@ pub enum Failure {
     MalformedEvent,
     /// The client went away. Never the provider's fault.
     ClientGone,
+    /// The gateway's own concurrency limit for the target was full: no request went out.
+    /// Never the provider's fault; another target may have room.
+    AtCapacity,
 }
 
 impl Failure {
@@ -102,7 +105,7 @@ impl Failure {
     pub fn is_provider_fault(&self) -> bool {
         !matches!(
             self,
-            Self::Rejected { .. } | Self::RateLimited { .. } | Self::ClientGone
+            Self::Rejected { .. } | Self::RateLimited { .. } | Self::ClientGone | Self::AtCapacity
         )
     }
 
@@ -152,6 +155,7 @@ impl Failure {
             Self::StreamStalled => "stream_stalled",
             Self::MalformedEvent => "malformed_event",
             Self::ClientGone => "client_gone",
+            Self::AtCapacity => "at_capacity",
         }
     }
 }
@@ -245,6 +249,8 @@ mod tests {
         assert!(!classify(400, "").is_provider_fault());
         assert!(!classify(429, "").is_provider_fault());
         assert!(!Failure::ClientGone.is_provider_fault());
+        assert!(!Failure::AtCapacity.is_provider_fault());
+        assert!(Failure::AtCapacity.is_retryable() && Failure::AtCapacity.before_commit());
         assert!(!classify(400, "").is_retryable());
         assert!(classify(400, r#"{"error":{"code":"context_length_exceeded"}}"#).is_retryable());
         assert!(Failure::Connect.before_commit());

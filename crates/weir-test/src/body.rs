@@ -168,6 +168,8 @@ impl StreamBody {
 #[derive(Debug, Default)]
 pub(crate) struct StreamStats {
     pub(crate) cancelled: std::sync::atomic::AtomicU64,
+    /// Body bytes handed to the server, all streams together.
+    pub(crate) bytes_sent: std::sync::atomic::AtomicU64,
     pub(crate) notify: tokio::sync::Notify,
 }
 
@@ -215,6 +217,31 @@ impl Body for StreamBody {
     type Error = Injected;
 
     fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Injected>>> {
+        let frame = ready!(self.as_mut().poll_script(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            let len = data.map_or(0, |d| d.len() as u64);
+            self.stats
+                .bytes_sent
+                .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::End
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl StreamBody {
+    /// The next frame of the script.
+    fn poll_script(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Injected>>> {
@@ -312,14 +339,6 @@ impl Body for StreamBody {
                 Phase::End => return Poll::Ready(None),
             }
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.phase == Phase::End
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 

@@ -136,6 +136,12 @@ impl MockUpstream {
         self.shared.streams.cancelled.load(Ordering::Acquire)
     }
 
+    /// Streamed body bytes handed to the server so far, every stream together: how much of
+    /// its answers a proxy has pulled.
+    pub fn bytes_sent(&self) -> u64 {
+        self.shared.streams.bytes_sent.load(Ordering::Relaxed)
+    }
+
     /// Waits until at least `n` streams have been dropped before their end.
     pub async fn wait_cancelled(&self, n: u64) {
         loop {

@@ -300,3 +300,66 @@ fn route_retry_settings() {
     let bad = GOOD.replace("strategy = \"failover\"", "retry = { retries = 3 }");
     assert!(error(&bad).contains("retries"), "{}", error(&bad));
 }
+
+#[test]
+fn concurrency_limits_read_with_their_defaults() {
+    let text = GOOD
+        .replace(
+            "drain_timeout = \"5s\"",
+            "drain_timeout = \"5s\"\nmax_concurrency = 4096\nclient_stall_timeout = \"20s\"",
+        )
+        .replace(
+            "response_timeout = \"30s\"",
+            "response_timeout = \"30s\"\nmax_concurrency = 64\nmax_queue = 10\nqueue_timeout = \"2s\"\n\
+             adaptive_concurrency = { min = 4, first_token_target = \"1500ms\" }\nmax_connections = 80",
+        );
+    let config = load(&text).unwrap();
+    let server = config.server.concurrency.unwrap();
+    assert_eq!((server.max, server.max_queue), (4096, 4096));
+    assert_eq!(server.queue_timeout, Duration::from_secs(10));
+    assert_eq!(config.server.client_stall_timeout, Duration::from_secs(20));
+    let openai = &config.providers[0];
+    let limit = openai.concurrency.as_ref().unwrap();
+    assert_eq!((limit.max, limit.max_queue), (64, 10));
+    assert_eq!(limit.queue_timeout, Duration::from_secs(2));
+    let adaptive = limit.adaptive.as_ref().unwrap();
+    assert_eq!(adaptive.min, 4);
+    assert_eq!(adaptive.first_token_target, Duration::from_millis(1500));
+    assert_eq!(openai.max_connections, Some(80));
+    assert_eq!(config.providers[1].concurrency, None);
+    assert_eq!(config.providers[1].max_connections, None);
+    assert_eq!(
+        load(GOOD).unwrap().server.client_stall_timeout,
+        Duration::from_secs(60)
+    );
+}
+
+#[test]
+fn limit_keys_without_a_limit_or_out_of_range_are_named() {
+    let orphan = GOOD.replace("response_timeout = \"30s\"", "max_queue = 10");
+    let message = error(&orphan);
+    assert!(message.starts_with("weir.toml:12:13:"), "{message}");
+    assert!(
+        message.contains("providers[0].max_queue: needs `max_concurrency`"),
+        "{message}"
+    );
+
+    let zero = GOOD.replace("drain_timeout = \"5s\"", "max_concurrency = 0");
+    let message = error(&zero);
+    assert!(
+        message.contains("server.max_concurrency: must be at least 1"),
+        "{message}"
+    );
+
+    let adaptive = GOOD.replace(
+        "response_timeout = \"30s\"",
+        "max_concurrency = 8\nadaptive_concurrency = { min = 9, first_token_target = \"1s\" }",
+    );
+    let message = error(&adaptive);
+    assert!(
+        message.contains(
+            "providers[0].adaptive_concurrency.min: must be between 1 and max_concurrency (8)"
+        ),
+        "{message}"
+    );
+}
