@@ -298,3 +298,56 @@ client_stall_timeout = "5s""#,
     assert_eq!(sample(&text, r#"weir_in_flight{scope="server"}"#), 0.0);
     drop(slow);
 }
+
+#[tokio::test(start_paused = true)]
+async fn at_max_connections_a_request_waits_for_a_pooled_connection() {
+    let setup = two::setup(
+        None,
+        "max_connections = 1",
+        Some(r#"[{ provider = "primary", model = "m" }]"#),
+    )
+    .await;
+    let long = stream(&setup.weir, "chunks=3,delay_ms=1000").await;
+    let text = metrics(&setup.weir).await;
+    assert_eq!(
+        sample(&text, r#"weir_upstream_pool_in_use{provider="primary"}"#),
+        1.0
+    );
+    let waiting = tokio::spawn({
+        let addr = setup.weir.addr();
+        async move {
+            let client = Client::builder(TokioExecutor::new()).build_http();
+            let request = Request::post(format!("http://{addr}/v1/chat/completions"))
+                .header("x-mock", "chunks=1")
+                .body(Full::new(Bytes::from_static(
+                    br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
+                )))
+                .unwrap();
+            read(client.request(request).await.unwrap()).await
+        }
+    });
+    while sample(
+        &metrics(&setup.weir).await,
+        r#"weir_upstream_pool_waiting{provider="primary"}"#,
+    ) < 1.0
+    {
+        tokio::task::yield_now().await;
+    }
+    assert!(read(long).await.error.is_none());
+    let second = waiting.await.unwrap();
+    assert_eq!(second.content(), "tok0 ");
+    assert_eq!(setup.primary.connections(), 1, "one connection, reused");
+    let text = metrics(&setup.weir).await;
+    assert_eq!(
+        sample(&text, r#"weir_upstream_pool_open{provider="primary"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"weir_upstream_pool_idle{provider="primary"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"weir_upstream_pool_waiting{provider="primary"}"#),
+        0.0
+    );
+}

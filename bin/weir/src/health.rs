@@ -171,6 +171,41 @@ pub(crate) fn breaker_metrics(gateway: &Gateway) -> Bytes {
             (&*u.name, dropped as f64)
         }),
     );
+    let pools: Vec<_> = gateway
+        .upstreams()
+        .iter()
+        .map(|u| (u, u.client.pool_snapshot()))
+        .collect();
+    for (name, help, value) in [
+        (
+            "weir_upstream_pool_open",
+            "Open HTTP/1.1 upstream connections per provider.",
+            (|s: &weir_client::PoolSnapshot| s.open) as fn(&weir_client::PoolSnapshot) -> usize,
+        ),
+        (
+            "weir_upstream_pool_idle",
+            "Idle pooled HTTP/1.1 upstream connections per provider.",
+            |s| s.idle,
+        ),
+        (
+            "weir_upstream_pool_in_use",
+            "HTTP/1.1 upstream connections carrying a request per provider.",
+            |s| s.in_use,
+        ),
+        (
+            "weir_upstream_pool_waiting",
+            "Requests waiting for an upstream connection (at max_connections) per provider.",
+            |s| s.waiting,
+        ),
+    ] {
+        family(
+            &mut out,
+            name,
+            "gauge",
+            help,
+            pools.iter().map(|(u, s)| (&*u.name, value(s) as f64)),
+        );
+    }
     backpressure_metrics(gateway, &mut out);
     out.into()
 }

@@ -69,6 +69,7 @@ impl Upstream {
             .response_timeout(p.response_timeout)
             .pool_idle_timeout(p.pool_idle_timeout)
             .pool_max_idle_per_host(p.pool_max_idle)
+            .pool_max_per_host(p.max_connections)
             .http_version(p.http_version)
             .allow_http(p.allow_http)
             .tls_roots(p.tls_roots)

@@ -43,8 +43,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-pub use pool::ResponseBody;
-use pool::{Http1, Key, Pool};
+use pool::{Http1, Key, Open, Pool, Slot};
+pub use pool::{PoolSnapshot, ResponseBody};
 pub use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::sync::Arc;
@@ -83,6 +83,7 @@ pub struct ClientBuilder {
     response_timeout: Option<Duration>,
     pool_idle_timeout: Option<Duration>,
     pool_max_idle_per_host: usize,
+    pool_max_per_host: Option<usize>,
     version: HttpVersion,
     allow_http: bool,
     roots: TlsRoots,
@@ -105,6 +106,7 @@ impl ClientBuilder {
             response_timeout: Some(Duration::from_secs(60)),
             pool_idle_timeout: Some(Duration::from_secs(90)),
             pool_max_idle_per_host: 256,
+            pool_max_per_host: None,
             version: HttpVersion::Auto,
             allow_http: false,
             roots: TlsRoots::Webpki,
@@ -133,7 +135,15 @@ impl ClientBuilder {
         self
     }
 
-    /// How many idle HTTP/1.1 connections are kept per host.
+    /// How many HTTP/1.1 connections may be open per host, in use and idle (default: no
+    /// limit). At the limit a request waits, first come first served, for a connection to go
+    /// back to idle or to close (within the response timeout).
+    pub fn pool_max_per_host(mut self, max: impl Into<Option<usize>>) -> Self {
+        self.pool_max_per_host = max.into();
+        self
+    }
+
+    /// How many idle HTTP/1.1 connections are kept per host (default 256).
     pub fn pool_max_idle_per_host(mut self, max: usize) -> Self {
         self.pool_max_idle_per_host = max;
         self
@@ -240,6 +250,7 @@ impl ClientBuilder {
                 pool: Arc::new(Pool::new(
                     self.pool_idle_timeout,
                     self.pool_max_idle_per_host,
+                    self.pool_max_per_host,
                 )),
             }),
             response_timeout: self.response_timeout,
@@ -294,6 +305,11 @@ where
     pub fn idle_connections(&self) -> usize {
         self.shared.pool.idle()
     }
+
+    /// The pool's HTTP/1.1 connections now: open, idle, in use, and requests waiting for one.
+    pub fn pool_snapshot(&self) -> PoolSnapshot {
+        self.shared.pool.snapshot()
+    }
 }
 
 /// A connection for one request. The HTTP/1.1 state (about 1.7 KiB) is boxed once, when the
@@ -309,7 +325,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    async fn connect(&self, key: &Key) -> Result<Conn<B>, Error> {
+    async fn connect(&self, key: &Key, open: Open) -> Result<Conn<B>, Error> {
         let uri = Uri::builder()
             .scheme(key.scheme.clone())
             .authority(key.authority.clone())
@@ -342,7 +358,11 @@ where
                 .handshake(io)
                 .await
                 .map_err(Error::connect_hyper)?;
-            Ok(Conn::Http1(Box::new(Http1 { sender, conn })))
+            Ok(Conn::Http1(Box::new(Http1 {
+                sender,
+                conn,
+                _open: open,
+            })))
         }
     }
 
@@ -359,12 +379,18 @@ where
         if pooled.is_none() && self.version != HttpVersion::Http2 {
             pooled = self.pool.checkout_http1(&key).map(Conn::Http1);
         }
-        let from_pool = pooled.is_some();
+        let mut from_pool = pooled.is_some();
         // Connecting is rare once the pool is warm: boxed, its large future stays out of this
         // one (which is built on the stack and copied into a box on every request).
         let conn = match pooled {
             Some(conn) => conn,
-            None => Box::pin(self.connect(&key)).await?,
+            None => match Box::pin(self.pool.slot(&key)).await {
+                Slot::Idle(conn) => {
+                    from_pool = true;
+                    Conn::Http1(conn)
+                }
+                Slot::New(open) => Box::pin(self.connect(&key, open)).await?,
+            },
         };
         let request = match conn {
             Conn::Http2(mut sender) => {
@@ -382,7 +408,15 @@ where
                 }
             }
         };
-        match Box::pin(self.connect(&key)).await? {
+        let open = match Box::pin(self.pool.slot(&key)).await {
+            Slot::Idle(conn) => {
+                return send_http1(conn, request, &key, &self.pool)
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+            Slot::New(open) => open,
+        };
+        match Box::pin(self.connect(&key, open)).await? {
             Conn::Http1(conn) => send_http1(conn, request, &key, &self.pool)
                 .await
                 .map_err(|(e, _)| e),

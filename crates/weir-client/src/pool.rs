@@ -23,10 +23,12 @@ use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub(crate) type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
@@ -38,10 +40,58 @@ pub(crate) struct Key {
     pub(crate) authority: Authority,
 }
 
-/// An HTTP/1.1 connection: the request half and the connection future that does its I/O.
+/// An HTTP/1.1 connection: the request half and the connection future that does its I/O,
+/// and its place in the pool's count (and, under a per-host limit, its slot).
 pub(crate) struct Http1<B: Body + 'static> {
     pub(crate) sender: http1::SendRequest<B>,
     pub(crate) conn: http1::Connection<Io, B>,
+    pub(crate) _open: Open,
+}
+
+/// Counts an open HTTP/1.1 connection until it is dropped; holds its slot under a per-host
+/// limit.
+pub(crate) struct Open {
+    stats: Arc<Stats>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The pool's counters.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    open: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+/// A pool's HTTP/1.1 connections at one moment, over all hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolSnapshot {
+    /// Open connections (in use and idle).
+    pub open: usize,
+    /// Idle connections, ready for a request.
+    pub idle: usize,
+    /// Connections carrying a request or a response body.
+    pub in_use: usize,
+    /// Requests waiting for a connection (at the per-host limit).
+    pub waiting: usize,
+}
+
+/// What a request gets under a per-host limit: a slot for a new connection, or an idle
+/// connection that came back while it waited.
+pub(crate) enum Slot<B: Body + 'static> {
+    New(Open),
+    Idle(Box<Http1<B>>),
+}
+
+/// The per-host limit: slots, and a signal when a connection goes back to idle.
+struct HostSlots {
+    semaphore: Arc<Semaphore>,
+    returned: Notify,
 }
 
 impl<B> Http1<B>
@@ -75,6 +125,7 @@ struct Idle<B: Body + 'static> {
 struct Hosts<B: Body + 'static> {
     http1: Vec<(Key, VecDeque<Idle<B>>)>,
     http2: Vec<(Key, http2::SendRequest<B>)>,
+    slots: Vec<(Key, Arc<HostSlots>)>,
 }
 
 fn find<'a, V>(entries: &'a mut [(Key, V)], key: &Key) -> Option<&'a mut V> {
@@ -87,6 +138,8 @@ pub(crate) struct Pool<B: Body + 'static> {
     hosts: Mutex<Hosts<B>>,
     idle_timeout: Option<Duration>,
     max_idle_per_host: usize,
+    max_per_host: Option<usize>,
+    stats: Arc<Stats>,
 }
 
 impl<B> Pool<B>
@@ -95,14 +148,82 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub(crate) fn new(idle_timeout: Option<Duration>, max_idle_per_host: usize) -> Self {
+    pub(crate) fn new(
+        idle_timeout: Option<Duration>,
+        max_idle_per_host: usize,
+        max_per_host: Option<usize>,
+    ) -> Self {
         Self {
             hosts: Mutex::new(Hosts {
                 http1: Vec::new(),
                 http2: Vec::new(),
+                slots: Vec::new(),
             }),
             idle_timeout,
             max_idle_per_host,
+            max_per_host,
+            stats: Arc::default(),
+        }
+    }
+
+    fn host_slots(&self, key: &Key) -> Option<Arc<HostSlots>> {
+        let max = self.max_per_host?;
+        let mut hosts = self.hosts.lock().expect("pool lock");
+        if let Some(slots) = find(&mut hosts.slots, key) {
+            return Some(slots.clone());
+        }
+        let slots = Arc::new(HostSlots {
+            semaphore: Arc::new(Semaphore::new(max)),
+            returned: Notify::new(),
+        });
+        hosts.slots.push((key.clone(), slots.clone()));
+        Some(slots)
+    }
+
+    /// A slot for a new connection to `key`, or an idle one that came back meanwhile. Without
+    /// a per-host limit, a slot at once; at the limit, waits (FIFO) for a connection to close
+    /// or to go back to idle.
+    pub(crate) async fn slot(&self, key: &Key) -> Slot<B> {
+        let Some(slots) = self.host_slots(key) else {
+            return Slot::New(self.open(None));
+        };
+        loop {
+            let returned = slots.returned.notified();
+            let mut returned = std::pin::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(conn) = self.checkout_http1(key) {
+                return Slot::Idle(conn);
+            }
+            if let Ok(permit) = slots.semaphore.clone().try_acquire_owned() {
+                return Slot::New(self.open(Some(permit)));
+            }
+            self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+            let _waiting = Waiting(&self.stats);
+            tokio::select! {
+                permit = slots.semaphore.clone().acquire_owned() => {
+                    return Slot::New(self.open(permit.ok()));
+                }
+                _ = returned => {}
+            }
+        }
+    }
+
+    fn open(&self, slot: Option<OwnedSemaphorePermit>) -> Open {
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        Open {
+            stats: self.stats.clone(),
+            _slot: slot,
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> PoolSnapshot {
+        let open = self.stats.open.load(Ordering::Relaxed);
+        let idle = self.idle();
+        PoolSnapshot {
+            open,
+            idle,
+            in_use: open.saturating_sub(idle),
+            waiting: self.stats.waiting.load(Ordering::Relaxed),
         }
     }
 
@@ -140,6 +261,11 @@ where
             idle.pop_front();
         }
         idle.push_back(Idle { conn, since: now });
+        if self.stats.waiting.load(Ordering::Relaxed) > 0 {
+            if let Some(slots) = find(&mut hosts.slots, &key) {
+                slots.returned.notify_one();
+            }
+        }
     }
 
     pub(crate) fn checkout_http2(&self, key: &Key) -> Option<http2::SendRequest<B>> {
@@ -169,6 +295,15 @@ where
             .iter()
             .map(|(_, idle)| idle.len())
             .sum()
+    }
+}
+
+/// Counts a request waiting for a slot while it waits.
+struct Waiting<'a>(&'a Stats);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -286,3 +286,47 @@ mod tls {
         assert!(error.is_connect(), "{error:?}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn at_the_per_host_limit_a_request_waits_for_a_connection_to_come_back() {
+    let mock = MockUpstream::start().await;
+    let client = ClientBuilder::new()
+        .allow_http(true)
+        .pool_max_per_host(1)
+        .build::<Full<Bytes>>()
+        .unwrap();
+    let url = || format!("{}/chat/completions", mock.base_url());
+    let first = client
+        .clone()
+        .oneshot(post(
+            url(),
+            r#"{"model":"m@chunks=3,delay_ms=1000","stream":true}"#,
+        ))
+        .await
+        .unwrap();
+    let snapshot = client.pool_snapshot();
+    assert_eq!((snapshot.open, snapshot.in_use, snapshot.idle), (1, 1, 0));
+
+    let started = tokio::time::Instant::now();
+    let second = tokio::spawn({
+        let client = client.clone();
+        let request = post(url(), r#"{"model":"m@chunks=1","stream":true}"#);
+        async move {
+            let response = client.oneshot(request).await.unwrap();
+            let at = tokio::time::Instant::now();
+            (at, response.into_body().collect().await.unwrap().to_bytes())
+        }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(client.pool_snapshot().waiting, 1);
+
+    // The first stream ends after 2 s; its connection serves the waiting request.
+    let text = first.into_body().collect().await.unwrap().to_bytes();
+    assert!(text.ends_with(b"data: [DONE]\n\n"));
+    let (at, text) = second.await.unwrap();
+    assert!(text.ends_with(b"data: [DONE]\n\n"));
+    assert_eq!(at.duration_since(started), Duration::from_secs(2));
+    assert_eq!(mock.connections(), 1, "never a second connection");
+    let snapshot = client.pool_snapshot();
+    assert_eq!((snapshot.open, snapshot.idle, snapshot.waiting), (1, 1, 0));
+}
