@@ -203,6 +203,8 @@ fn bench_config(dir: &Path) -> Result<PathBuf> {
 listen = "{WEIR}"
 admin_listen = "{WEIR_ADMIN}"
 drain_timeout = "1s"
+max_concurrency = 20000
+queue_timeout = "5s"
 
 [telemetry]
 log_level = "warn"
@@ -212,6 +214,8 @@ name = "mock"
 base_url = "http://{MOCK}/v1"
 allow_http = true
 pool_max_idle = 1024
+max_concurrency = 20000
+max_connections = 20000
 
 [[routes]]
 model = "bench"
