@@ -26,9 +26,6 @@ use weir_llm::continuation::{self, Replay};
 use weir_llm::sse::{Line, SseScanner};
 use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
 
-/// The read buffer of each HTTP/1.1 upstream connection.
-const UPSTREAM_READ_BUF: usize = 8192;
-
 /// A provider's client behind its circuit breaker and its concurrency limit. The limit is
 /// outside: its own 503s (a full queue) are not the provider's failures.
 pub(crate) type Guarded = Backpressure<CircuitBreaker<HttpClient<Full<Bytes>>, LlmClassifier>>;
@@ -74,9 +71,6 @@ impl Upstream {
             .allow_http(p.allow_http)
             .tls_roots(p.tls_roots)
             .add_root_certificates(p.extra_roots.iter().cloned())
-            // A fixed 8 KiB read buffer per upstream connection (hyper's adaptive one grows
-            // past it on a burst and keeps the larger buffer).
-            .http1_read_buf_exact_size(UPSTREAM_READ_BUF)
             .build()?;
         let breaker = Breaker::new(p.breaker.clone());
         // The stream watch in `body` reads every event already: it settles in-band errors.

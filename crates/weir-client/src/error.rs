@@ -7,6 +7,8 @@ enum Kind {
     Connect,
     Timeout,
     Request,
+    Response,
+    Protocol(&'static str),
     TlsRoots,
 }
 
@@ -39,6 +41,54 @@ impl Error {
         Self {
             kind: Kind::Request,
             source: Some(source.into()),
+        }
+    }
+
+    /// Writing the request failed.
+    pub(crate) fn request_io(source: std::io::Error) -> Self {
+        Self {
+            kind: Kind::Request,
+            source: Some(source.into()),
+        }
+    }
+
+    /// The request's own body failed.
+    pub(crate) fn request_body(source: BoxError) -> Self {
+        Self {
+            kind: Kind::Request,
+            source: Some(source),
+        }
+    }
+
+    /// Reading the response failed.
+    pub(crate) fn response_io(source: std::io::Error) -> Self {
+        Self {
+            kind: Kind::Response,
+            source: Some(source.into()),
+        }
+    }
+
+    /// Reading an HTTP/2 response body failed.
+    pub(crate) fn response_hyper(source: hyper::Error) -> Self {
+        Self {
+            kind: Kind::Response,
+            source: Some(source.into()),
+        }
+    }
+
+    /// The response broke the protocol (or the connection ended too early).
+    pub(crate) fn protocol(what: &'static str) -> Self {
+        Self {
+            kind: Kind::Protocol(what),
+            source: None,
+        }
+    }
+
+    /// The response head did not parse.
+    pub(crate) fn protocol_source(source: BoxError) -> Self {
+        Self {
+            kind: Kind::Protocol("the response head is malformed"),
+            source: Some(source),
         }
     }
 
@@ -78,6 +128,8 @@ impl fmt::Display for Error {
             Kind::Connect => "could not connect to the upstream",
             Kind::Timeout => "the upstream sent no response headers in time",
             Kind::Request => "the upstream request failed",
+            Kind::Response => "reading the upstream response failed",
+            Kind::Protocol(what) => what,
             Kind::TlsRoots => "could not load the TLS trust roots",
         })
     }

@@ -34,19 +34,19 @@
 
 mod error;
 mod future;
+mod h1;
 mod pool;
 
 pub use error::Error;
 pub use future::ResponseFuture;
 pub use http::{header, HeaderValue, Request, Response, Uri};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pool::{Http1, Key, Open, Pool, Slot};
 pub use pool::{PoolSnapshot, ResponseBody};
 pub use rustls::pki_types::CertificateDer;
-use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -88,7 +88,6 @@ pub struct ClientBuilder {
     allow_http: bool,
     roots: TlsRoots,
     extra_roots: Vec<CertificateDer<'static>>,
-    read_buf_size: Option<usize>,
 }
 
 impl Default for ClientBuilder {
@@ -111,7 +110,6 @@ impl ClientBuilder {
             allow_http: false,
             roots: TlsRoots::Webpki,
             extra_roots: Vec::new(),
-            read_buf_size: None,
         }
     }
 
@@ -176,13 +174,6 @@ impl ClientBuilder {
         self
     }
 
-    /// Reads HTTP/1.1 responses into a buffer of exactly this size instead of hyper's adaptive
-    /// one: bounds the memory each open upstream stream holds.
-    pub fn http1_read_buf_exact_size(mut self, size: impl Into<Option<usize>>) -> Self {
-        self.read_buf_size = size.into();
-        self
-    }
-
     fn tls_config(&self) -> Result<rustls::ClientConfig, Error> {
         let mut roots = rustls::RootCertStore::empty();
         match self.roots {
@@ -235,16 +226,11 @@ impl ClientBuilder {
             HttpVersion::Http1 => builder.enable_http1().wrap_connector(http),
             HttpVersion::Http2 => builder.enable_http2().wrap_connector(http),
         };
-        let mut http1 = http1::Builder::new();
-        if let Some(size) = self.read_buf_size {
-            http1.read_buf_exact_size(Some(size));
-        }
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2.timer(TokioTimer::new());
         Ok(HttpClient {
             shared: Arc::new(Shared {
                 connector,
-                http1,
                 http2,
                 version: self.version,
                 pool: Arc::new(Pool::new(
@@ -260,7 +246,6 @@ impl ClientBuilder {
 
 struct Shared<B: http_body::Body + 'static> {
     connector: HttpsConnector<HttpConnector>,
-    http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     version: HttpVersion,
     pool: Arc<Pool<B>>,
@@ -315,7 +300,7 @@ where
 /// A connection for one request. The HTTP/1.1 state (about 1.7 KiB) is boxed once, when the
 /// connection is made, so that handing it between pool, request and body moves a pointer.
 enum Conn<B: http_body::Body + 'static> {
-    Http1(Box<Http1<B>>),
+    Http1(Box<Http1>),
     Http2(http2::SendRequest<B>),
 }
 
@@ -353,14 +338,8 @@ where
             self.pool.insert_http2(key.clone(), sender.clone());
             Ok(Conn::Http2(sender))
         } else {
-            let (sender, conn) = self
-                .http1
-                .handshake(io)
-                .await
-                .map_err(Error::connect_hyper)?;
             Ok(Conn::Http1(Box::new(Http1 {
-                sender,
-                conn,
+                conn: h1::Conn::new(io),
                 _open: open,
             })))
         }
@@ -395,7 +374,7 @@ where
         let request = match conn {
             Conn::Http2(mut sender) => {
                 let response = sender.send_request(request).await.map_err(Error::request)?;
-                return Ok(response.map(ResponseBody::detached));
+                return Ok(response.map(ResponseBody::http2));
             }
             Conn::Http1(conn) => {
                 origin_form(&mut request, &key);
@@ -422,7 +401,7 @@ where
                 .map_err(|(e, _)| e),
             Conn::Http2(mut sender) => {
                 let response = sender.send_request(request).await.map_err(Error::request)?;
-                Ok(response.map(ResponseBody::detached))
+                Ok(response.map(ResponseBody::http2))
             }
         }
     }
@@ -456,10 +435,10 @@ fn origin_form<B>(request: &mut Request<B>, key: &Key) {
     *request.uri_mut() = path;
 }
 
-/// Sends on an HTTP/1.1 connection, driving it until the response headers arrive. On a
-/// failure before the request was written, the request comes back.
+/// Sends on an HTTP/1.1 connection and reads the response head. A pooled connection found
+/// closed before anything was written gives the request back, for a fresh connection.
 async fn send_http1<B>(
-    mut conn: Box<Http1<B>>,
+    mut conn: Box<Http1>,
     request: Request<B>,
     key: &Key,
     pool: &Arc<Pool<B>>,
@@ -469,27 +448,16 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let mut response = std::pin::pin!(conn.sender.try_send_request(request));
-    let mut finished = false;
-    let result = std::future::poll_fn(|cx| {
-        if !finished && conn.poll_conn(cx).is_ready() {
-            // The connection ended; the response future now holds its error, if any.
-            finished = true;
-        }
-        response.as_mut().poll(cx)
-    })
-    .await;
-    match result {
-        Ok(response) if !finished => {
-            let pool = pool.clone();
-            Ok(response.map(|body| ResponseBody::http1(body, conn, key.clone(), pool)))
-        }
-        Ok(response) => Ok(response.map(ResponseBody::detached)),
-        Err(mut e) => {
-            let request = e.take_message();
-            Err((Error::request(e.into_error()), request))
-        }
+    if !conn.conn.usable() {
+        return Err((
+            Error::protocol("the pooled connection was closed"),
+            Some(request),
+        ));
     }
+    let sent = conn.conn.send(request).await.map_err(|e| (e, None))?;
+    let (head, framing) = conn.conn.read_head(sent).await.map_err(|e| (e, None))?;
+    let body = ResponseBody::http1(h1::Decoder::new(framing), conn, key.clone(), pool.clone());
+    Ok(head.map(|()| body))
 }
 
 impl<B> Service<Request<B>> for HttpClient<B>

@@ -1,4 +1,4 @@
-//! The connection pool, and the body that drives its HTTP/1.1 connection inline.
+//! The connection pool, and the body that reads its HTTP/1.1 connection inline.
 //!
 //! hyper-util's legacy client spawns a task per connection and hands every body frame to the
 //! reader over a channel: the reader returns `Pending` between any two frames, so a proxy
@@ -6,26 +6,26 @@
 //! On a 20-chunk stream that is 20 writes, 20 cross-task wakeups and 20 `epoll_wait`s where
 //! one of each would do.
 //!
-//! Here an HTTP/1.1 connection is not a task: the [`ResponseBody`] owns it and polls it before
-//! reading the next frame, in the reader's own task. Frames already read from the socket are
-//! decoded and handed over without a wakeup, and a forwarding server writes a burst of chunks
-//! in one flush. When the body ends cleanly the connection goes back to the pool; when the body
-//! is dropped early (the client went away) the connection is closed, cancelling the upstream.
+//! Here an HTTP/1.1 connection is not a task: the [`ResponseBody`] owns it (see [`crate::h1`])
+//! and reads it in the reader's own task. Frames already read from the socket are decoded
+//! and handed over without a wakeup, and a forwarding server writes a burst of chunks in one
+//! flush. When the body ends cleanly the connection goes back to the pool; when the body is
+//! dropped early (the client went away) the connection is closed, cancelling the upstream.
 //! HTTP/2 connections multiplex many streams, so they keep hyper's connection task.
 
+use crate::h1::{self, Decoder};
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -40,11 +40,10 @@ pub(crate) struct Key {
     pub(crate) authority: Authority,
 }
 
-/// An HTTP/1.1 connection: the request half and the connection future that does its I/O,
-/// and its place in the pool's count (and, under a per-host limit, its slot).
-pub(crate) struct Http1<B: Body + 'static> {
-    pub(crate) sender: http1::SendRequest<B>,
-    pub(crate) conn: http1::Connection<Io, B>,
+/// An HTTP/1.1 connection, and its place in the pool's count (and, under a per-host limit,
+/// its slot).
+pub(crate) struct Http1 {
+    pub(crate) conn: h1::Conn,
     pub(crate) _open: Open,
 }
 
@@ -83,9 +82,9 @@ pub struct PoolSnapshot {
 
 /// What a request gets under a per-host limit: a slot for a new connection, or an idle
 /// connection that came back while it waited.
-pub(crate) enum Slot<B: Body + 'static> {
+pub(crate) enum Slot {
     New(Open),
-    Idle(Box<Http1<B>>),
+    Idle(Box<Http1>),
 }
 
 /// The per-host limit: slots, and a signal when a connection goes back to idle.
@@ -94,36 +93,22 @@ struct HostSlots {
     returned: Notify,
 }
 
-impl<B> Http1<B>
-where
-    B: Body + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    /// Drives the connection's I/O. `Ready` means it is finished (closed or failed).
-    pub(crate) fn poll_conn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        Pin::new(&mut self.conn).poll(cx).map(|_| ())
-    }
-
+impl Http1 {
     /// Whether an idle connection can take a new request: not closed by the peer meanwhile.
     fn usable(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        if self.poll_conn(&mut cx).is_ready() {
-            return false;
-        }
-        self.sender.is_ready()
+        self.conn.usable()
     }
 }
 
-struct Idle<B: Body + 'static> {
-    conn: Box<Http1<B>>,
+struct Idle {
+    conn: Box<Http1>,
     since: Instant,
 }
 
 /// Per-host state, found by a linear scan: a gateway talks to a handful of hosts, and comparing
 /// a few keys is cheaper than hashing an `Authority` (which hashes byte by byte).
 struct Hosts<B: Body + 'static> {
-    http1: Vec<(Key, VecDeque<Idle<B>>)>,
+    http1: Vec<(Key, VecDeque<Idle>)>,
     http2: Vec<(Key, http2::SendRequest<B>)>,
     slots: Vec<(Key, Arc<HostSlots>)>,
 }
@@ -183,7 +168,7 @@ where
     /// A slot for a new connection to `key`, or an idle one that came back meanwhile. Without
     /// a per-host limit, a slot at once; at the limit, waits (FIFO) for a connection to close
     /// or to go back to idle.
-    pub(crate) async fn slot(&self, key: &Key) -> Slot<B> {
+    pub(crate) async fn slot(&self, key: &Key) -> Slot {
         let Some(slots) = self.host_slots(key) else {
             return Slot::New(self.open(None));
         };
@@ -233,7 +218,7 @@ where
     }
 
     /// An idle HTTP/1.1 connection to `key` that is still usable. Closes the stale ones it meets.
-    pub(crate) fn checkout_http1(&self, key: &Key) -> Option<Box<Http1<B>>> {
+    pub(crate) fn checkout_http1(&self, key: &Key) -> Option<Box<Http1>> {
         let now = Instant::now();
         let mut hosts = self.hosts.lock().expect("pool lock");
         let idle = find(&mut hosts.http1, key)?;
@@ -246,7 +231,7 @@ where
     }
 
     /// Returns a connection whose last response ended cleanly.
-    pub(crate) fn checkin_http1(&self, key: Key, conn: Box<Http1<B>>) {
+    pub(crate) fn checkin_http1(&self, key: Key, conn: Box<Http1>) {
         if self.max_idle_per_host == 0 {
             return;
         }
@@ -308,24 +293,40 @@ impl Drop for Waiting<'_> {
 }
 
 /// A response body from [`HttpClient`](crate::HttpClient), streamed as it arrives. For
-/// HTTP/1.1 it carries the connection, and polling the body drives it.
+/// HTTP/1.1 it carries the connection, and polling the body reads it.
 pub struct ResponseBody<B: Body + 'static> {
-    inner: Incoming,
-    conn: Option<Driven<B>>,
+    kind: Kind<B>,
+}
+
+enum Kind<B: Body + 'static> {
+    Http1 {
+        decoder: Decoder,
+        /// Until the body ends (then back to the pool) or fails.
+        conn: Option<Driven<B>>,
+    },
+    Http2(Incoming),
 }
 
 struct Driven<B: Body + 'static> {
-    conn: Box<Http1<B>>,
+    conn: Box<Http1>,
     key: Key,
     pool: Arc<Pool<B>>,
 }
 
 impl<B: Body + 'static> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseBody")
-            .field("inner", &self.inner)
-            .field("http1", &self.conn.is_some())
-            .finish()
+        match &self.kind {
+            Kind::Http1 { decoder, conn } => f
+                .debug_struct("ResponseBody")
+                .field("http1", &true)
+                .field("ended", &decoder.is_end())
+                .field("holds_connection", &conn.is_some())
+                .finish(),
+            Kind::Http2(inner) => f
+                .debug_struct("ResponseBody")
+                .field("http2", inner)
+                .finish(),
+        }
     }
 }
 
@@ -335,33 +336,33 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub(crate) fn http1(
-        inner: Incoming,
-        conn: Box<Http1<B>>,
-        key: Key,
-        pool: Arc<Pool<B>>,
-    ) -> Self {
+    pub(crate) fn http1(decoder: Decoder, conn: Box<Http1>, key: Key, pool: Arc<Pool<B>>) -> Self {
         let mut body = Self {
-            inner,
-            conn: Some(Driven { conn, key, pool }),
+            kind: Kind::Http1 {
+                decoder,
+                conn: Some(Driven { conn, key, pool }),
+            },
         };
-        if body.inner.is_end_stream() {
-            body.release();
-        }
+        body.release_if_ended();
         body
     }
 
-    /// A body with no connection to drive (HTTP/2, or a connection that already ended).
-    pub(crate) fn detached(inner: Incoming) -> Self {
-        Self { inner, conn: None }
+    /// An HTTP/2 body: its connection has a task of its own.
+    pub(crate) fn http2(inner: Incoming) -> Self {
+        Self {
+            kind: Kind::Http2(inner),
+        }
     }
 
-    /// The body ended cleanly: the connection may serve another request.
-    fn release(&mut self) {
-        if let Some(mut driven) = self.conn.take() {
-            // One more turn lets the connection finish the message and go idle.
-            if driven.conn.usable() {
-                driven.pool.checkin_http1(driven.key, driven.conn);
+    /// Once the body has ended cleanly, its connection may serve another request.
+    fn release_if_ended(&mut self) {
+        if let Kind::Http1 { decoder, conn } = &mut self.kind {
+            if decoder.is_end() {
+                if let Some(driven) = conn.take() {
+                    if decoder.reusable() {
+                        driven.pool.checkin_http1(driven.key, driven.conn);
+                    }
+                }
             }
         }
     }
@@ -374,39 +375,48 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::Error>>> {
         let this = &mut *self;
-        // A frame decoded on an earlier turn is handed over first; then the connection reads
-        // and decodes what the socket holds, and the body is asked again.
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_pending() {
-            if let Some(driven) = &mut this.conn {
-                if driven.conn.poll_conn(cx).is_ready() {
-                    // Finished: whatever it had for the body is in the channel, or an error is.
-                    this.conn = None;
-                }
-                polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &mut this.kind {
+            Kind::Http2(inner) => {
+                return Pin::new(inner)
+                    .poll_frame(cx)
+                    .map_err(crate::Error::response_hyper)
             }
-        }
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
-            _ => {}
-        }
-        polled
+            Kind::Http1 { decoder, conn } => {
+                let Some(driven) = conn else {
+                    return Poll::Ready(None);
+                };
+                let polled = decoder.poll_frame(&mut driven.conn.conn, cx);
+                if let Poll::Ready(Some(Err(_))) = &polled {
+                    *conn = None;
+                }
+                polled
+            }
+        };
+        this.release_if_ended();
+        polled.map(|frame| frame.map(|r| r.map(Frame::data)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Http1 { decoder, .. } => decoder.is_end(),
+            Kind::Http2(inner) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            Kind::Http1 { decoder, .. } => match decoder.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Kind::Http2(inner) => inner.size_hint(),
+        }
     }
 }

@@ -1,0 +1,598 @@
+//! A lean HTTP/1.1 client connection: the request written in one go, the response head parsed
+//! with `httparse`, and the body decoded straight out of one read buffer.
+//!
+//! hyper's client connection serves any use; an upstream connection of a streaming gateway
+//! carries one request at a time and sits idle between two events of a stream for most of its
+//! life. hyper keeps, per connection, an 8 KiB write buffer, a request channel whose first
+//! block is 9 KiB, a read buffer and its dispatcher state. Here a connection is its socket and
+//! a read buffer that starts at 2 KiB and grows only for large reads: the request is written
+//! from a buffer that lives only as long as the write. Body frames are slices of the read
+//! buffer (no copy), one per chunk of a chunked body.
+//!
+//! What it speaks: requests with a known length (`content-length`) or chunked; responses
+//! framed by `content-length`, `transfer-encoding: chunked` (extensions and trailers read and
+//! dropped) or the end of the connection; 1xx heads skipped; `connection: close` and
+//! HTTP/1.0 honoured. Malformed framing is an error, never a guess.
+
+use crate::pool::Io;
+use crate::Error;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body;
+use hyper_util::rt::TokioIo;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+use tokio::io::AsyncWriteExt;
+
+/// The largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most headers a response head may have.
+const MAX_HEADERS: usize = 128;
+/// The longest chunk-size or trailer line accepted.
+const MAX_LINE: usize = 4096;
+/// The smallest and the largest read.
+const MIN_READ: usize = 2048;
+const MAX_READ: usize = 64 * 1024;
+/// Request bodies up to this size are written with the head, in one write.
+const COALESCE_BODY: usize = 64 * 1024;
+
+/// One HTTP/1.1 connection.
+pub(crate) struct Conn {
+    io: TokioIo<Io>,
+    buf: BytesMut,
+    /// How much the next read asks room for: doubles after a read that filled it.
+    read_size: usize,
+}
+
+impl Conn {
+    pub(crate) fn new(io: Io) -> Self {
+        Self {
+            io: TokioIo::new(io),
+            buf: BytesMut::new(),
+            read_size: MIN_READ,
+        }
+    }
+
+    /// Whether an idle connection can take a request: the peer has neither closed it nor
+    /// sent anything unasked (either makes it unusable).
+    pub(crate) fn usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(self.poll_read(&mut cx), Poll::Pending)
+    }
+
+    /// Reads what the socket has into the buffer: the byte count, 0 at end of stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes `request` (its URI already in origin form). The body is read to its end first
+    /// when it is small and of known length, so that head and body go out in one write.
+    pub(crate) async fn send<B>(&mut self, request: Request<B>) -> Result<Sent, Error>
+    where
+        B: Body + Unpin,
+        B::Error: Into<crate::BoxError>,
+    {
+        let (parts, mut body) = request.into_parts();
+        let length = body.size_hint().exact();
+        let mut head =
+            Vec::with_capacity(256 + length.unwrap_or(0).min(COALESCE_BODY as u64) as usize);
+        head.extend_from_slice(parts.method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(
+            parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .as_bytes(),
+        );
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &parts.headers {
+            // The framing is this client's to say.
+            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        let chunked = length.is_none();
+        match length {
+            Some(0) if matches!(parts.method, Method::GET | Method::HEAD) => {}
+            Some(n) => {
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(n.to_string().as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
+            None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+        head.extend_from_slice(b"\r\n");
+        let write = Error::request_io;
+        loop {
+            let mut data = match poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                None => break,
+                Some(Err(e)) => return Err(Error::request_body(e.into())),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue, // trailers are not sent
+                },
+            };
+            let len = data.remaining();
+            if chunked {
+                if len == 0 {
+                    continue;
+                }
+                head.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+            }
+            if head.len() + len <= COALESCE_BODY + 512 {
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    head.extend_from_slice(chunk);
+                    let n = chunk.len();
+                    data.advance(n);
+                }
+            } else {
+                self.io.write_all(&head).await.map_err(write)?;
+                head.clear();
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    self.io.write_all(chunk).await.map_err(write)?;
+                    let n = chunk.len();
+                    data.advance(n);
+                }
+            }
+            if chunked {
+                head.extend_from_slice(b"\r\n");
+            }
+        }
+        if chunked {
+            head.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.io.write_all(&head).await.map_err(write)?;
+        self.io.flush().await.map_err(write)?;
+        Ok(Sent {
+            head_request: parts.method == Method::HEAD,
+        })
+    }
+
+    /// Reads the response head (skipping 1xx heads).
+    pub(crate) async fn read_head(&mut self, sent: Sent) -> Result<(Response<()>, Framing), Error> {
+        loop {
+            let parsed = loop {
+                if let Some(parsed) = parse_head(&self.buf)? {
+                    break parsed;
+                }
+                if self.buf.len() >= MAX_HEAD {
+                    return Err(Error::protocol("the response head is too large"));
+                }
+                let n = poll_fn(|cx| self.poll_read(cx))
+                    .await
+                    .map_err(Error::response_io)?;
+                if n == 0 {
+                    return Err(Error::protocol(
+                        "the upstream closed the connection before a response",
+                    ));
+                }
+            };
+            let (response, length) = parsed;
+            self.buf.advance(length);
+            let status = response.status();
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            let framing = framing(&response, sent.head_request)?;
+            return Ok((response, framing));
+        }
+    }
+}
+
+/// What was sent, as reading the answer needs it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sent {
+    head_request: bool,
+}
+
+/// Parses a complete head at the start of `buf`: the response and the head's length.
+fn parse_head(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, Error> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let length = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Error::protocol_source(e.into())),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| Error::protocol("the response status is invalid"))?;
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| Error::protocol("a response header name is invalid"))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| Error::protocol("a response header value is invalid"))?;
+        map.append(name, value);
+    }
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *response.headers_mut() = map;
+    Ok(Some((response, length)))
+}
+
+/// How a response body is delimited, and whether the connection outlives it.
+#[derive(Debug)]
+pub(crate) struct Framing {
+    kind: Kind,
+    reusable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `content-length`: bytes still to come.
+    Length(u64),
+    /// Chunked, in the given state.
+    Chunked(Chunk),
+    /// Until the connection closes.
+    Close,
+    /// Ended.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// Bytes of the current chunk still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer lines, up to an empty line.
+    Trailers,
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn framing(response: &Response<()>, head_request: bool) -> Result<Framing, Error> {
+    let headers = response.headers();
+    let status = response.status();
+    let mut reusable =
+        response.version() == Version::HTTP_11 && !has_token(headers, header::CONNECTION, "close");
+    let kind = if head_request
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational()
+    {
+        Kind::Done
+    } else if let Some(te) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        let last = te
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        if last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+            Kind::Chunked(Chunk::Size)
+        } else {
+            reusable = false;
+            Kind::Close
+        }
+    } else if let Some(length) = content_length(headers)? {
+        if length == 0 {
+            Kind::Done
+        } else {
+            Kind::Length(length)
+        }
+    } else {
+        reusable = false;
+        Kind::Close
+    };
+    Ok(Framing { kind, reusable })
+}
+
+/// `content-length`, refusing values that disagree or do not parse.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.to_str().unwrap_or("x").split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| Error::protocol("the response content-length is invalid"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::protocol(
+                    "the response has conflicting content-lengths",
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// The body decoder of one response, reading from its connection.
+pub(crate) struct Decoder {
+    kind: Kind,
+    reusable: bool,
+}
+
+impl Decoder {
+    pub(crate) fn new(framing: Framing) -> Self {
+        Self {
+            kind: framing.kind,
+            reusable: framing.reusable,
+        }
+    }
+
+    pub(crate) fn is_end(&self) -> bool {
+        self.kind == Kind::Done
+    }
+
+    /// Whether the connection may serve another request once the body has ended.
+    pub(crate) fn reusable(&self) -> bool {
+        self.reusable && self.kind == Kind::Done
+    }
+
+    /// Bytes known to be still to come, for a `content-length` body.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Length(n) => Some(n),
+            Kind::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The next frame: decoded from what `conn` holds, reading more when it holds too
+    /// little. `None` at the end of the body.
+    pub(crate) fn poll_frame(
+        &mut self,
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Error>>> {
+        loop {
+            match self.decode(&mut conn.buf) {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(None) if self.kind == Kind::Done => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => {
+                    self.reusable = false;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            let n = match ready!(conn.poll_read(cx)) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.reusable = false;
+                    return Poll::Ready(Some(Err(Error::response_io(e))));
+                }
+            };
+            if n == 0 {
+                self.reusable = false;
+                if self.kind == Kind::Close {
+                    self.kind = Kind::Done;
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err(Error::protocol(
+                    "the upstream closed the connection before the end of the body",
+                ))));
+            }
+        }
+    }
+
+    /// Decodes what `buf` holds: a data frame, or `None` when more is needed (or the body
+    /// ended).
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+        loop {
+            match self.kind {
+                Kind::Done => return Ok(None),
+                Kind::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - take as u64;
+                    self.kind = if left == 0 {
+                        Kind::Done
+                    } else {
+                        Kind::Length(left)
+                    };
+                    return Ok(Some(buf.split_to(take).freeze()));
+                }
+                Kind::Close => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(buf.split().freeze()));
+                }
+                Kind::Chunked(Chunk::Size) => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(None);
+                    };
+                    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let size = std::str::from_utf8(size)
+                        .ok()
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty() && s.len() <= 16)
+                        .and_then(|s| u64::from_str_radix(s, 16).ok())
+                        .ok_or_else(|| Error::protocol("a chunk size is invalid"))?;
+                    self.kind = Kind::Chunked(if size == 0 {
+                        Chunk::Trailers
+                    } else {
+                        Chunk::Data(size)
+                    });
+                }
+                Kind::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - take as u64;
+                    self.kind = Kind::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
+                    return Ok(Some(buf.split_to(take).freeze()));
+                }
+                Kind::Chunked(Chunk::DataEnd) => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(None);
+                    };
+                    if !line.is_empty() {
+                        return Err(Error::protocol("a chunk does not end with CRLF"));
+                    }
+                    self.kind = Kind::Chunked(Chunk::Size);
+                }
+                Kind::Chunked(Chunk::Trailers) => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(None);
+                    };
+                    if line.is_empty() {
+                        self.kind = Kind::Done;
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Takes one line (without its `\n` or `\r\n`) off the front of `buf`.
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+    match memchr::memchr(b'\n', buf) {
+        Some(end) => {
+            let mut line = buf.split_to(end + 1).freeze();
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(end - 1);
+            }
+            Ok(Some(line))
+        }
+        None if buf.len() > MAX_LINE => Err(Error::protocol("a chunk line is too long")),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(framing: Framing, wire: &[u8], cut: usize) -> Result<(Vec<u8>, bool), Error> {
+        let mut decoder = Decoder::new(framing);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in wire.chunks(cut.max(1)) {
+            buf.extend_from_slice(piece);
+            while let Some(data) = decoder.decode(&mut buf)? {
+                out.extend_from_slice(&data);
+            }
+        }
+        Ok((out, decoder.is_end()))
+    }
+
+    fn chunked() -> Framing {
+        Framing {
+            kind: Kind::Chunked(Chunk::Size),
+            reusable: true,
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_cut() {
+        let wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for cut in 1..wire.len() {
+            let (out, ended) = decode_all(chunked(), wire, cut).unwrap();
+            assert_eq!(out, b"hello, world", "cut {cut}");
+            assert!(ended, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn bad_chunk_framing_is_an_error() {
+        for wire in [&b"zz\r\nhello\r\n"[..], b"5\r\nhelloXX0\r\n\r\n", b"\r\n"] {
+            assert!(decode_all(chunked(), wire, 64).is_err(), "{wire:?}");
+        }
+        let long = vec![b'1'; MAX_LINE + 1];
+        assert!(decode_all(chunked(), &long, 64).is_err());
+    }
+
+    #[test]
+    fn a_length_body_ends_at_its_length() {
+        let framing = Framing {
+            kind: Kind::Length(5),
+            reusable: true,
+        };
+        let (out, ended) = decode_all(framing, b"hello", 2).unwrap();
+        assert_eq!((out.as_slice(), ended), (&b"hello"[..], true));
+    }
+
+    fn head(text: &str) -> Response<()> {
+        parse_head(text.as_bytes()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn framing_follows_the_head() {
+        let f = |text: &str, head_request| framing(&head(text), head_request).unwrap();
+        let chunked = f(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(
+            (chunked.kind, chunked.reusable),
+            (Kind::Chunked(Chunk::Size), true)
+        );
+        let length = f("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n", false);
+        assert_eq!(length.kind, Kind::Length(12));
+        let close = f("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!((close.kind, close.reusable), (Kind::Close, false));
+        let asked_close = f(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n",
+            false,
+        );
+        assert!(!asked_close.reusable);
+        let old = f("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false);
+        assert!(!old.reusable);
+        assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", false).kind, Kind::Done);
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true).kind,
+            Kind::Done
+        );
+        let conflicting = head("HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n");
+        assert!(framing(&conflicting, false).is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le")
+            .unwrap()
+            .is_none());
+        assert!(parse_head(b"HTTP/1.1 2x0 OK\r\n\r\n").is_err());
+    }
+}
