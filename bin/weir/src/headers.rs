@@ -117,7 +117,9 @@ impl RequestIds {
             let bytes = id.as_bytes();
             if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
             {
-                return id.clone();
+                // A copy: the original is a slice of hyper's read buffer, and holding it for
+                // the whole request would pin that buffer.
+                return HeaderValue::from_bytes(bytes).expect("it was valid");
             }
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);

@@ -154,11 +154,8 @@ pub(crate) struct RescuePlan {
     /// The targets to try, in order, and how far the plan has come.
     order: Arc<[usize]>,
     next: usize,
-    endpoint: Endpoint,
-    headers: HeaderMap,
-    id: HeaderValue,
-    body: Bytes,
-    llm: LlmRequest,
+    /// The client's call (owned copies of its headers and body, shared with the router).
+    call: Arc<Call>,
     first_token: Duration,
 }
 
@@ -173,14 +170,19 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
             Continuation::None => continue,
             Continuation::Prefill if cut.tool_calls => continue,
             Continuation::Prefill => {
-                let original = plan.llm.upstream_body(&plan.body, &target.model, true);
+                let original = plan
+                    .call
+                    .llm
+                    .upstream_body(&plan.call.body, &target.model, true);
                 (
                     continuation::prefill_request(&original, &cut.delivered)?,
                     None,
                 )
             }
             Continuation::Replay => (
-                plan.llm.upstream_body(&plan.body, &target.model, true),
+                plan.call
+                    .llm
+                    .upstream_body(&plan.call.body, &target.model, true),
                 Some(Replay::new(cut.delivered.clone())),
             ),
         };
@@ -190,11 +192,11 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
         }
         let mut outgoing = outgoing_request(
             target,
-            plan.endpoint,
-            &plan.headers,
-            &plan.id,
-            &plan.llm,
-            &plan.body,
+            plan.call.endpoint,
+            &plan.call.headers,
+            &plan.call.id,
+            &plan.call.llm,
+            &plan.call.body,
         );
         *outgoing.body_mut() = Full::new(body);
         let Ok(response) = service.call(outgoing).await else {
@@ -211,11 +213,7 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
             targets: plan.targets.clone(),
             order: plan.order.clone(),
             next: position + 1,
-            endpoint: plan.endpoint,
-            headers: plan.headers.clone(),
-            id: plan.id.clone(),
-            body: plan.body.clone(),
-            llm: plan.llm.clone(),
+            call: plan.call.clone(),
             first_token: plan.first_token,
         });
         return Some(Continued {
@@ -464,7 +462,8 @@ impl Gateway {
             return too_large();
         }
         let body = match Limited::new(body, self.max_request_bytes).collect().await {
-            Ok(collected) => collected.to_bytes(),
+            // A copy: the collected bytes are slices of hyper's read buffer.
+            Ok(collected) => Bytes::copy_from_slice(&collected.to_bytes()),
             Err(e) if e.is::<LengthLimitError>() => return too_large(),
             Err(_) => {
                 return error(ErrorBody::new(
@@ -497,13 +496,16 @@ impl Gateway {
                 .code("model_not_found"),
             );
         };
+        // Own copies of what the call keeps: the originals are slices of hyper's read buffer,
+        // and while a slice lives hyper cannot reuse that buffer (it takes a second one).
         let call = Arc::new(Call {
             endpoint,
-            headers: parts.headers,
+            headers: owned_headers(&parts.headers),
             id: id.clone(),
             body,
             llm,
         });
+        drop(parts);
         match route.router.clone().oneshot(call.clone()).await {
             Ok(Routed {
                 answer,
@@ -519,6 +521,17 @@ impl Gateway {
             Err(_) => all_out(call.llm.model(), &route.targets),
         }
     }
+}
+
+/// Copies of `headers` that share nothing with the buffer they were parsed from.
+fn owned_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut owned = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("it was valid");
+        copy.set_sensitive(value.is_sensitive());
+        owned.append(name.clone(), copy);
+    }
+    owned
 }
 
 /// One client call, as every attempt and continuation needs it.
@@ -628,31 +641,17 @@ fn outgoing_request(
 
 /// The plan to continue a streamed chat answer served by target `served` on the route's
 /// other targets (those after it first, then those before).
-fn rescue_plan(route: &RouteEntry, served: usize, call: &Call) -> Option<Arc<RescuePlan>> {
+fn rescue_plan(route: &RouteEntry, served: usize, call: &Arc<Call>) -> Option<Arc<RescuePlan>> {
     (call.endpoint == Endpoint::ChatCompletions && call.llm.stream()).then(|| {
-        // Own copies: the originals are slices of hyper's read buffer, and holding them for
-        // the whole stream would pin that buffer (8 KiB per open stream).
-        let headers = call
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("it was valid");
-                copy.set_sensitive(value.is_sensitive());
-                (name.clone(), copy)
-            })
-            .collect();
-        let id = HeaderValue::from_bytes(call.id.as_bytes()).expect("it was valid");
+        // The call's headers, id and body are owned copies (not slices of hyper's read
+        // buffer), so holding them for the whole stream pins nothing.
         let count = route.targets.len();
         let order: Arc<[usize]> = (1..count).map(|step| (served + step) % count).collect();
         Arc::new(RescuePlan {
             targets: route.targets.clone(),
             order,
             next: 0,
-            endpoint: call.endpoint,
-            headers,
-            id,
-            body: Bytes::copy_from_slice(&call.body),
-            llm: call.llm.clone(),
+            call: call.clone(),
             first_token: route.first_token_timeout,
         })
     })
@@ -663,7 +662,7 @@ fn with_rescue(
     plan: Option<Arc<RescuePlan>>,
 ) -> Response<ResponseBody> {
     if let Some(plan) = plan {
-        if plan.llm.can_ask_for_usage() {
+        if plan.call.llm.can_ask_for_usage() {
             response.body_mut().strip_usage();
         }
         response.body_mut().rescue_with(plan);

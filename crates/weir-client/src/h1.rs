@@ -20,11 +20,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -38,9 +40,56 @@ const MAX_READ: usize = 64 * 1024;
 /// Request bodies up to this size are written with the head, in one write.
 const COALESCE_BODY: usize = 64 * 1024;
 
+/// The socket: plain TCP inline, TLS boxed (its state is large, and most upstreams on a
+/// private network speak plain HTTP).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TokioIo<Io>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One HTTP/1.1 connection.
 pub(crate) struct Conn {
-    io: TokioIo<Io>,
+    io: Stream,
     buf: BytesMut,
     /// How much the next read asks room for: doubles after a read that filled it.
     read_size: usize,
@@ -48,8 +97,12 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) fn new(io: Io) -> Self {
+        let io = match io {
+            MaybeHttpsStream::Http(tcp) => Stream::Plain(tcp.into_inner()),
+            tls => Stream::Tls(Box::new(TokioIo::new(tls))),
+        };
         Self {
-            io: TokioIo::new(io),
+            io,
             buf: BytesMut::new(),
             read_size: MIN_READ,
         }
@@ -71,11 +124,14 @@ impl Conn {
             self.buf.reserve(self.read_size);
         }
         let room = self.buf.capacity() - self.buf.len();
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.buf
-        ))?;
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf);
+        if read.is_pending() && self.buf.is_empty() {
+            // Nothing buffered and nothing to read: a stream between two events. Give the
+            // buffer back rather than hold it idle (as HAProxy does); the next read takes one.
+            self.buf = BytesMut::new();
+            self.read_size = MIN_READ;
+        }
+        let n = ready!(read)?;
         if n == room && self.read_size < MAX_READ {
             self.read_size *= 2;
         }
