@@ -345,6 +345,8 @@ async fn bench(root: &Path, options: Options) -> Result {
         (20_000, 32)
     };
     throughput(&targets, streams, clients).await?;
+    let window = Duration::from_secs(if options.quick { 3 } else { 8 });
+    slow_clients(&targets[1], window).await?;
     for n in &options.streams {
         open_streams(&targets[1], *n).await?;
     }
@@ -467,6 +469,117 @@ async fn throughput(targets: &[Target], streams: usize, clients: usize) -> Resul
             cpu
         );
     }
+    Ok(())
+}
+
+/// What `clients` fast clients got in `window`: streams done, and their times to first token.
+async fn fast_clients(addr: SocketAddr, clients: usize, window: Duration) -> Result<(usize, Vec<Duration>)> {
+    let deadline = Instant::now() + window;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let body = request_body();
+            let mut conn = Conn::open(addr).await?;
+            let mut ttfts = Vec::new();
+            while Instant::now() < deadline {
+                ttfts.push(conn.stream(PATH, &body, "chunks=20").await?);
+            }
+            Ok::<_, String>(ttfts)
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    all.sort_unstable();
+    Ok((all.len(), all))
+}
+
+/// A client that reads its stream at about 1 KB/s (a 4 KiB receive buffer, 1 KiB a second)
+/// until `stop`. Returns the bytes it read.
+async fn slow_reader(addr: SocketAddr, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket.set_recv_buffer_size(4096).map_err(|e| e.to_string())?;
+    let mut stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
+    let body = request_body();
+    let head = format!(
+        "POST {PATH} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n\
+         x-mock: chunks=100000,word=slowslowslowslowslowslowslowslowslowslow\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream.write_all(&body).await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1024];
+    let mut read = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return Ok(read),
+            n = stream.read(&mut buf) => match n {
+                Ok(0) | Err(_) => return Ok(read),
+                Ok(n) => read += n,
+            },
+        }
+        tokio::select! {
+            _ = stop.changed() => return Ok(read),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// 64 fast clients alone, then beside 200 clients that read at 1 KB/s: the fast ones' time to
+/// first token and throughput, as ratios of the second run to the first.
+async fn slow_clients(t: &Target, window: Duration) -> Result {
+    const FAST: usize = 64;
+    const SLOW: usize = 200;
+    let alone = fast_clients(t.addr, FAST, window).await?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        slow.push(tokio::spawn(slow_reader(t.addr, stop.clone())));
+    }
+    // Let the slow streams fill their buffers and stall before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_slow = t.pid.map(rss_kib);
+    let beside = fast_clients(t.addr, FAST, window).await?;
+    let _ = stop_tx.send(true);
+    let mut slow_bytes = 0;
+    let mut slow_failed = 0;
+    for task in slow {
+        match task.await.map_err(|e| e.to_string())? {
+            Ok(n) => slow_bytes += n,
+            Err(_) => slow_failed += 1,
+        }
+    }
+    let rate = |(n, _): &(usize, Vec<Duration>)| *n as f64 / window.as_secs_f64();
+    println!(
+        "\n{FAST} fast clients (20-chunk streams, {:.0} s each run) through {}, alone and beside {SLOW} clients reading at 1 KB/s",
+        window.as_secs_f64(),
+        t.name
+    );
+    println!(
+        "  {:<14} {:>11} {:>10} {:>10}",
+        "run", "streams/s", "TTFT p50", "TTFT p99"
+    );
+    for (name, run) in [("alone", &alone), ("beside slow", &beside)] {
+        println!(
+            "  {:<14} {:>11.0} {:>7.3} ms {:>7.3} ms",
+            name,
+            rate(run),
+            ms(percentile(&run.1, 0.5)),
+            ms(percentile(&run.1, 0.99))
+        );
+    }
+    println!(
+        "  ratio beside/alone: throughput {:.2}x, TTFT p50 {:.2}x, p99 {:.2}x; the slow clients read {} KiB in all ({} failed){}",
+        rate(&beside) / rate(&alone),
+        percentile(&beside.1, 0.5).as_secs_f64() / percentile(&alone.1, 0.5).as_secs_f64(),
+        percentile(&beside.1, 0.99).as_secs_f64() / percentile(&alone.1, 0.99).as_secs_f64(),
+        slow_bytes / 1024,
+        slow_failed,
+        rss_slow.map_or(String::new(), |kib| format!("; weir resident with them open: {kib} KiB")),
+    );
     Ok(())
 }
 

@@ -55,9 +55,10 @@ fn builders(options: ServeOptions) -> Builders {
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        // Also the most a client that does not read makes weir hold in its write buffer:
-        // past it hyper stops pulling the body, and the upstream is not read either.
-        .max_buf_size(64 * 1024)
+        // The largest request head, and the most a client that does not read makes weir hold
+        // in its write buffer: past it hyper stops pulling the body, and the upstream is not
+        // read either.
+        .max_buf_size(MAX_BUF)
         // SSE chunks are small and come in bursts: copying them into one buffer and writing
         // once beats hyper's vectored queue, which holds 16 buffers and so flushes a 20-chunk
         // burst in two or more writes.
@@ -72,7 +73,7 @@ fn builders(options: ServeOptions) -> Builders {
     auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(64 * 1024)
+        .max_buf_size(MAX_BUF)
         .writev(false);
     auto.http2()
         .timer(TokioTimer::new())
@@ -80,6 +81,26 @@ fn builders(options: ServeOptions) -> Builders {
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Duration::from_secs(30));
     Builders { http1, http2, auto }
+}
+
+/// hyper's HTTP/1.1 buffer limit (see [`builders`]).
+const MAX_BUF: usize = 32 * 1024;
+
+/// The most bytes a client socket may hold unsent in the kernel before it stops taking more.
+const UNSENT_LIMIT: u32 = 16 * 1024;
+
+/// Bounds what a client that reads slowly makes the kernel hold: without it, Linux grows the
+/// send buffer to megabytes (2.8 MB queued per slow client, measured), weir pulls that much
+/// from the upstream, and the stream's transcript grows with it. With `TCP_NOTSENT_LOWAT` the
+/// socket reads as full once 16 KiB wait unsent, so hyper stops pulling the body, and weir
+/// stops reading the upstream. Bytes in flight are not limited (the window still grows).
+fn limit_unsent(stream: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(UNSENT_LIMIT);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, UNSENT_LIMIT);
 }
 
 /// The HTTP/2 connection preface (prior knowledge, h2c).
@@ -147,6 +168,7 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
+        limit_unsent(&stream);
         let service = service.clone();
         let service = hyper::service::service_fn(move |request| {
             let response = service(request);
