@@ -12,15 +12,13 @@ fn n(v: u32) -> NonZeroU32 {
     NonZeroU32::new(v).unwrap()
 }
 
+type Answer = Response<Full<Bytes>>;
+type Ready = std::future::Ready<Result<Answer, Infallible>>;
+
 /// An upstream whose answer is `body`.
 fn upstream(
     body: &'static str,
-) -> impl Service<
-    Request<()>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
-> + Clone {
+) -> impl Service<Request<()>, Response = Answer, Error = Infallible, Future = Ready> + Clone {
     tower::service_fn(move |_: Request<()>| {
         std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(
             body.as_bytes(),
@@ -102,7 +100,7 @@ async fn keys_are_isolated() {
         crate::LlmCost::default(),
         Mode::Reject,
     );
-    let mut status = |who: &'static str| {
+    let status = |who: &'static str| {
         let call = service.clone().oneshot(user(who));
         async move { call.await.unwrap().status() }
     };
