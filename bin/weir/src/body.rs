@@ -30,13 +30,27 @@ use weir_llm::continuation::{self, Replay, Replayed, Transcript};
 use weir_llm::sse::{Line, SseDecoder, SseScanner};
 use weir_llm::{ErrorBody, ErrorKind, Failure};
 
-/// The upstream's body as the provider's limit and breaker hand it over.
-pub(crate) type Upstream = weir_backpressure::ResponseBody<
-    weir_breaker::ResponseBody<
-        weir_client::ResponseBody<http_body_util::Full<Bytes>>,
-        weir_breaker::classify::LlmEos,
+/// The upstream's body as the provider's rate limit, concurrency limit and breaker hand it
+/// over.
+pub(crate) type Upstream = weir_ratelimit::ResponseBody<
+    weir_backpressure::ResponseBody<
+        weir_breaker::ResponseBody<
+            weir_client::ResponseBody<http_body_util::Full<Bytes>>,
+            weir_breaker::classify::LlmEos,
+        >,
     >,
+    (),
 >;
+
+type BreakerBody = weir_breaker::ResponseBody<
+    weir_client::ResponseBody<http_body_util::Full<Bytes>>,
+    weir_breaker::classify::LlmEos,
+>;
+
+/// The breaker's layer of an upstream body (to settle the call's outcome on it).
+pub(crate) fn breaker_body(upstream: Pin<&mut Upstream>) -> Option<Pin<&mut BreakerBody>> {
+    upstream.inner_pin_mut()?.inner_pin_mut()
+}
 
 /// The body type of every weir response.
 #[derive(Debug)]
@@ -79,6 +93,16 @@ impl ResponseBody {
     pub(crate) fn hold(&mut self, permit: weir_backpressure::Permit) {
         if let Kind::Upstream(body) = &mut self.kind {
             body.permit = Some(permit);
+        }
+    }
+
+    /// Attaches the call's rate-limit charges: a complete answer settles them now, a stream
+    /// when it ends.
+    pub(crate) fn bill(&mut self, mut billing: Billing) {
+        match &mut self.kind {
+            Kind::Upstream(body) => body.billing = Some(Box::new(billing)),
+            Kind::Full(Some(data)) => billing.usage.observe(data),
+            Kind::Full(None) => {}
         }
     }
 
@@ -424,6 +448,26 @@ pub(crate) struct UpstreamBody {
     state: State,
     /// The server-wide concurrency permit, released with the body.
     permit: Option<weir_backpressure::Permit>,
+    /// The client-side rate-limit charges, settled from the answer's usage.
+    billing: Option<Box<Billing>>,
+}
+
+/// A call's client-side rate-limit charges, settled when the answer is dropped from the usage
+/// it reported (without one, the estimates stand).
+#[derive(Debug, Default)]
+pub(crate) struct Billing {
+    pub(crate) charges: Vec<weir_ratelimit::Charge<()>>,
+    pub(crate) usage: weir_ratelimit::UsageScan,
+}
+
+impl Drop for Billing {
+    fn drop(&mut self) {
+        if let Some(used) = self.usage.total() {
+            for charge in self.charges.drain(..) {
+                charge.settle(used);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for UpstreamBody {
@@ -461,6 +505,7 @@ impl UpstreamBody {
             sleep: None,
             state: State::Streaming,
             permit: None,
+            billing: None,
         }
     }
 
@@ -478,7 +523,7 @@ impl UpstreamBody {
         self.state = State::Flush(failure);
         // The provider's breaker hears it from here: only weir sees a stall or an unreadable
         // event (a broken stream it has counted already; settling twice counts once).
-        if let Some(inner) = Pin::new(&mut self.inner).inner_pin_mut() {
+        if let Some(inner) = breaker_body(Pin::new(&mut self.inner)) {
             inner.settle(Outcome::Failure, Some(failure.as_str()));
         }
         let told = self.sse.as_ref().is_none_or(|w| w.upstream_error);
@@ -537,7 +582,7 @@ impl UpstreamBody {
             events: transcript.events(),
         };
         // This stream's breaker learns of the cut; the continuation is a new call.
-        if let Some(inner) = Pin::new(&mut self.inner).inner_pin_mut() {
+        if let Some(inner) = breaker_body(Pin::new(&mut self.inner)) {
             inner.settle(Outcome::Failure, Some(failure.as_str()));
         }
         let plan = plan.clone();
@@ -557,7 +602,7 @@ impl UpstreamBody {
                     Ok(observed) => {
                         if watch.upstream_error && !had_error {
                             // The provider said in band that it failed.
-                            if let Some(inner) = Pin::new(&mut self.inner).inner_pin_mut() {
+                            if let Some(inner) = breaker_body(Pin::new(&mut self.inner)) {
                                 inner.settle(Outcome::Failure, Some("in-band error event"));
                             }
                         }
@@ -599,6 +644,10 @@ impl UpstreamBody {
         cx: &mut Context<'_>,
         data: Bytes,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
+        if let Some(billing) = &mut self.billing {
+            // Before the usage event may be stripped.
+            billing.usage.observe(&data);
+        }
         match self.on_data(cx, &data) {
             OnData::Forward => Poll::Ready(Some(Ok(Frame::data(data)))),
             OnData::Replace(clean) => Poll::Ready(Some(Ok(Frame::data(clean)))),

@@ -38,6 +38,32 @@ pub struct Config {
     pub providers: Vec<Provider>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
+    /// `[[keys]]`: the client keys (none: every client is accepted).
+    pub keys: Vec<ClientKey>,
+}
+
+/// `[[keys]]`: one client key, stored as its SHA-256 hash.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    /// Its name: the only way it appears in metrics and logs.
+    pub name: String,
+    /// SHA-256 of the key.
+    pub hash: [u8; 32],
+    /// The routes' models it may use (`None`: all).
+    pub models: Option<Vec<String>>,
+    /// Its own rate limits (`limits = {...}`).
+    pub limits: Option<RateLimit>,
+}
+
+/// `rate_limit = { requests_per_minute, tokens_per_minute, ... }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Requests per minute, and their burst.
+    pub requests: Option<(u32, u32)>,
+    /// Tokens per minute (prompt estimate plus `max_tokens`, settled from usage), and burst.
+    pub tokens: Option<(u32, u32)>,
+    /// How long a request may wait for the limit (a provider's; 0: go to the next target).
+    pub wait: Duration,
 }
 
 /// `[server]`: listeners and limits of the client-facing side.
@@ -57,6 +83,8 @@ pub struct Server {
     pub concurrency: Option<Concurrency>,
     /// A client that reads nothing for this long is cut, which cancels its upstream request.
     pub client_stall_timeout: Duration,
+    /// Limits on every client together.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A concurrency limit: `max_concurrency`, `max_queue`, `queue_timeout` (and, on a provider,
@@ -161,6 +189,8 @@ pub struct Provider {
     /// Open connections per host at most (in use and idle); a request that needs one more
     /// waits for one to come back.
     pub max_connections: Option<usize>,
+    /// The provider's own published limits: weir keeps under them.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Active health probing of a provider.
@@ -206,6 +236,8 @@ pub struct Route {
     pub retry: weir_failover::RetryPolicy,
     /// Retries and failovers as a share of requests (`retry_budget = {...}`).
     pub retry_budget: RetryBudgetConfig,
+    /// Limits on every client of this route together.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `retry_budget = { ratio, per_second, window }`.
@@ -291,6 +323,8 @@ impl std::error::Error for ConfigError {}
 struct RawConfig {
     server: Spanned<RawServer>,
     #[serde(default)]
+    keys: Vec<Spanned<RawKey>>,
+    #[serde(default)]
     telemetry: Option<RawTelemetry>,
     #[serde(default)]
     providers: Vec<Spanned<RawProvider>>,
@@ -317,6 +351,34 @@ struct RawServer {
     queue_timeout: Option<Spanned<String>>,
     #[serde(default)]
     client_stall_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    rate_limit: Option<Spanned<RawRate>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    #[serde(default)]
+    requests_per_minute: Option<Spanned<u32>>,
+    #[serde(default)]
+    tokens_per_minute: Option<Spanned<u32>>,
+    #[serde(default)]
+    request_burst: Option<Spanned<u32>>,
+    #[serde(default)]
+    token_burst: Option<Spanned<u32>>,
+    #[serde(default)]
+    wait: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    name: Spanned<String>,
+    hash: Spanned<String>,
+    #[serde(default)]
+    models: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    limits: Option<Spanned<RawRate>>,
 }
 
 #[derive(Deserialize)]
@@ -376,6 +438,8 @@ struct RawProvider {
     adaptive_concurrency: Option<Spanned<RawAdaptive>>,
     #[serde(default)]
     max_connections: Option<Spanned<u64>>,
+    #[serde(default)]
+    rate_limit: Option<Spanned<RawRate>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -435,6 +499,8 @@ struct RawRoute {
     retry: Option<RawRetry>,
     #[serde(default)]
     retry_budget: Option<RawBudget>,
+    #[serde(default)]
+    rate_limit: Option<Spanned<RawRate>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -660,6 +726,7 @@ pub fn parse(
             "server.client_stall_timeout",
             Duration::from_secs(60),
         )?,
+        rate_limit: rate_limit(&cx, "server.rate_limit", server.rate_limit.as_ref(), false)?,
     };
     if server.listen == server.admin_listen && server.listen.port() != 0 {
         let span = raw.server.get_ref().admin_listen.span();
@@ -827,6 +894,7 @@ pub fn parse(
                     )?,
                 }
             },
+            rate_limit: rate_limit(&cx, &key("rate_limit"), r.rate_limit.as_ref(), false)?,
             hedge_after: match &r.hedge_after {
                 None => None,
                 Some(_) => {
@@ -838,12 +906,14 @@ pub fn parse(
     if routes.is_empty() {
         return Err(cx.error(0..0, "routes", "at least one [[routes]] entry is needed"));
     }
+    let keys = client_keys(&cx, &raw.keys, &models)?;
 
     Ok(Config {
         server,
         telemetry,
         providers,
         routes,
+        keys,
     })
 }
 
@@ -1010,7 +1080,145 @@ fn provider(
             }
             Some(v) => Some(usize::try_from(*v.get_ref()).unwrap_or(usize::MAX)),
         },
+        rate_limit: rate_limit(cx, &key("rate_limit"), p.rate_limit.as_ref(), true)?,
     })
+}
+
+/// A rate limit table; `wait` is allowed where a request can wait for it (a provider's).
+fn rate_limit(
+    cx: &Ctx<'_>,
+    key: &str,
+    raw: Option<&Spanned<RawRate>>,
+    wait_allowed: bool,
+) -> Result<Option<RateLimit>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let span = raw.span();
+    let raw = raw.get_ref();
+    let k = |f: &str| format!("{key}.{f}");
+    let positive = |v: &Option<Spanned<u32>>, name: &str| -> Result<Option<u32>, ConfigError> {
+        match v {
+            Some(v) if *v.get_ref() == 0 => Err(cx.error(v.span(), &k(name), "must be at least 1")),
+            Some(v) => Ok(Some(*v.get_ref())),
+            None => Ok(None),
+        }
+    };
+    let requests = positive(&raw.requests_per_minute, "requests_per_minute")?;
+    let tokens = positive(&raw.tokens_per_minute, "tokens_per_minute")?;
+    let request_burst = positive(&raw.request_burst, "request_burst")?;
+    let token_burst = positive(&raw.token_burst, "token_burst")?;
+    if requests.is_none() && tokens.is_none() {
+        return Err(cx.error(span, key, "needs requests_per_minute or tokens_per_minute"));
+    }
+    if let (None, Some(v)) = (requests, &raw.request_burst) {
+        return Err(cx.error(v.span(), &k("request_burst"), "needs requests_per_minute"));
+    }
+    if let (None, Some(v)) = (tokens, &raw.token_burst) {
+        return Err(cx.error(v.span(), &k("token_burst"), "needs tokens_per_minute"));
+    }
+    if let (false, Some(v)) = (wait_allowed, &raw.wait) {
+        return Err(cx.error(
+            v.span(),
+            &k("wait"),
+            "only a provider's limit can be waited for (a client's answers 429 at once)",
+        ));
+    }
+    Ok(Some(RateLimit {
+        requests: requests.map(|r| (r, request_burst.unwrap_or(r))),
+        tokens: tokens.map(|t| (t, token_burst.unwrap_or(t))),
+        wait: cx.duration(&raw.wait, &k("wait"), Duration::ZERO)?,
+    }))
+}
+
+/// `[[keys]]`.
+fn client_keys(
+    cx: &Ctx<'_>,
+    raw: &[Spanned<RawKey>],
+    models: &HashSet<String>,
+) -> Result<Vec<ClientKey>, ConfigError> {
+    let mut keys: Vec<ClientKey> = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.iter().enumerate() {
+        let entry = entry.get_ref();
+        let key = |k: &str| format!("keys[{i}].{k}");
+        let name = entry.name.get_ref();
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if name.is_empty() || !name.chars().all(valid) {
+            return Err(cx.error(
+                entry.name.span(),
+                &key("name"),
+                "use letters, digits, `-`, `_` and `.` only",
+            ));
+        }
+        if keys.iter().any(|k| k.name == *name) {
+            return Err(cx.error(
+                entry.name.span(),
+                &key("name"),
+                format!("key name `{name}` is used twice"),
+            ));
+        }
+        let text = entry.hash.get_ref();
+        let hash = text
+            .strip_prefix("sha256:")
+            .and_then(parse_hex32)
+            .ok_or_else(|| {
+                cx.error(
+                    entry.hash.span(),
+                    &key("hash"),
+                    "must be `sha256:` and 64 hex digits (`weir hash-key` prints one)",
+                )
+            })?;
+        if keys.iter().any(|k| k.hash == hash) {
+            return Err(cx.error(
+                entry.hash.span(),
+                &key("hash"),
+                "the same key is listed twice",
+            ));
+        }
+        let allowed = match &entry.models {
+            None => None,
+            Some(list) => {
+                for m in list {
+                    if !models.contains(m.get_ref()) {
+                        return Err(cx.error(
+                            m.span(),
+                            &key("models"),
+                            format!("no route serves the model `{}`", m.get_ref()),
+                        ));
+                    }
+                }
+                Some(list.iter().map(|m| m.get_ref().clone()).collect())
+            }
+        };
+        keys.push(ClientKey {
+            name: name.clone(),
+            hash,
+            models: allowed,
+            limits: rate_limit(cx, &key("limits"), entry.limits.as_ref(), false)?,
+        });
+    }
+    Ok(keys)
+}
+
+/// The `hash` of a client key for `[[keys]]`: `sha256:` and 64 hex digits.
+pub fn hash_key(key: &str) -> String {
+    let hash = crate::proxy::key_hash(key.as_bytes());
+    let mut out = String::from("sha256:");
+    for byte in hash {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// The raw keys of one concurrency limit.

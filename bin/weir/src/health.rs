@@ -207,6 +207,7 @@ pub(crate) fn breaker_metrics(gateway: &Gateway) -> Bytes {
         );
     }
     backpressure_metrics(gateway, &mut out);
+    ratelimit_metrics(gateway, &mut out);
     out.into()
 }
 
@@ -308,6 +309,53 @@ fn backpressure_metrics(gateway: &Gateway, out: &mut String) {
         let _ = writeln!(
             out,
             "weir_queue_wait_seconds_count{{{labels}}} {cumulative}"
+        );
+    }
+}
+
+/// The rate limiters: labelled by scope (`server`, `route`, `key`, `provider`) and the
+/// configured name (the route's model, the key's name, never the key itself).
+fn ratelimit_metrics(gateway: &Gateway, out: &mut String) {
+    use std::fmt::Write;
+    let limiters: Vec<_> = gateway
+        .rate_limiters()
+        .map(|(scope, name, l)| (scope, name.to_owned(), l.counts()))
+        .chain(gateway.upstreams().iter().filter_map(|u| {
+            let counts = u.rate_limiter.as_ref()?.counts();
+            Some(("provider", u.name.to_string(), counts))
+        }))
+        .collect();
+    let _ = writeln!(
+        out,
+        "# HELP weir_ratelimit_rejections_total Requests refused (429) by a rate limit, by quota."
+    );
+    let _ = writeln!(out, "# TYPE weir_ratelimit_rejections_total counter");
+    for (scope, name, c) in &limiters {
+        let _ = writeln!(out, "weir_ratelimit_rejections_total{{scope=\"{scope}\",name=\"{name}\",reason=\"requests\"}} {}", c.refused_requests);
+        let _ = writeln!(out, "weir_ratelimit_rejections_total{{scope=\"{scope}\",name=\"{name}\",reason=\"tokens\"}} {}", c.refused_tokens);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP weir_ratelimit_admitted_total Requests a rate limit let through."
+    );
+    let _ = writeln!(out, "# TYPE weir_ratelimit_admitted_total counter");
+    for (scope, name, c) in &limiters {
+        let _ = writeln!(
+            out,
+            "weir_ratelimit_admitted_total{{scope=\"{scope}\",name=\"{name}\"}} {}",
+            c.admitted
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP weir_ratelimit_waits_total Requests that waited for a provider's rate limit."
+    );
+    let _ = writeln!(out, "# TYPE weir_ratelimit_waits_total counter");
+    for (scope, name, c) in &limiters {
+        let _ = writeln!(
+            out,
+            "weir_ratelimit_waits_total{{scope=\"{scope}\",name=\"{name}\"}} {}",
+            c.waited
         );
     }
 }

@@ -9,6 +9,7 @@ weir: a streaming gateway for LLM APIs
 usage:
   weir [run] --config FILE     serve the configured routes
   weir check --config FILE     validate a config file and exit
+  weir hash-key                read a client key on stdin, print its [[keys]] hash
   weir --version
 
 Logs go to stderr; WEIR_LOG (e.g. `weir=debug`) overrides the config's log level.";
@@ -18,6 +19,9 @@ const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("hash-key") {
+        return hash_key();
+    }
     let command = match args.peek().map(String::as_str) {
         Some("run") | Some("check") => args.next(),
         _ => None,
@@ -74,6 +78,20 @@ fn main() -> ExitCode {
     runtime.block_on(run(config))
 }
 
+/// `weir hash-key`: reads a client key on stdin, prints the `hash` to put in `[[keys]]`.
+fn hash_key() -> ExitCode {
+    let mut key = String::new();
+    if std::io::stdin().read_line(&mut key).is_err() || key.trim().is_empty() {
+        eprintln!("weir hash-key: give the key on stdin, e.g. `echo -n \"$KEY\" | weir hash-key`");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    println!(
+        "{}",
+        weir::config::hash_key(key.trim_end_matches(['\r', '\n']))
+    );
+    ExitCode::SUCCESS
+}
+
 async fn run(config: weir::config::Config) -> ExitCode {
     let running = match weir::start(&config).await {
         Ok(running) => running,
@@ -83,10 +101,14 @@ async fn run(config: weir::config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if config.keys.is_empty() {
+        tracing::warn!("no [[keys]] configured: every client is accepted without a key");
+    }
     tracing::info!(
         listen = %running.addr(),
         admin = %running.admin_addr(),
         routes = config.routes.len(),
+        keys = config.keys.len(),
         "weir is serving"
     );
     shutdown_signal().await;

@@ -26,9 +26,44 @@ use weir_llm::continuation::{self, Replay};
 use weir_llm::sse::{Line, SseScanner};
 use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
 
-/// A provider's client behind its circuit breaker and its concurrency limit. The limit is
-/// outside: its own 503s (a full queue) are not the provider's failures.
-pub(crate) type Guarded = Backpressure<CircuitBreaker<HttpClient<Full<Bytes>>, LlmClassifier>>;
+/// A provider's client behind its circuit breaker, its concurrency limit and its rate limit.
+/// The limits are outside the breaker: their own answers (503, 429) are not the provider's
+/// failures.
+pub(crate) type Guarded = weir_ratelimit::RateLimit<
+    Backpressure<CircuitBreaker<HttpClient<Full<Bytes>>, LlmClassifier>>,
+    ProviderKey,
+    Full<Bytes>,
+    EstimateCost,
+>;
+
+/// The token estimate of an outgoing request, for the provider's rate limit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenEstimate(pub(crate) u32);
+
+/// Costs an outgoing request at its [`TokenEstimate`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EstimateCost;
+
+impl<B> weir_ratelimit::Cost<B> for EstimateCost {
+    fn estimate(&self, request: &Request<B>) -> u32 {
+        request
+            .extensions()
+            .get::<TokenEstimate>()
+            .map_or(0, |e| e.0)
+    }
+}
+
+/// One bucket per provider, when it has a rate limit; none (no limit) otherwise.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProviderKey(bool);
+
+impl<B> weir_ratelimit::KeyExtractor<B> for ProviderKey {
+    type Key = ();
+
+    fn key(&self, _: &Request<B>) -> Option<()> {
+        self.0.then_some(())
+    }
+}
 
 /// One provider, ready to take requests.
 #[derive(Debug)]
@@ -41,6 +76,8 @@ pub(crate) struct Upstream {
     pub(crate) breaker: Breaker,
     /// Requests in flight to this provider (unbounded unless `max_concurrency` is set).
     pub(crate) limit: Limit,
+    /// The provider's published rate limits, if set.
+    pub(crate) rate_limiter: Option<weir_ratelimit::Limiter<()>>,
     /// Whether `max_concurrency` is set (else the limit only counts).
     pub(crate) limited: bool,
     /// The longest a request waits for this provider's limit.
@@ -84,6 +121,20 @@ impl Upstream {
             None => (unlimited(), Duration::ZERO),
         };
         let service = Backpressure::new(service, limit.clone(), weir_backpressure::Mode::Wait);
+        let rate_limiter = p.rate_limit.as_ref().map(rate_limiter);
+        let mode = match &p.rate_limit {
+            Some(r) if !r.wait.is_zero() => weir_ratelimit::Mode::Wait { max_wait: r.wait },
+            _ => weir_ratelimit::Mode::Reject,
+        };
+        let service = weir_ratelimit::RateLimit::new(
+            service,
+            rate_limiter
+                .clone()
+                .unwrap_or_else(|| weir_ratelimit::Limiter::builder().build()),
+            ProviderKey(rate_limiter.is_some()),
+            EstimateCost,
+            mode,
+        );
         let base = p.base_url.to_string();
         let base = base.trim_end_matches('/');
         let uri = |e: Endpoint| -> Uri {
@@ -110,6 +161,7 @@ impl Upstream {
             service,
             breaker,
             limit,
+            rate_limiter,
             limited: p.concurrency.is_some(),
             queue_timeout,
             health: p.health.clone(),
@@ -259,6 +311,8 @@ fn unlimited() -> Limit {
 /// A route's targets in order, and its deadline for retries.
 #[derive(Debug)]
 struct RouteEntry {
+    /// Limits on every client of the route together.
+    limiter: Option<weir_ratelimit::Limiter<()>>,
     targets: Arc<[RouteTarget]>,
     router: Failover<Guarded, LlmJudge>,
     first_token_timeout: Duration,
@@ -274,6 +328,58 @@ pub struct Gateway {
     ids: RequestIds,
     /// The server-wide limit on requests in flight (`[server] max_concurrency`).
     limit: Option<Limit>,
+    /// Rate limits on every client together (`[server] rate_limit`).
+    rate_limiter: Option<weir_ratelimit::Limiter<()>>,
+    /// The client keys (empty: no authentication).
+    keys: Vec<ClientKey>,
+}
+
+/// A client key as the gateway checks it.
+#[derive(Debug)]
+pub(crate) struct ClientKey {
+    pub(crate) name: Arc<str>,
+    hash: [u8; 32],
+    models: Option<std::collections::HashSet<String>>,
+    pub(crate) limiter: Option<weir_ratelimit::Limiter<()>>,
+}
+
+/// A rate limiter from its config.
+pub(crate) fn rate_limiter(c: &crate::config::RateLimit) -> weir_ratelimit::Limiter<()> {
+    let rate = |(per_minute, burst): (u32, u32)| {
+        let n = |v: u32| std::num::NonZeroU32::new(v).expect("config checked it is above 0");
+        weir_ratelimit::Rate::per_minute(n(per_minute)).burst(n(burst))
+    };
+    let mut builder = weir_ratelimit::Limiter::builder();
+    if let Some(r) = c.requests {
+        builder = builder.requests(rate(r));
+    }
+    if let Some(t) = c.tokens {
+        builder = builder.tokens(rate(t));
+    }
+    builder.build()
+}
+
+/// SHA-256 of a client key.
+pub(crate) fn key_hash(key: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Equality that takes the same time wherever the inputs differ.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Tokens a request may use: the prompt's estimate plus its answer's cap (or 1,024 for an
+/// uncapped answer; an embedding has none). Settled from the usage at the end.
+fn token_estimate(llm: &LlmRequest) -> u32 {
+    let answer = match llm.endpoint() {
+        Endpoint::Embeddings => 0,
+        _ => llm.max_tokens().unwrap_or(1024),
+    };
+    llm.prompt_token_estimate().saturating_add(answer)
 }
 
 fn error(body: ErrorBody) -> Response<ResponseBody> {
@@ -357,6 +463,7 @@ impl Gateway {
                 })
                 .build();
                 let entry = RouteEntry {
+                    limiter: r.rate_limit.as_ref().map(rate_limiter),
                     targets,
                     router,
                     first_token_timeout: r.first_token_timeout,
@@ -378,6 +485,17 @@ impl Gateway {
             max_request_bytes: config.server.max_request_bytes,
             ids: RequestIds::default(),
             limit: config.server.concurrency.as_ref().map(limit_from),
+            rate_limiter: config.server.rate_limit.as_ref().map(rate_limiter),
+            keys: config
+                .keys
+                .iter()
+                .map(|k| ClientKey {
+                    name: k.name.as_str().into(),
+                    hash: k.hash,
+                    models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
+                    limiter: k.limits.as_ref().map(rate_limiter),
+                })
+                .collect(),
         })
     }
 
@@ -389,6 +507,52 @@ impl Gateway {
     /// The server-wide concurrency limit, if one is set.
     pub(crate) fn limit(&self) -> Option<&Limit> {
         self.limit.as_ref()
+    }
+
+    /// The rate limiters, for metrics: scope, name and limiter.
+    pub(crate) fn rate_limiters(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &str, &weir_ratelimit::Limiter<()>)> {
+        let server = self.rate_limiter.iter().map(|l| ("server", "all", l));
+        let routes = self
+            .routes
+            .iter()
+            .filter_map(|(model, r)| Some(("route", model.as_str(), r.limiter.as_ref()?)));
+        let keys = self
+            .keys
+            .iter()
+            .filter_map(|k| Some(("key", &*k.name, k.limiter.as_ref()?)));
+        server.chain(routes).chain(keys)
+    }
+
+    /// The client key a request carries: `Ok(None)` when no keys are configured; a 401 for a
+    /// missing, unknown or malformed one (the same answer for each).
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<usize>, Response<ResponseBody>> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(key_hash);
+        let mut found = None;
+        if let Some(hash) = presented {
+            // Every key compared, in constant time each: nothing to learn from timing.
+            for (i, key) in self.keys.iter().enumerate() {
+                if same(&key.hash, &hash) {
+                    found = Some(i);
+                }
+            }
+        }
+        found.map(Some).ok_or_else(|| {
+            error(
+                ErrorBody::new(
+                    ErrorKind::Authentication,
+                    "Incorrect API key provided. Send the key weir issued you as `Authorization: Bearer <key>`.",
+                )
+                .code("invalid_api_key"),
+            )
+        })
     }
 
     /// Answers one client request. Never fails: every error is an OpenAI-style response.
@@ -419,13 +583,17 @@ impl Gateway {
         if request.method() != Method::POST {
             return method_not_allowed("POST");
         }
+        let client = match self.authenticate(request.headers()) {
+            Ok(client) => client,
+            Err(refused) => return refused,
+        };
         let Some(limit) = &self.limit else {
-            return self.proxy(endpoint, request, id).await;
+            return self.proxy(endpoint, request, id, client).await;
         };
         // Admitted before the body is read: a queued request holds no body in memory.
         match limit.acquire().await {
             Ok(permit) => {
-                let mut response = self.proxy(endpoint, request, id).await;
+                let mut response = self.proxy(endpoint, request, id, client).await;
                 response.body_mut().hold(permit);
                 response
             }
@@ -440,6 +608,7 @@ impl Gateway {
         endpoint: Endpoint,
         request: Request<Incoming>,
         id: &HeaderValue,
+        client: Option<usize>,
     ) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
         let too_large = || {
@@ -483,7 +652,12 @@ impl Gateway {
                 return error(body);
             }
         };
-        let Some(route) = self.routes.get(llm.model()) else {
+        let client = client.map(|i| &self.keys[i]);
+        let allowed = client
+            .and_then(|c| c.models.as_ref())
+            .is_none_or(|models| models.contains(llm.model()));
+        let route = self.routes.get(llm.model()).filter(|_| allowed);
+        let Some(route) = route else {
             return error(
                 ErrorBody::new(
                     ErrorKind::NotFound,
@@ -506,7 +680,31 @@ impl Gateway {
             llm,
         });
         drop(parts);
-        match route.router.clone().oneshot(call.clone()).await {
+        // Client-side rate limits, the most specific first: its headers are the ones shown.
+        let estimate = token_estimate(&call.llm);
+        let limiters = [
+            client.and_then(|c| c.limiter.as_ref()),
+            route.limiter.as_ref(),
+            self.rate_limiter.as_ref(),
+        ];
+        let mut billing = crate::body::Billing::default();
+        for limiter in limiters.into_iter().flatten() {
+            match limiter.check((), estimate) {
+                Ok(charge) => billing.charges.push(charge),
+                Err((refusal, standings)) => {
+                    for charge in billing.charges.drain(..) {
+                        charge.cancel();
+                    }
+                    return weir_ratelimit::refusal_response(
+                        refusal,
+                        &standings,
+                        ResponseBody::full,
+                    );
+                }
+            }
+        }
+        let standings = billing.charges.first().map(|c| c.standings());
+        let mut response = match route.router.clone().oneshot(call.clone()).await {
             Ok(Routed {
                 answer,
                 target: Some(served),
@@ -519,7 +717,12 @@ impl Gateway {
                 answer, attempts, ..
             }) => with_attempts(answer, attempts),
             Err(_) => all_out(call.llm.model(), &route.targets),
+        };
+        if let Some(standings) = standings {
+            weir_ratelimit::write_headers(response.headers_mut(), &standings);
+            response.body_mut().bill(billing);
         }
+        response
     }
 }
 
@@ -636,6 +839,11 @@ fn outgoing_request(
     *outgoing.method_mut() = Method::POST;
     *outgoing.uri_mut() = upstream.uri(endpoint);
     *outgoing.headers_mut() = headers;
+    if upstream.rate_limiter.is_some() {
+        outgoing
+            .extensions_mut()
+            .insert(TokenEstimate(token_estimate(llm)));
+    }
     outgoing
 }
 
@@ -760,7 +968,7 @@ async fn read_head(
         }
     };
     // Only weir sees these; a broken stream the breaker has counted already.
-    if let Some(inner) = Pin::new(&mut body).inner_pin_mut() {
+    if let Some(inner) = crate::body::breaker_body(Pin::new(&mut body)) {
         inner.settle(weir_breaker::Outcome::Failure, Some(failure.as_str()));
     }
     let (kind, what) = match failure {

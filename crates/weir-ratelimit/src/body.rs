@@ -54,6 +54,11 @@ impl<B, K: Key> ResponseBody<B, K> {
         }
     }
 
+    /// The inner body, pinned (`None` for a 429 this layer answered).
+    pub fn inner_pin_mut(self: Pin<&mut Self>) -> Option<Pin<&mut B>> {
+        self.project().inner.as_pin_mut()
+    }
+
     /// The body of a 429 this layer answered.
     pub fn local(body: Bytes) -> Self {
         Self {

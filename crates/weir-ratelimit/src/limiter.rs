@@ -570,6 +570,17 @@ impl<K: Key, S: Store<K>> Charge<K, S> {
         self.charged
     }
 
+    /// Takes the charge back whole (the request cell and its tokens): the call was refused
+    /// by something after this limiter, so nothing was used.
+    pub fn cancel(self) {
+        if let Some(requests) = &self.limiter.inner.requests {
+            requests.give_back(&self.slot, 1);
+        }
+        if let Some(tokens) = &self.limiter.inner.tokens {
+            tokens.give_back(&self.slot, self.charged);
+        }
+    }
+
     /// Settles the charge with the tokens really used: the difference is given back, or
     /// charged on top (which may leave the key in debt for a while).
     pub fn settle(self, used: u32) {
