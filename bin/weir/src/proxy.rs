@@ -372,6 +372,17 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The 401 for a missing, unknown or almost-right client key: the same for each.
+fn unauthorized() -> Response<ResponseBody> {
+    error(
+        ErrorBody::new(
+            ErrorKind::Authentication,
+            "Incorrect API key provided. Send the key weir issued you as `Authorization: Bearer <key>`.",
+        )
+        .code("invalid_api_key"),
+    )
+}
+
 /// Tokens a request may use: the prompt's estimate plus its answer's cap (or 1,024 for an
 /// uncapped answer; an embedding has none). Settled from the usage at the end.
 fn token_estimate(llm: &LlmRequest) -> u32 {
@@ -525,9 +536,9 @@ impl Gateway {
         server.chain(routes).chain(keys)
     }
 
-    /// The client key a request carries: `Ok(None)` when no keys are configured; a 401 for a
-    /// missing, unknown or malformed one (the same answer for each).
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<usize>, Response<ResponseBody>> {
+    /// The client key a request carries: `Ok(None)` when no keys are configured; `Err` for a
+    /// missing, unknown or malformed one (all answered alike, see [`unauthorized`]).
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<usize>, ()> {
         if self.keys.is_empty() {
             return Ok(None);
         }
@@ -544,15 +555,7 @@ impl Gateway {
                 }
             }
         }
-        found.map(Some).ok_or_else(|| {
-            error(
-                ErrorBody::new(
-                    ErrorKind::Authentication,
-                    "Incorrect API key provided. Send the key weir issued you as `Authorization: Bearer <key>`.",
-                )
-                .code("invalid_api_key"),
-            )
-        })
+        found.map(Some).ok_or(())
     }
 
     /// Answers one client request. Never fails: every error is an OpenAI-style response.
@@ -583,9 +586,8 @@ impl Gateway {
         if request.method() != Method::POST {
             return method_not_allowed("POST");
         }
-        let client = match self.authenticate(request.headers()) {
-            Ok(client) => client,
-            Err(refused) => return refused,
+        let Ok(client) = self.authenticate(request.headers()) else {
+            return unauthorized();
         };
         let Some(limit) = &self.limit else {
             return self.proxy(endpoint, request, id, client).await;
