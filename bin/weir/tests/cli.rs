@@ -157,3 +157,28 @@ fn shipped_example_configs_are_valid() {
     }
     assert!(files.len() >= 3);
 }
+
+#[test]
+fn hash_key_prints_the_sha256_a_keys_entry_takes() {
+    use std::io::Write;
+    let mut child = weir()
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    // SHA-256("secret"), the trailing newline not included.
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+    );
+    let empty = weir()
+        .arg("hash-key")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(64));
+}

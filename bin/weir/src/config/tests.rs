@@ -363,3 +363,52 @@ fn limit_keys_without_a_limit_or_out_of_range_are_named() {
         "{message}"
     );
 }
+
+#[test]
+fn rate_limits_and_keys_read_and_refuse_what_is_wrong() {
+    let hash = hash_key("sk-client");
+    let text = format!(
+        "{GOOD}\n[[keys]]\nname = \"team-a\"\nhash = \"{hash}\"\nmodels = [\"llama\"]\nlimits = {{ requests_per_minute = 60, tokens_per_minute = 1000, token_burst = 200 }}\n"
+    )
+    .replace(
+        "drain_timeout = \"5s\"",
+        "drain_timeout = \"5s\"\nrate_limit = { requests_per_minute = 600 }",
+    )
+    .replace(
+        "response_timeout = \"30s\"",
+        "response_timeout = \"30s\"\nrate_limit = { tokens_per_minute = 90000, wait = \"2s\" }",
+    );
+    let config = load(&text).unwrap();
+    let key = &config.keys[0];
+    assert_eq!(key.name, "team-a");
+    assert_eq!(key.models.as_deref(), Some(&["llama".to_owned()][..]));
+    let limits = key.limits.as_ref().unwrap();
+    assert_eq!(
+        (limits.requests, limits.tokens),
+        (Some((60, 60)), Some((1000, 200)))
+    );
+    assert_eq!(
+        config.server.rate_limit.as_ref().unwrap().requests,
+        Some((600, 600))
+    );
+    let provider = config.providers[0].rate_limit.as_ref().unwrap();
+    assert_eq!(provider.wait, Duration::from_secs(2));
+    assert!(!format!("{config:?}").contains("sk-client"));
+
+    let bad_hash = text.replace(&hash, "sha256:1234");
+    assert!(error(&bad_hash).contains("keys[0].hash: must be `sha256:` and 64 hex digits"));
+    let unknown_model = text.replace("models = [\"llama\"]", "models = [\"nope\"]");
+    assert!(error(&unknown_model).contains("keys[0].models: no route serves the model `nope`"));
+    let client_wait = text.replace(
+        "rate_limit = { requests_per_minute = 600 }",
+        "rate_limit = { requests_per_minute = 600, wait = \"1s\" }",
+    );
+    assert!(error(&client_wait).contains("server.rate_limit.wait: only a provider's limit"));
+    let empty = text.replace(
+        "rate_limit = { requests_per_minute = 600 }",
+        "rate_limit = { }",
+    );
+    assert!(
+        error(&empty).contains("server.rate_limit: needs requests_per_minute or tokens_per_minute")
+    );
+}
