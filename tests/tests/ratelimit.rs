@@ -181,8 +181,7 @@ fn total_tokens(read: &Read) -> u32 {
     let usage = read
         .events()
         .into_iter()
-        .filter(|e| e.contains("\"usage\""))
-        .last()
+        .rfind(|e| e.contains("\"usage\""))
         .expect("a usage event");
     let json: serde_json::Value = serde_json::from_str(&usage).unwrap();
     json["usage"]["total_tokens"].as_u64().unwrap() as u32
