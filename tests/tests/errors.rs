@@ -104,9 +104,11 @@ async fn upstream_errors_pass_through_with_their_status_once_retries_are_spent()
         let started = tokio::time::Instant::now();
         let response = h.chat_stream(directive).await;
         assert_eq!(response.status(), status, "{directive}");
+        // Said when the answer took more than one attempt.
+        let said = (attempts > 1).then(|| attempts.to_string());
         assert_eq!(
             header(response.headers(), "x-weir-attempts"),
-            Some(attempts.to_string().as_str()),
+            said.as_deref(),
             "{directive}"
         );
         if status == 429 {

@@ -407,15 +407,15 @@ fn limiter_cost(calls: u32) {
         let limiter = limiter(keys as usize + 1);
         // Warm: every key has state.
         for key in 0..keys {
-            if let Ok(charge) = limiter.check(key, 100) {
+            if let Ok((charge, _)) = limiter.check(key, 100) {
                 charge.settle(60);
             }
         }
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let mut refused = 0;
         for i in 0..calls {
             match limiter.check(i % keys, 100) {
-                Ok(charge) => charge.settle(60),
+                Ok((charge, _)) => charge.settle(60),
                 Err(_) => refused += 1,
             }
         }

@@ -456,14 +456,15 @@ pub(crate) struct UpstreamBody {
 /// it reported (without one, the estimates stand).
 #[derive(Debug, Default)]
 pub(crate) struct Billing {
-    pub(crate) charges: Vec<weir_ratelimit::Charge<()>>,
+    /// A key's, a route's and the server's (the three scopes), in one allocation.
+    pub(crate) charges: [Option<weir_ratelimit::Charge<()>>; 3],
     pub(crate) usage: weir_ratelimit::UsageScan,
 }
 
 impl Drop for Billing {
     fn drop(&mut self) {
         if let Some(used) = self.usage.total() {
-            for charge in self.charges.drain(..) {
+            for charge in self.charges.iter_mut().filter_map(Option::take) {
                 charge.settle(used);
             }
         }

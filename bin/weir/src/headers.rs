@@ -54,18 +54,48 @@ fn named_by_connection(connection: &[&HeaderValue], name: &HeaderName) -> bool {
     })
 }
 
-/// Removes the hop-by-hop headers, and any header the `Connection` header names. One pass over
-/// the names; nothing is removed (or hashed) unless present.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let connection: Vec<&HeaderValue> = headers.get_all(header::CONNECTION).iter().collect();
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name) || named_by_connection(&connection, name))
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
+/// The upstream response headers a client gets: what describes the body and when to retry,
+/// nothing that describes the provider's account (its organization, its own rate limits,
+/// cookies, CDN headers) or the hop. A fresh map, grown only as far as needed: hyper keeps the
+/// map of the last response (cleared, its capacity kept) for the life of the connection.
+pub(crate) fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in upstream {
+        let keep = matches!(
+            name.as_str(),
+            "content-type"
+                | "content-encoding"
+                | "content-language"
+                | "cache-control"
+                | "retry-after"
+                | "retry-after-ms"
+                | "openai-processing-ms"
+                | "openai-version"
+        );
+        if keep {
+            out.append(name.clone(), value.clone());
+        }
     }
+    out
+}
+
+/// The client's headers that may go upstream, as owned copies: a call keeps them for its
+/// retries and its rescue, and slices of hyper's read buffer would pin that buffer.
+pub(crate) fn forwardable_client_headers(client: &HeaderMap) -> HeaderMap {
+    let connection: Vec<&HeaderValue> = client.get_all(header::CONNECTION).iter().collect();
+    let mut out = HeaderMap::new();
+    for (name, value) in client {
+        if is_hop_by_hop(name)
+            || is_client_only(name)
+            || (!connection.is_empty() && named_by_connection(&connection, name))
+        {
+            continue;
+        }
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("it was valid");
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
 }
 
 /// The client's request headers as they go upstream: hop-by-hop and client-only headers
@@ -139,20 +169,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strips_hop_by_hop_and_connection_named() {
+    fn a_client_gets_only_the_upstream_headers_about_the_body() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("close, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("connection", HeaderValue::from_static("close"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("upgrade", HeaderValue::from_static("h2c"));
-        h.insert("content-type", HeaderValue::from_static("application/json"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("content-type"));
+        h.insert("openai-organization", HeaderValue::from_static("org-acme"));
+        h.insert(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from_static("12"),
+        );
+        h.insert("set-cookie", HeaderValue::from_static("__cf_bm=1"));
+        h.insert(
+            "date",
+            HeaderValue::from_static("Sun, 22 Nov 2026 00:00:00 GMT"),
+        );
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        let kept = client_response_headers(&h);
+        let names: Vec<&str> = kept.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "retry-after"]);
     }
 
     #[test]

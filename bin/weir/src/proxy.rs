@@ -676,7 +676,7 @@ impl Gateway {
         // and while a slice lives hyper cannot reuse that buffer (it takes a second one).
         let call = Arc::new(Call {
             endpoint,
-            headers: owned_headers(&parts.headers),
+            headers: headers::forwardable_client_headers(&parts.headers),
             id: id.clone(),
             body,
             llm,
@@ -690,22 +690,26 @@ impl Gateway {
             self.rate_limiter.as_ref(),
         ];
         let mut billing = crate::body::Billing::default();
-        for limiter in limiters.into_iter().flatten() {
+        let mut standings = None;
+        for (slot, limiter) in limiters.into_iter().enumerate() {
+            let Some(limiter) = limiter else { continue };
             match limiter.check((), estimate) {
-                Ok(charge) => billing.charges.push(charge),
-                Err((refusal, standings)) => {
-                    for charge in billing.charges.drain(..) {
+                Ok((charge, standing)) => {
+                    billing.charges[slot] = Some(charge);
+                    standings.get_or_insert(standing);
+                }
+                Err((refusal, standing)) => {
+                    for charge in billing.charges.iter_mut().filter_map(Option::take) {
                         charge.cancel();
                     }
                     return weir_ratelimit::refusal_response(
                         refusal,
-                        &standings,
+                        &standing,
                         ResponseBody::full,
                     );
                 }
             }
         }
-        let standings = billing.charges.first().map(|c| c.standings());
         let mut response = match route.router.clone().oneshot(call.clone()).await {
             Ok(Routed {
                 answer,
@@ -726,17 +730,6 @@ impl Gateway {
         }
         response
     }
-}
-
-/// Copies of `headers` that share nothing with the buffer they were parsed from.
-fn owned_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut owned = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("it was valid");
-        copy.set_sensitive(value.is_sensitive());
-        owned.append(name.clone(), copy);
-    }
-    owned
 }
 
 /// One client call, as every attempt and continuation needs it.
@@ -880,10 +873,13 @@ fn with_rescue(
     response
 }
 
+/// `x-weir-attempts`, when the answer took more than one attempt.
 fn with_attempts(mut response: Response<ResponseBody>, attempts: u32) -> Response<ResponseBody> {
-    response
-        .headers_mut()
-        .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
+    if attempts > 1 {
+        response
+            .headers_mut()
+            .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
+    }
     response
 }
 
@@ -908,7 +904,7 @@ async fn read_head(
     first_token: Duration,
 ) -> Head {
     let (mut parts, mut body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.headers = headers::client_response_headers(&parts.headers);
     parts
         .headers
         .insert(X_WEIR_PROVIDER.clone(), provider_value(upstream));
@@ -1071,8 +1067,7 @@ async fn buffered_answer(
         Err(_) => Bytes::new(),
     };
     let failure = Failure::from_response(parts.status, &parts.headers, &bytes);
-    headers::strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers = headers::client_response_headers(&parts.headers);
     parts
         .headers
         .insert(X_WEIR_PROVIDER.clone(), provider_value(upstream));

@@ -188,13 +188,15 @@ where
                     let conn = builders.http1.serve_connection(io, service);
                     watcher.watch(conn).await.map_err(Into::into)
                 }
+                // The task's state is as large as its largest arm: the rarer connections are
+                // boxed so that an HTTP/1.1 stream does not pay for their size.
                 Some(Protocol::Http2) => {
                     let conn = builders.http2.serve_connection(io, service);
-                    watcher.watch(conn).await.map_err(Into::into)
+                    Box::pin(watcher.watch(conn)).await.map_err(Into::into)
                 }
                 None => {
                     let conn = builders.auto.serve_connection(io, service).into_owned();
-                    watcher.watch(conn).await
+                    Box::pin(watcher.watch(conn)).await
                 }
             };
             if let Err(e) = ended {

@@ -448,8 +448,13 @@ impl<K: Key, S: Store<K>> Limiter<K, S> {
         Slot::Overflow
     }
 
-    /// Admits a call of `key` estimated at `tokens`, or says why not (and until when).
-    pub fn check(&self, key: K, tokens: u32) -> Result<Charge<K, S>, (Refusal, Standings)> {
+    /// Admits a call of `key` estimated at `tokens` (its charge, and the quotas' standing for
+    /// the headers), or says why not (and until when).
+    pub fn check(
+        &self,
+        key: K,
+        tokens: u32,
+    ) -> Result<(Charge<K, S>, Standings), (Refusal, Standings)> {
         let slot = self.slot(key);
         let inner = &self.inner;
         let mut standings = Standings::default();
@@ -492,12 +497,12 @@ impl<K: Key, S: Store<K>> Limiter<K, S> {
             }
         }
         inner.admitted.fetch_add(1, Ordering::Relaxed);
-        Ok(Charge {
+        let charge = Charge {
             limiter: self.clone(),
             slot,
             charged,
-            standings,
-        })
+        };
+        Ok((charge, standings))
     }
 
     /// The line `key`'s waiting calls queue in, first come first served.
@@ -547,24 +552,17 @@ pub struct Charge<K: Key, S: Store<K> = DashMapStateStore<Slot<K>>> {
     limiter: Limiter<K, S>,
     slot: Slot<K>,
     charged: u32,
-    standings: Standings,
 }
 
 impl<K: Key, S: Store<K>> std::fmt::Debug for Charge<K, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Charge")
             .field("charged", &self.charged)
-            .field("standings", &self.standings)
             .finish_non_exhaustive()
     }
 }
 
 impl<K: Key, S: Store<K>> Charge<K, S> {
-    /// The quotas' standing at admission (for the response headers).
-    pub fn standings(&self) -> Standings {
-        self.standings
-    }
-
     /// The tokens charged up front.
     pub fn charged(&self) -> u32 {
         self.charged

@@ -131,9 +131,9 @@ pub(crate) async fn admit_waiting<K: crate::Key>(
     key: K,
     tokens: u32,
     max_wait: Duration,
-) -> Result<Charge<K>, (Refusal, Standings)> {
+) -> Result<(Charge<K>, Standings), (Refusal, Standings)> {
     let refused = match limiter.check(key.clone(), tokens) {
-        Ok(charge) => return Ok(charge),
+        Ok(admitted) => return Ok(admitted),
         Err(refused) => refused,
     };
     let deadline = Instant::now() + max_wait;
@@ -152,7 +152,7 @@ pub(crate) async fn admit_waiting<K: crate::Key>(
     };
     loop {
         match limiter.check(key.clone(), tokens) {
-            Ok(charge) => return Ok(charge),
+            Ok(admitted) => return Ok(admitted),
             Err(refused) if fits(&refused.0) => {
                 let wait = refused.0.retry_after().unwrap_or_default();
                 tokio::time::sleep(wait).await;
@@ -199,13 +199,12 @@ where
                 Mode::Reject => limiter.check(key, tokens),
                 Mode::Wait { max_wait } => admit_waiting(&limiter, key, tokens, max_wait).await,
             };
-            let charge = match admitted {
-                Ok(charge) => charge,
+            let (charge, standings) = match admitted {
+                Ok(admitted) => admitted,
                 Err((refusal, standings)) => {
                     return Ok(refusal_response(refusal, &standings, ResponseBody::local));
                 }
             };
-            let standings = charge.standings();
             let mut response = inner.call(request).await.map_err(Into::into)?;
             headers::write(response.headers_mut(), &standings);
             Ok(response.map(|body| ResponseBody::new(body, Some(charge))))
