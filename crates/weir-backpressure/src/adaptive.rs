@@ -8,7 +8,11 @@
 
 use std::time::Duration;
 
-/// Bounds and rule of an adaptive limit. See the [module docs](self).
+/// Bounds and rule of an adaptive limit: additive increase, multiplicative decrease, on time
+/// to first byte. A call whose first byte came within the target, and that met no overload,
+/// adds `1 / limit` (a whole limit's worth of good calls adds one permit); a slower call, or
+/// one that met an error, a 429 or a 5xx, multiplies the limit by `backoff`. The limit stays
+/// within `[min, max]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Aimd {
     min: usize,
