@@ -50,10 +50,14 @@ pub struct UsageScan {
 
 const NEEDLE: &[u8] = b"\"total_tokens\":";
 
+/// Built once: a searcher built per call (as `memmem::find` does) costs more than the search.
+static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(NEEDLE));
+
 impl UsageScan {
     /// Looks at one frame.
     pub fn observe(&mut self, frame: &[u8]) {
-        let Some(at) = memchr::memmem::rfind(frame, NEEDLE) else {
+        let Some(at) = FINDER.find(frame) else {
             return;
         };
         let rest = &frame[at + NEEDLE.len()..];

@@ -2,22 +2,38 @@
 //! `RateLimit` fields, on every answer (a stream's included: they are decided at admission).
 
 use crate::limiter::{Standing, Standings};
-use http::{HeaderMap, HeaderValue};
-use std::fmt::Write;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 
-/// OpenAI's duration format: `20ms`, `1s`, `6m0s`.
-fn openai_duration(d: Duration) -> String {
+/// Appends `n` in decimal.
+fn push_int(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends OpenAI's duration format: `20ms`, `1s`, `6m0s`.
+fn push_openai_duration(out: &mut Vec<u8>, d: Duration) {
     let ms = d.as_millis();
     if ms < 1000 {
-        return format!("{ms}ms");
+        push_int(out, ms as u64);
+        out.extend_from_slice(b"ms");
+        return;
     }
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    if secs < 60 {
-        format!("{secs}s")
+    let secs = seconds(d);
+    if secs >= 60 {
+        push_int(out, secs / 60);
+        out.push(b'm');
+        push_int(out, secs % 60);
     } else {
-        format!("{}m{}s", secs / 60, secs % 60)
+        push_int(out, secs);
     }
+    out.push(b's');
+}
+
+#[cfg(test)]
+fn openai_duration(d: Duration) -> String {
+    let mut out = Vec::new();
+    push_openai_duration(&mut out, d);
+    String::from_utf8(out).expect("ASCII")
 }
 
 /// Whole seconds, rounded up.
@@ -25,21 +41,37 @@ pub(crate) fn seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-fn insert(headers: &mut HeaderMap, name: &'static str, value: String) {
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(name, value);
-    }
+fn value(bytes: Vec<u8>) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)).expect("digits and ASCII")
 }
 
-/// Writes the headers for `standings` into `headers`.
+static LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+static REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+static RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+static LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+static REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+static RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Writes the headers for `standings` into `headers`. No `fmt` machinery: this runs on every
+/// answer.
 pub fn write(headers: &mut HeaderMap, standings: &Standings) {
     let quotas = [
-        ("requests", standings.requests),
-        ("tokens", standings.tokens),
+        (
+            &b"\"requests\""[..],
+            standings.requests,
+            [&LIMIT_REQUESTS, &REMAINING_REQUESTS, &RESET_REQUESTS],
+        ),
+        (
+            &b"\"tokens\""[..],
+            standings.tokens,
+            [&LIMIT_TOKENS, &REMAINING_TOKENS, &RESET_TOKENS],
+        ),
     ];
-    let mut policy = String::new();
-    let mut current = String::new();
-    for (name, standing) in quotas {
+    let mut policy = Vec::with_capacity(64);
+    let mut current = Vec::with_capacity(64);
+    for (name, standing, [limit_h, remaining_h, reset_h]) in quotas {
         let Some(Standing {
             limit,
             remaining,
@@ -48,33 +80,28 @@ pub fn write(headers: &mut HeaderMap, standings: &Standings) {
         else {
             continue;
         };
-        let (limit_h, remaining_h, reset_h) = match name {
-            "requests" => (
-                "x-ratelimit-limit-requests",
-                "x-ratelimit-remaining-requests",
-                "x-ratelimit-reset-requests",
-            ),
-            _ => (
-                "x-ratelimit-limit-tokens",
-                "x-ratelimit-remaining-tokens",
-                "x-ratelimit-reset-tokens",
-            ),
-        };
-        insert(headers, limit_h, limit.to_string());
-        insert(headers, remaining_h, remaining.to_string());
-        insert(headers, reset_h, openai_duration(reset));
-        let sep = |s: &String| if s.is_empty() { "" } else { ", " };
-        let _ = write!(policy, "{}\"{name}\";q={limit};w=60", sep(&policy));
-        let _ = write!(
-            current,
-            "{}\"{name}\";r={remaining};t={}",
-            sep(&current),
-            seconds(reset)
-        );
+        headers.insert(limit_h.clone(), HeaderValue::from(limit));
+        headers.insert(remaining_h.clone(), HeaderValue::from(remaining));
+        let mut reset_value = Vec::with_capacity(8);
+        push_openai_duration(&mut reset_value, reset);
+        headers.insert(reset_h.clone(), value(reset_value));
+        if !policy.is_empty() {
+            policy.extend_from_slice(b", ");
+            current.extend_from_slice(b", ");
+        }
+        policy.extend_from_slice(name);
+        policy.extend_from_slice(b";q=");
+        push_int(&mut policy, u64::from(limit));
+        policy.extend_from_slice(b";w=60");
+        current.extend_from_slice(name);
+        current.extend_from_slice(b";r=");
+        push_int(&mut current, u64::from(remaining));
+        current.extend_from_slice(b";t=");
+        push_int(&mut current, seconds(reset));
     }
     if !policy.is_empty() {
-        insert(headers, "ratelimit-policy", policy);
-        insert(headers, "ratelimit", current);
+        headers.insert(POLICY.clone(), value(policy));
+        headers.insert(RATELIMIT.clone(), value(current));
     }
 }
 
@@ -113,5 +140,8 @@ mod tests {
             "\"requests\";r=59;t=1, \"tokens\";r=0;t=360"
         );
         assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(openai_duration(Duration::from_millis(1500)), "2s");
+        assert_eq!(openai_duration(Duration::from_secs(59)), "59s");
+        assert_eq!(openai_duration(Duration::from_secs(61)), "1m1s");
     }
 }
