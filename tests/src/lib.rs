@@ -247,6 +247,39 @@ pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A streaming chat request on the route `gpt-test` to weir at `addr`, with mock directives
+/// (`x-mock`); the answer once its headers are in.
+pub async fn stream_at(addr: SocketAddr, directives: &str) -> Response<Incoming> {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("x-mock", directives)
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
+        )))
+        .unwrap();
+    client.request(request).await.expect("weir answers")
+}
+
+/// `/metrics` on the admin port at `admin`, as text.
+pub async fn metrics_at(admin: SocketAddr) -> String {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let uri = format!("http://{admin}/metrics");
+    let response = client
+        .get(uri.parse().unwrap())
+        .await
+        .expect("admin answers");
+    String::from_utf8(read(response).await.bytes.to_vec()).expect("metrics are text")
+}
+
+/// The value of one sample in Prometheus text, by its name and labels as written.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
 /// A route over two mock providers, `primary` then `backup`.
 pub mod two {
     use bytes::Bytes;

@@ -9,7 +9,7 @@ use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use weir_e2e::{assert_openai_error, header, read, two};
+use weir_e2e::{assert_openai_error, header, metrics_at, read, sample, stream_at, two};
 use weir_test::MockUpstream;
 
 /// weir over one mock, with `server` lines added to `[server]`.
@@ -39,33 +39,12 @@ targets = [{{ provider = "mock", model = "m" }}]
     (mock, weir)
 }
 
-/// A streaming chat request with mock directives; the answer once its headers are in.
 async fn stream(weir: &weir::Running, directives: &str) -> http::Response<hyper::body::Incoming> {
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::post(format!("http://{}/v1/chat/completions", weir.addr()))
-        .header("x-mock", directives)
-        .body(Full::new(Bytes::from_static(
-            br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
-        )))
-        .unwrap();
-    client.request(request).await.unwrap()
+    stream_at(weir.addr(), directives).await
 }
 
-/// `/metrics` on the admin port.
 async fn metrics(weir: &weir::Running) -> String {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let uri = format!("http://{}/metrics", weir.admin_addr());
-    let response = client.get(uri.parse().unwrap()).await.unwrap();
-    String::from_utf8(read(response).await.bytes.to_vec()).unwrap()
-}
-
-/// The value of one sample in Prometheus text, by its name and labels as written.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no `{series}` in:\n{text}"))
-        .parse()
-        .unwrap()
+    metrics_at(weir.admin_addr()).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -90,14 +69,7 @@ queue_timeout = "3s""#,
     let queued = tokio::spawn({
         let addr = weir.addr();
         async move {
-            let weir_addr = addr;
-            let client = Client::builder(TokioExecutor::new()).build_http();
-            let request = Request::post(format!("http://{weir_addr}/v1/chat/completions"))
-                .body(Full::new(Bytes::from_static(
-                    br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
-                )))
-                .unwrap();
-            let response = client.request(request).await.unwrap();
+            let response = stream_at(addr, "").await;
             (Instant::now(), response)
         }
     });
@@ -155,14 +127,7 @@ queue_timeout = "10s""#,
     let waiting = tokio::spawn({
         let addr = weir.addr();
         async move {
-            let client = Client::builder(TokioExecutor::new()).build_http();
-            let request = Request::post(format!("http://{addr}/v1/chat/completions"))
-                .header("x-mock", "chunks=2")
-                .body(Full::new(Bytes::from_static(
-                    br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
-                )))
-                .unwrap();
-            let response = client.request(request).await.unwrap();
+            let response = stream_at(addr, "chunks=2").await;
             (Instant::now(), read(response).await)
         }
     });
@@ -227,14 +192,7 @@ async fn a_single_target_at_its_limit_makes_the_request_wait_for_it() {
     let waiting = tokio::spawn({
         let addr = setup.weir.addr();
         async move {
-            let client = Client::builder(TokioExecutor::new()).build_http();
-            let request = Request::post(format!("http://{addr}/v1/chat/completions"))
-                .header("x-mock", "chunks=1")
-                .body(Full::new(Bytes::from_static(
-                    br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
-                )))
-                .unwrap();
-            let response = client.request(request).await.unwrap();
+            let response = stream_at(addr, "chunks=1").await;
             (Instant::now(), response.status())
         }
     });
@@ -315,16 +273,7 @@ async fn at_max_connections_a_request_waits_for_a_pooled_connection() {
     );
     let waiting = tokio::spawn({
         let addr = setup.weir.addr();
-        async move {
-            let client = Client::builder(TokioExecutor::new()).build_http();
-            let request = Request::post(format!("http://{addr}/v1/chat/completions"))
-                .header("x-mock", "chunks=1")
-                .body(Full::new(Bytes::from_static(
-                    br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
-                )))
-                .unwrap();
-            read(client.request(request).await.unwrap()).await
-        }
+        async move { read(stream_at(addr, "chunks=1").await).await }
     });
     while sample(
         &metrics(&setup.weir).await,

@@ -91,10 +91,7 @@ const CHAT: &str =
     r#"{"model":"gpt-test","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
 async fn metrics(weir: &weir::Running) -> String {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let uri = format!("http://{}/metrics", weir.admin_addr());
-    let response = client.get(uri.parse().unwrap()).await.unwrap();
-    String::from_utf8(read(response).await.bytes.to_vec()).unwrap()
+    weir_e2e::metrics_at(weir.admin_addr()).await
 }
 
 #[tokio::test(start_paused = true)]
