@@ -280,6 +280,39 @@ pub fn sample(text: &str, series: &str) -> f64 {
         .expect("a number")
 }
 
+/// weir over one mock provider (`mock`, no key, probes off) and the route `gpt-test` on it:
+/// `server` goes in `[server]`, `route` in the route's table, `rest` after it (more routes,
+/// `[[keys]]`).
+pub async fn one_mock(server: &str, route: &str, rest: &str) -> (MockUpstream, weir::Running) {
+    let mock = MockUpstream::start().await;
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{server}
+
+[[providers]]
+name = "mock"
+base_url = "{}"
+allow_http = true
+health = {{ probe = "off" }}
+
+[[routes]]
+model = "gpt-test"
+targets = [{{ provider = "mock", model = "m" }}]
+{route}
+
+{rest}
+"#,
+        mock.base_url()
+    );
+    let config = weir::config::parse("one-mock.toml".as_ref(), &text, &|_| None)
+        .expect("the test config is valid");
+    let weir = weir::start(&config).await.expect("weir starts");
+    (mock, weir)
+}
+
 /// A route over two mock providers, `primary` then `backup`.
 pub mod two {
     use bytes::Bytes;

@@ -1,11 +1,6 @@
 //! Concurrency limits held to the end of each stream, queues with deadlines, load shedding,
 //! overflow to the next target, and slow clients cut without hurting anyone else.
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -14,29 +9,7 @@ use weir_test::MockUpstream;
 
 /// weir over one mock, with `server` lines added to `[server]`.
 async fn start(server: &str) -> (MockUpstream, weir::Running) {
-    let mock = MockUpstream::start().await;
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-{server}
-
-[[providers]]
-name = "mock"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-
-[[routes]]
-model = "gpt-test"
-targets = [{{ provider = "mock", model = "m" }}]
-"#,
-        mock.base_url()
-    );
-    let config = weir::config::parse("backpressure.toml".as_ref(), &text, &|_| None).unwrap();
-    let weir = weir::start(&config).await.unwrap();
-    (mock, weir)
+    weir_e2e::one_mock(server, "", "").await
 }
 
 async fn stream(weir: &weir::Running, directives: &str) -> http::Response<hyper::body::Incoming> {

@@ -14,37 +14,13 @@ use weir_test::MockUpstream;
 const TEAM_A: &str = "sk-weir-team-a-7f3e";
 const TEAM_B: &str = "sk-weir-team-b-19c2";
 
-/// weir over one mock, with client keys; `extra` goes after the route.
+/// weir over one mock, with client keys, `route_extra` in the `gpt-test` route, and a second
+/// route, `other`.
 async fn start(route_extra: &str, keys: &str) -> (MockUpstream, weir::Running) {
-    let mock = MockUpstream::start().await;
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[[providers]]
-name = "mock"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-
-[[routes]]
-model = "gpt-test"
-targets = [{{ provider = "mock", model = "m" }}]
-{route_extra}
-
-[[routes]]
-model = "other"
-targets = [{{ provider = "mock", model = "m" }}]
-
-{keys}
-"#,
-        mock.base_url()
+    let rest = format!(
+        "[[routes]]\nmodel = \"other\"\ntargets = [{{ provider = \"mock\", model = \"m\" }}]\n{keys}"
     );
-    let config = weir::config::parse("ratelimit.toml".as_ref(), &text, &|_| None).unwrap();
-    let weir = weir::start(&config).await.unwrap();
-    (mock, weir)
+    weir_e2e::one_mock("", route_extra, &rest).await
 }
 
 fn keys(a_limits: &str) -> String {
