@@ -285,6 +285,9 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
     None
 }
 
+/// The largest request head weir takes (its headers' names and values): 431 above.
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// A concurrency limit from its config.
 pub(crate) fn limit_from(c: &crate::config::Concurrency) -> Limit {
     let mut builder = Limit::builder(c.max)
@@ -567,6 +570,24 @@ impl Gateway {
     }
 
     async fn route(&self, request: Request<Incoming>, id: &HeaderValue) -> Response<ResponseBody> {
+        // hyper bounds the head by its read buffer only roughly (one large read can pass it):
+        // the limit is enforced here, on what was parsed.
+        let head_bytes: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if head_bytes > MAX_HEADER_BYTES {
+            let mut response = error(
+                ErrorBody::new(
+                    ErrorKind::InvalidRequest,
+                    format!("The request headers are larger than {MAX_HEADER_BYTES} bytes."),
+                )
+                .code("request_header_fields_too_large"),
+            );
+            *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+            return response;
+        }
         let path = request.uri().path();
         if path == "/v1/models" {
             if request.method() != Method::GET {
