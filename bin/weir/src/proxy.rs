@@ -91,6 +91,9 @@ pub(crate) struct Upstream {
     uris: [Uri; 3],
     /// `Authorization` and the configured extra headers, marked sensitive.
     pub(crate) headers: HeaderMap,
+    /// The secret values sent to this provider (its key, its extra headers' values): scrubbed
+    /// from any upstream answer weir passes on.
+    secrets: Vec<Vec<u8>>,
     idle_timeout: Duration,
     /// `GET {base}/models`, for health probes.
     pub(crate) models_uri: Uri,
@@ -143,13 +146,16 @@ impl Upstream {
                 .expect("a valid base URL plus a fixed path is a valid URI")
         };
         let mut headers = HeaderMap::new();
+        let mut secrets: Vec<Vec<u8>> = Vec::new();
         if let Some(key) = &p.api_key {
+            secrets.push(key.expose().as_bytes().to_vec());
             let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
                 .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key"));
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
         }
         for (name, secret) in &p.headers {
+            secrets.push(secret.expose().as_bytes().to_vec());
             let mut value =
                 HeaderValue::from_str(secret.expose()).expect("config validated header values");
             value.set_sensitive(true);
@@ -176,6 +182,8 @@ impl Upstream {
                 uri(Endpoint::Embeddings),
             ],
             headers,
+            // Short values would match ordinary text: a secret has some length.
+            secrets: secrets.into_iter().filter(|s| s.len() >= 8).collect(),
             idle_timeout: p.idle_timeout,
         })
     }
@@ -373,6 +381,27 @@ pub(crate) fn key_hash(key: &[u8]) -> [u8; 32] {
 /// Equality that takes the same time wherever the inputs differ.
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `body` with every occurrence of a secret replaced by `[redacted]` (a provider that quotes
+/// the key it was sent in its error message must not hand it to the client).
+fn scrub(body: Bytes, secrets: &[Vec<u8>]) -> Bytes {
+    let mut body = body;
+    for secret in secrets {
+        if memchr::memmem::find(&body, secret).is_none() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(body.len());
+        let mut rest: &[u8] = &body;
+        while let Some(at) = memchr::memmem::find(rest, secret) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(b"[redacted]");
+            rest = &rest[at + secret.len()..];
+        }
+        out.extend_from_slice(rest);
+        body = out.into();
+    }
+    body
 }
 
 /// The 401 for a missing, unknown or almost-right client key: the same for each.
@@ -1088,6 +1117,7 @@ async fn buffered_answer(
         Err(_) => Bytes::new(),
     };
     let failure = Failure::from_response(parts.status, &parts.headers, &bytes);
+    let bytes = scrub(bytes, &upstream.secrets);
     parts.headers = headers::client_response_headers(&parts.headers);
     parts
         .headers

@@ -21,7 +21,8 @@
 //! chunked body never ends), `stall_after:K`, `malformed_at:K`, `error_event_at:K`
 //! (an in-band `{"error":...}` event after K chunks, then the end), `no_done` (the stream ends
 //! after its finish reason, without `[DONE]`), `end_after:K` (a clean end after K chunks, with no
-//! finish reason), `context_length`, `content_policy`.
+//! finish reason), `context_length`, `content_policy`, `echo_key` (a 401 whose message repeats
+//! the key the request carried, as some providers do).
 
 use std::time::Duration;
 
@@ -56,6 +57,8 @@ pub enum Fault {
     ContextLength,
     /// 400 `content_policy_violation`.
     ContentPolicy,
+    /// 401 `invalid_api_key`, its message quoting the request's bearer key.
+    EchoKey,
 }
 
 /// The behaviour of one request.
@@ -171,6 +174,7 @@ fn parse_fault(value: &str, number: impl Fn(&str) -> Result<u32, String>) -> Res
         "end_after" => Fault::EndAfter(needs(arg)?),
         "context_length" => Fault::ContextLength,
         "content_policy" => Fault::ContentPolicy,
+        "echo_key" => Fault::EchoKey,
         _ => return Err(format!("unknown mock fault `{value}`")),
     })
 }

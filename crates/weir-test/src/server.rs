@@ -461,6 +461,21 @@ async fn handle(
                 "Your request was rejected as a result of our safety system.",
             ));
         }
+        Some(Fault::EchoKey) => {
+            let presented = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_owned();
+            return Ok(error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+                &format!("Incorrect API key provided: {presented}. Check your key."),
+            ));
+        }
         Some(Fault::Reset) => {
             reset.store(true, Ordering::Release);
             return Err(Injected("reset before headers"));
