@@ -147,7 +147,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `[[providers]]`: one upstream API.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Provider {
     /// The name routes refer to.
     pub name: String,

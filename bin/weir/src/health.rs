@@ -17,14 +17,9 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use weir_llm::Endpoint;
 
-/// Starts the probe task of every provider that has probes on.
-pub(crate) fn spawn_probes(gateway: &Gateway) -> Vec<JoinHandle<()>> {
-    gateway
-        .upstreams()
-        .iter()
-        .filter(|u| u.health.probe != Probe::Off)
-        .map(|upstream| tokio::spawn(probe_loop(upstream.clone())))
-        .collect()
+/// Starts the probe task of a provider, if it has probes on.
+pub(crate) fn spawn_probe(upstream: &Arc<Upstream>) -> Option<JoinHandle<()>> {
+    (upstream.health.probe != Probe::Off).then(|| tokio::spawn(probe_loop(upstream.clone())))
 }
 
 async fn probe_loop(upstream: Arc<Upstream>) {

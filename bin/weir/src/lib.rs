@@ -23,7 +23,7 @@ pub mod telemetry;
 
 pub use body::{ResponseBody, StreamFailed};
 pub use proxy::Gateway;
-pub use server::Running;
+pub use server::{ReloadError, Reloader, Running};
 
 use std::sync::Arc;
 
@@ -61,15 +61,7 @@ pub async fn start(config: &config::Config) -> Result<Running, StartError> {
         header_read_timeout: config.server.header_read_timeout,
         client_stall_timeout: config.server.client_stall_timeout,
     };
-    let mut running = server::serve(
-        gateway.clone(),
-        config.server.listen,
-        config.server.admin_listen,
-        options,
-        config.server.drain_timeout,
-    )
-    .await
-    .map_err(StartError::Bind)?;
-    running.stop_on_drain(health::spawn_probes(&gateway));
-    Ok(running)
+    server::serve(gateway, &config.server, options)
+        .await
+        .map_err(StartError::Bind)
 }

@@ -12,7 +12,9 @@ usage:
   weir hash-key                read a client key on stdin, print its [[keys]] hash
   weir --version
 
-Logs go to stderr; WEIR_LOG (e.g. `weir=debug`) overrides the config's log level.";
+Logs go to stderr; WEIR_LOG (e.g. `weir=debug`) overrides the config's log level.
+SIGHUP reloads the config file (a bad one is refused and the running one stays); SIGTERM
+drains and exits.";
 
 /// EX_USAGE: a bad command line or config.
 const EXIT_USAGE: u8 = 64;
@@ -75,7 +77,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, config_path))
 }
 
 /// `weir hash-key`: reads a client key on stdin, prints the `hash` to put in `[[keys]]`.
@@ -92,7 +94,8 @@ fn hash_key() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(config: weir::config::Config) -> ExitCode {
+async fn run(config: weir::config::Config, path: PathBuf) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
     let running = match weir::start(&config).await {
         Ok(running) => running,
         Err(e) => {
@@ -111,21 +114,30 @@ async fn run(config: weir::config::Config) -> ExitCode {
         keys = config.keys.len(),
         "weir is serving"
     );
-    shutdown_signal().await;
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    let mut hangup = signal(SignalKind::hangup()).expect("install a SIGHUP handler");
+    // SIGHUP reloads the file (a bad one keeps the running configuration, and says why).
+    let reloader = running.reloader();
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => { let _ = reloader.reload_file(&path); }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
     tracing::info!(deadline = ?config.server.drain_timeout, "draining: no new connections, in-flight streams may finish");
-    if running.drain().await {
+    let drain = running.drain();
+    tokio::pin!(drain);
+    let finished = loop {
+        tokio::select! {
+            finished = &mut drain => break finished,
+            _ = hangup.recv() => { let _ = reloader.reload_file(&path); }
+        }
+    };
+    if finished {
         tracing::info!("drained; exiting");
     } else {
         tracing::warn!("drain deadline passed with streams still open; exiting");
     }
     ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -69,6 +69,8 @@ impl<B> weir_ratelimit::KeyExtractor<B> for ProviderKey {
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub(crate) name: Arc<str>,
+    /// Its configuration, to tell on a reload whether it changed.
+    config: Provider,
     /// The client alone (health probes go around the breaker).
     pub(crate) client: HttpClient<Full<Bytes>>,
     /// The client behind the breaker: what requests go through.
@@ -100,7 +102,10 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    fn new(p: &Provider) -> Result<Self, weir_client::Error> {
+    /// A provider's client and its guards. `previous` (the same provider before a reload)
+    /// lends the state a reload must keep: its breaker, its concurrency limit and its rate
+    /// limiter, each when its own settings did not change.
+    fn new(p: &Provider, previous: Option<&Upstream>) -> Result<Self, weir_client::Error> {
         let client = ClientBuilder::new()
             .connect_timeout(p.connect_timeout)
             .response_timeout(p.response_timeout)
@@ -112,19 +117,30 @@ impl Upstream {
             .tls_roots(p.tls_roots)
             .add_root_certificates(p.extra_roots.iter().cloned())
             .build()?;
-        let breaker = Breaker::new(p.breaker.clone());
+        let same = |f: &dyn Fn(&Provider) -> bool| previous.filter(|u| f(&u.config));
+        let breaker = match same(&|old| old.breaker == p.breaker) {
+            Some(old) => old.breaker.clone(),
+            None => Breaker::new(p.breaker.clone()),
+        };
         // The stream watch in `body` reads every event already: it settles in-band errors.
         let classifier = LlmClassifier::new()
             .count_rate_limits(p.breaker_counts_rate_limits)
             .slow_first_byte(p.slow_first_byte)
             .in_band_errors(false);
         let service = CircuitBreaker::new(client.clone(), breaker.clone(), classifier, Mode::Wait);
-        let (limit, queue_timeout) = match &p.concurrency {
-            Some(c) => (limit_from(c), c.queue_timeout),
-            None => (unlimited(), Duration::ZERO),
+        let (limit, queue_timeout) = match (
+            &p.concurrency,
+            same(&|old| old.concurrency == p.concurrency),
+        ) {
+            (Some(c), Some(old)) => (old.limit.clone(), c.queue_timeout),
+            (Some(c), None) => (limit_from(c), c.queue_timeout),
+            (None, _) => (unlimited(), Duration::ZERO),
         };
         let service = Backpressure::new(service, limit.clone(), weir_backpressure::Mode::Wait);
-        let rate_limiter = p.rate_limit.as_ref().map(rate_limiter);
+        let rate_limiter = match same(&|old| old.rate_limit == p.rate_limit) {
+            Some(old) => old.rate_limiter.clone(),
+            None => p.rate_limit.as_ref().map(rate_limiter),
+        };
         let mode = match &p.rate_limit {
             Some(r) if !r.wait.is_zero() => weir_ratelimit::Mode::Wait { max_wait: r.wait },
             _ => weir_ratelimit::Mode::Reject,
@@ -163,6 +179,7 @@ impl Upstream {
         }
         Ok(Self {
             name: p.name.as_str().into(),
+            config: p.clone(),
             client,
             service,
             breaker,
@@ -172,7 +189,7 @@ impl Upstream {
             queue_timeout,
             health: p.health.clone(),
             next_probe: Mutex::new(None),
-            malformed: Arc::default(),
+            malformed: previous.map(|u| u.malformed.clone()).unwrap_or_default(),
             models_uri: format!("{base}/models")
                 .parse()
                 .expect("a valid base URL plus a fixed path is a valid URI"),
@@ -322,8 +339,9 @@ fn unlimited() -> Limit {
 /// A route's targets in order, and its deadline for retries.
 #[derive(Debug)]
 struct RouteEntry {
-    /// Limits on every client of the route together.
+    /// Limits on every client of the route together, and their settings.
     limiter: Option<weir_ratelimit::Limiter<()>>,
+    rate_limit: Option<crate::config::RateLimit>,
     targets: Arc<[RouteTarget]>,
     router: Failover<Guarded, LlmJudge>,
     first_token_timeout: Duration,
@@ -343,6 +361,8 @@ pub struct Gateway {
     rate_limiter: Option<weir_ratelimit::Limiter<()>>,
     /// The client keys (empty: no authentication).
     keys: Vec<ClientKey>,
+    /// `[server]` as this gateway was built from (what a reload compares).
+    server: crate::config::Server,
 }
 
 /// A client key as the gateway checks it.
@@ -352,6 +372,7 @@ pub(crate) struct ClientKey {
     hash: [u8; 32],
     models: Option<std::collections::HashSet<String>>,
     pub(crate) limiter: Option<weir_ratelimit::Limiter<()>>,
+    limits: Option<crate::config::RateLimit>,
 }
 
 /// A rate limiter from its config.
@@ -447,10 +468,29 @@ fn json(data: Bytes) -> Response<ResponseBody> {
 impl Gateway {
     /// Builds the gateway (and one connection pool per provider) from a validated config.
     pub fn new(config: &Config) -> Result<Self, weir_client::Error> {
+        Self::build(config, None)
+    }
+
+    /// The gateway for a reloaded `config`, keeping this one's state where it still applies:
+    /// a provider whose settings did not change is kept whole (its connections, breaker,
+    /// limits and probes); a changed one keeps its breaker and limits when their own settings
+    /// did not change; routes, keys and the server keep their rate limiters likewise.
+    /// Requests in flight finish on the gateway they started on.
+    pub fn reloaded(&self, config: &Config) -> Result<Self, weir_client::Error> {
+        Self::build(config, Some(self))
+    }
+
+    fn build(config: &Config, previous: Option<&Gateway>) -> Result<Self, weir_client::Error> {
         let upstreams = config
             .providers
             .iter()
-            .map(|p| Upstream::new(p).map(Arc::new))
+            .map(|p| {
+                let old = previous.and_then(|g| g.upstreams.iter().find(|u| *u.name == *p.name));
+                match old {
+                    Some(old) if old.config == *p => Ok(old.clone()),
+                    old => Upstream::new(p, old.map(|u| &**u)).map(Arc::new),
+                }
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let routes = config
             .routes
@@ -505,8 +545,13 @@ impl Gateway {
                     Order::Priority
                 })
                 .build();
+                let kept = previous
+                    .and_then(|g| g.routes.get(&r.model))
+                    .filter(|old| old.rate_limit == r.rate_limit)
+                    .map(|old| old.limiter.clone());
                 let entry = RouteEntry {
-                    limiter: r.rate_limit.as_ref().map(rate_limiter),
+                    limiter: kept.unwrap_or_else(|| r.rate_limit.as_ref().map(rate_limiter)),
+                    rate_limit: r.rate_limit.clone(),
                     targets,
                     router,
                     first_token_timeout: r.first_token_timeout,
@@ -527,18 +572,34 @@ impl Gateway {
             models: models.into(),
             max_request_bytes: config.server.max_request_bytes,
             ids: RequestIds::default(),
-            limit: config.server.concurrency.as_ref().map(limit_from),
-            rate_limiter: config.server.rate_limit.as_ref().map(rate_limiter),
+            limit: match previous {
+                Some(g) if g.server.concurrency == config.server.concurrency => g.limit.clone(),
+                _ => config.server.concurrency.as_ref().map(limit_from),
+            },
+            rate_limiter: match previous {
+                Some(g) if g.server.rate_limit == config.server.rate_limit => {
+                    g.rate_limiter.clone()
+                }
+                _ => config.server.rate_limit.as_ref().map(rate_limiter),
+            },
             keys: config
                 .keys
                 .iter()
-                .map(|k| ClientKey {
-                    name: k.name.as_str().into(),
-                    hash: k.hash,
-                    models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
-                    limiter: k.limits.as_ref().map(rate_limiter),
+                .map(|k| {
+                    let kept = previous
+                        .and_then(|g| g.keys.iter().find(|old| *old.name == *k.name))
+                        .filter(|old| old.limits == k.limits)
+                        .map(|old| old.limiter.clone());
+                    ClientKey {
+                        name: k.name.as_str().into(),
+                        hash: k.hash,
+                        models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
+                        limiter: kept.unwrap_or_else(|| k.limits.as_ref().map(rate_limiter)),
+                        limits: k.limits.clone(),
+                    }
                 })
                 .collect(),
+            server: config.server.clone(),
         })
     }
 

@@ -24,6 +24,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Default)]
 pub struct Health {
     draining: AtomicBool,
+    reloads_ok: std::sync::atomic::AtomicU64,
+    reloads_failed: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -210,25 +212,145 @@ where
         .is_ok()
 }
 
-/// A running weir: its addresses, and the means to drain it.
+/// The gateway new requests are served by; a reload swaps it. A request holds the gateway it
+/// started on (and its stream, the providers) to its end.
+#[derive(Debug)]
+pub(crate) struct Current(std::sync::RwLock<Arc<Gateway>>);
+
+impl Current {
+    pub(crate) fn get(&self) -> Arc<Gateway> {
+        self.0.read().expect("gateway lock").clone()
+    }
+
+    fn set(&self, gateway: Arc<Gateway>) {
+        *self.0.write().expect("gateway lock") = gateway;
+    }
+}
+
+/// What a reload needs, shared by [`Running`] and its [`Reloader`]s.
+#[derive(Debug)]
+struct Shared {
+    current: Arc<Current>,
+    health: Arc<Health>,
+    /// One health-probe task per provider that probes, with the provider it probes.
+    probes: std::sync::Mutex<Vec<(Arc<crate::proxy::Upstream>, JoinHandle<()>)>>,
+    /// `[server]` as weir started: what a reload cannot change.
+    started: crate::config::Server,
+}
+
+impl Shared {
+    /// Probe tasks for the gateway's providers: kept for providers kept whole, stopped for
+    /// the others, started for new ones (none while draining).
+    fn sync_probes(&self, gateway: &Gateway) {
+        let mut probes = self.probes.lock().expect("probes lock");
+        probes.retain(|(upstream, task)| {
+            let kept = gateway.upstreams().iter().any(|u| Arc::ptr_eq(u, upstream));
+            if !kept {
+                task.abort();
+            }
+            kept
+        });
+        if self.health.draining() {
+            return;
+        }
+        for upstream in gateway.upstreams() {
+            if !probes.iter().any(|(u, _)| Arc::ptr_eq(u, upstream)) {
+                if let Some(task) = crate::health::spawn_probe(upstream) {
+                    probes.push((upstream.clone(), task));
+                }
+            }
+        }
+    }
+}
+
+/// Reloads a running weir's configuration; usable while it drains.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+/// Why a reload was refused (the running configuration stays).
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The new configuration is invalid.
+    Config(crate::config::ConfigError),
+    /// A provider's client could not be built.
+    Client(weir_client::Error),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "invalid configuration: {e}"),
+            Self::Client(e) => write!(f, "cannot build an upstream client: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+impl Reloader {
+    /// Swaps in the gateway for `config` (see [`Gateway::reloaded`]). Listener settings
+    /// (`listen`, `admin_listen`, timeouts of the connection itself) take effect only on a
+    /// restart: a change to them is logged, the rest applied.
+    pub fn reload(&self, config: &crate::config::Config) -> Result<(), ReloadError> {
+        let shared = &self.shared;
+        let gateway = match shared.current.get().reloaded(config) {
+            Ok(gateway) => Arc::new(gateway),
+            Err(e) => return Err(self.failed(ReloadError::Client(e))),
+        };
+        let (was, now) = (&shared.started, &config.server);
+        if was.listen != now.listen
+            || was.admin_listen != now.admin_listen
+            || was.header_read_timeout != now.header_read_timeout
+            || was.client_stall_timeout != now.client_stall_timeout
+            || was.drain_timeout != now.drain_timeout
+        {
+            tracing::warn!("listener settings changed in [server]: they take effect on a restart");
+        }
+        shared.current.set(gateway.clone());
+        shared.sync_probes(&gateway);
+        shared.health.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            providers = config.providers.len(),
+            routes = config.routes.len(),
+            keys = config.keys.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    /// Reads and validates `path`, then reloads; a bad file keeps the running configuration.
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), ReloadError> {
+        match crate::config::load(path) {
+            Ok(config) => self.reload(&config),
+            Err(e) => Err(self.failed(ReloadError::Config(e))),
+        }
+    }
+
+    fn failed(&self, error: ReloadError) -> ReloadError {
+        self.shared
+            .health
+            .reloads_failed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%error, "reload refused; the running configuration stays");
+        error
+    }
+}
+
+/// A running weir: its addresses, and the means to reload and drain it.
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
     admin_addr: SocketAddr,
-    health: Arc<Health>,
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     admin_stop: watch::Sender<bool>,
     public: JoinHandle<bool>,
     admin: JoinHandle<bool>,
-    /// Background work (health probes) that ends when draining starts.
-    background: Vec<JoinHandle<()>>,
 }
 
 impl Running {
-    pub(crate) fn stop_on_drain(&mut self, tasks: Vec<JoinHandle<()>>) {
-        self.background.extend(tasks);
-    }
-
     /// The public API address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -239,11 +361,18 @@ impl Running {
         self.admin_addr
     }
 
+    /// A handle that reloads this weir's configuration (also while it drains).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish up to the drain deadline, and returns
     /// whether they all finished in time. `/readyz` answers 503 from the first moment.
     pub async fn drain(self) -> bool {
-        self.health.draining.store(true, Ordering::Release);
-        for task in &self.background {
+        self.shared.health.draining.store(true, Ordering::Release);
+        for (_, task) in self.shared.probes.lock().expect("probes lock").drain(..) {
             task.abort();
         }
         let _ = self.stop.send(true);
@@ -254,54 +383,59 @@ impl Running {
     }
 }
 
-/// Binds both listeners and serves `gateway`.
-pub async fn serve(
+/// Binds both listeners and serves `gateway` (and the gateways reloads swap in).
+pub(crate) async fn serve(
     gateway: Arc<Gateway>,
-    listen: SocketAddr,
-    admin_listen: SocketAddr,
+    server: &crate::config::Server,
     options: ServeOptions,
-    drain: Duration,
 ) -> std::io::Result<Running> {
-    let listener = TcpListener::bind(listen).await?;
-    let admin_listener = TcpListener::bind(admin_listen).await?;
+    let listener = TcpListener::bind(server.listen).await?;
+    let admin_listener = TcpListener::bind(server.admin_listen).await?;
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let health = Arc::new(Health::default());
+    let current = Arc::new(Current(std::sync::RwLock::new(gateway)));
     let (stop, stopped) = watch::channel(false);
 
-    let gateway_for_public = gateway.clone();
+    let public_current = current.clone();
     let public = tokio::spawn(accept_loop(
         listener,
         options,
         move |request| {
-            let gateway = gateway_for_public.clone();
+            let gateway = public_current.get();
             // hyper keeps the service future's box for as long as the connection lives; boxing
             // the handler inside it leaves a pointer there, and frees the handler's state as
             // soon as the response head is ready (2.7 KiB per open stream).
             Box::pin(async move { gateway.handle(request).await })
         },
         stopped,
-        drain,
+        server.drain_timeout,
     ));
     let admin_health = health.clone();
-    let admin_gateway = gateway.clone();
+    let admin_current = current.clone();
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin = tokio::spawn(accept_loop(
         admin_listener,
         options,
-        move |request| std::future::ready(admin(&admin_health, &admin_gateway, &request)),
+        move |request| std::future::ready(admin(&admin_health, &admin_current.get(), &request)),
         admin_stopped,
         Duration::ZERO,
     ));
+    let shared = Arc::new(Shared {
+        current: current.clone(),
+        health,
+        probes: std::sync::Mutex::new(Vec::new()),
+        started: server.clone(),
+    });
+    shared.sync_probes(&current.get());
     Ok(Running {
         addr,
         admin_addr,
-        health,
+        shared,
         stop,
         admin_stop,
         public,
         admin,
-        background: Vec::new(),
     })
 }
 
@@ -322,8 +456,16 @@ fn admin(
 ) -> Response<ResponseBody> {
     match request.uri().path() {
         "/metrics" => {
-            let mut response =
-                Response::new(ResponseBody::full(crate::health::breaker_metrics(gateway)));
+            let mut text = crate::health::breaker_metrics(gateway).to_vec();
+            text.extend_from_slice(
+                format!(
+                    "# HELP weir_config_reloads_total Configuration reloads, applied or refused.\n# TYPE weir_config_reloads_total counter\nweir_config_reloads_total{{result=\"ok\"}} {}\nweir_config_reloads_total{{result=\"failed\"}} {}\n",
+                    health.reloads_ok.load(Ordering::Relaxed),
+                    health.reloads_failed.load(Ordering::Relaxed),
+                )
+                .as_bytes(),
+            );
+            let mut response = Response::new(ResponseBody::full(text.into()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
