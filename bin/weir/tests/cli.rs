@@ -182,3 +182,109 @@ fn hash_key_prints_the_sha256_a_keys_entry_takes() {
         .unwrap();
     assert_eq!(empty.status.code(), Some(64));
 }
+
+/// `GET path` on `addr`, the whole answer (`None` if nothing answers).
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut tcp = TcpStream::connect(addr).ok()?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nhost: weir\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// Polls `done` every 50 ms, at most 200 times (a real process: no paused clock here).
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn sighup_reloads_the_file_and_refuses_a_bad_one() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(weir_test::MockUpstream::start());
+    let dir = temp_dir("hup");
+    let route = |model: &str| {
+        format!("\n[[routes]]\nmodel = \"{model}\"\ntargets = [{{ provider = \"mock\", model = \"mock\" }}]\n")
+    };
+    let base = CONFIG.replace("BASE", &mock.base_url()).replace(
+        "[[routes]]\nmodel = \"m\"\ntargets = [{ provider = \"mock\", model = \"mock\" }]\n",
+        "",
+    );
+    let path = write_config(&dir, &(base.clone() + &route("first")));
+    let mut child = weir()
+        .arg("--config")
+        .arg(&path)
+        .env("WEIR_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let field = |line: &str, name: &str| {
+        let at = line.find(name)? + name.len();
+        Some(line[at..].split_whitespace().next()?.to_owned())
+    };
+    let (addr, admin) = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "weir exited before serving"
+        );
+        if let (Some(addr), Some(admin)) = (field(&line, "listen="), field(&line, "admin=")) {
+            break (addr, admin);
+        }
+    };
+    let log = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    let hup = |child: &std::process::Child| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+
+    write_config(&dir, &(base.clone() + &route("first") + &route("second")));
+    hup(&child);
+    assert!(wait_until(
+        || http_get(&addr, "/v1/models").is_some_and(|m| m.contains("\"second\""))
+    ));
+
+    // A broken file: refused, and both routes still served.
+    write_config(&dir, "[server]\nlisten = 1\n");
+    hup(&child);
+    assert!(wait_until(|| http_get(&admin, "/metrics").is_some_and(
+        |m| m.contains("weir_config_reloads_total{result=\"failed\"} 1")
+    )));
+    let listed = http_get(&addr, "/v1/models").unwrap();
+    assert!(
+        listed.contains("\"first\"") && listed.contains("\"second\""),
+        "{listed}"
+    );
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = log.join().unwrap();
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(log.contains("reload refused"), "{log}");
+    assert!(
+        log.contains("weir.toml:2:10"),
+        "the refusal names the line: {log}"
+    );
+}
