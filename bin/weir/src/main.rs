@@ -96,6 +96,9 @@ fn hash_key() -> ExitCode {
 
 async fn run(config: weir::config::Config, path: PathBuf) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
+    // Handlers first: a SIGHUP sent as soon as weir says it serves must reload, not kill it.
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    let mut hangup = signal(SignalKind::hangup()).expect("install a SIGHUP handler");
     let running = match weir::start(&config).await {
         Ok(running) => running,
         Err(e) => {
@@ -114,8 +117,6 @@ async fn run(config: weir::config::Config, path: PathBuf) -> ExitCode {
         keys = config.keys.len(),
         "weir is serving"
     );
-    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
-    let mut hangup = signal(SignalKind::hangup()).expect("install a SIGHUP handler");
     // SIGHUP reloads the file (a bad one keeps the running configuration, and says why).
     let reloader = running.reloader();
     loop {
