@@ -46,6 +46,7 @@ admin_listen = "127.0.0.1:0"
 max_request_bytes = 65536
 header_read_timeout = "5s"
 drain_timeout = "10s"
+auth = "off"
 
 [[providers]]
 name = "mock"
@@ -285,11 +286,17 @@ pub fn sample(text: &str, series: &str) -> f64 {
 /// `[[keys]]`).
 pub async fn one_mock(server: &str, route: &str, rest: &str) -> (MockUpstream, weir::Running) {
     let mock = MockUpstream::start().await;
+    let auth = if rest.contains("[[keys]]") {
+        ""
+    } else {
+        "auth = \"off\""
+    };
     let text = format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+{auth}
 {server}
 
 [[providers]]
@@ -353,6 +360,7 @@ pub mod two {
     [server]
     listen = "127.0.0.1:0"
     admin_listen = "127.0.0.1:0"
+    auth = "off"
 
     [[providers]]
     name = "primary"

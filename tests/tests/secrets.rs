@@ -74,7 +74,8 @@ async fn canary_keys_appear_in_no_answer_header_metric_or_log() {
     .await;
     let text = format!(
         "{}\n[[keys]]\nname = \"canary-client\"\nhash = \"{}\"\n",
-        config_text(&mock, "breaker = { consecutive_failures = 2 }"),
+        config_text(&mock, "breaker = { consecutive_failures = 2 }")
+            .replace("auth = \"off\"\n", ""),
         weir::config::hash_key(CLIENT_KEY)
     );
     let config = weir::config::parse(Path::new("secrets.toml"), &text, &|name| {

@@ -353,6 +353,8 @@ struct RawServer {
     client_stall_timeout: Option<Spanned<String>>,
     #[serde(default)]
     rate_limit: Option<Spanned<RawRate>>,
+    #[serde(default)]
+    auth: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -907,6 +909,35 @@ pub fn parse(
         return Err(cx.error(0..0, "routes", "at least one [[routes]] entry is needed"));
     }
     let keys = client_keys(&cx, &raw.keys, &models)?;
+    // Accepting every client is a choice the file makes, never a default.
+    let auth = raw.server.get_ref().auth.as_ref();
+    match (auth.map(|a| (a.get_ref().as_str(), a.span())), keys.is_empty()) {
+        (Some(("off", span)), false) => {
+            return Err(cx.error(
+                span,
+                "server.auth",
+                "is \"off\" but [[keys]] are configured: remove one or the other",
+            ))
+        }
+        (Some(("off", _)), true) | (Some(("keys", _)) | None, false) => {}
+        (Some(("keys", span)), true) => {
+            return Err(cx.error(span, "server.auth", "is \"keys\" but no [[keys]] are configured"))
+        }
+        (None, true) => {
+            return Err(cx.error(
+                raw.server.span(),
+                "server.auth",
+                "no [[keys]] are configured: add client keys, or set auth = \"off\" to accept every client (a trusted network only)",
+            ))
+        }
+        (Some((other, span)), _) => {
+            return Err(cx.error(
+                span,
+                "server.auth",
+                format!("`{other}` is not one of \"keys\", \"off\""),
+            ))
+        }
+    }
 
     Ok(Config {
         server,

@@ -23,6 +23,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 const CONFIG: &str = r#"[server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+auth = "off"
 
 [[providers]]
 name = "mock"
@@ -49,7 +50,7 @@ fn check_refuses_a_bad_config_with_file_line_and_key() {
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("{}:9:", path.display())),
+        stderr.contains(&format!("{}:10:", path.display())),
         "{stderr}"
     );
     assert!(stderr.contains("timeout"), "{stderr}");

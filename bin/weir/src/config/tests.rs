@@ -1,7 +1,7 @@
 use super::*;
 
-const GOOD: &str = r#"
-[server]
+const GOOD: &str = r#"[server]
+auth = "off"
 listen = "127.0.0.1:8080"
 admin_listen = "127.0.0.1:9090"
 drain_timeout = "5s"
@@ -367,8 +367,9 @@ fn limit_keys_without_a_limit_or_out_of_range_are_named() {
 #[test]
 fn rate_limits_and_keys_read_and_refuse_what_is_wrong() {
     let hash = hash_key("sk-client");
+    let good = GOOD.replace("auth = \"off\"\n", "");
     let text = format!(
-        "{GOOD}\n[[keys]]\nname = \"team-a\"\nhash = \"{hash}\"\nmodels = [\"llama\"]\nlimits = {{ requests_per_minute = 60, tokens_per_minute = 1000, token_burst = 200 }}\n"
+        "{good}\n[[keys]]\nname = \"team-a\"\nhash = \"{hash}\"\nmodels = [\"llama\"]\nlimits = {{ requests_per_minute = 60, tokens_per_minute = 1000, token_burst = 200 }}\n"
     )
     .replace(
         "drain_timeout = \"5s\"",
@@ -411,4 +412,26 @@ fn rate_limits_and_keys_read_and_refuse_what_is_wrong() {
     assert!(
         error(&empty).contains("server.rate_limit: needs requests_per_minute or tokens_per_minute")
     );
+}
+
+#[test]
+fn accepting_every_client_must_be_said_in_the_file() {
+    let unsaid = GOOD.replace("auth = \"off\"\n", "");
+    let message = error(&unsaid);
+    assert!(
+        message.starts_with("weir.toml:1:1: server.auth: no [[keys]]"),
+        "{message}"
+    );
+    assert!(message.contains("auth = \"off\""), "{message}");
+
+    let keys = format!(
+        "\n[[keys]]\nname = \"a\"\nhash = \"{}\"\n",
+        hash_key("sk-a")
+    );
+    let both = format!("{GOOD}{keys}");
+    assert!(error(&both).contains("server.auth: is \"off\" but [[keys]] are configured"));
+    let with_keys = format!("{unsaid}{keys}");
+    assert_eq!(load(&with_keys).unwrap().keys.len(), 1);
+    let typo = GOOD.replace("auth = \"off\"", "auth = \"none\"");
+    assert!(error(&typo).contains("server.auth: `none` is not one of"));
 }
