@@ -70,6 +70,10 @@ fn builders(options: ServeOptions) -> Builders {
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024)
+        // Rapid reset (CVE-2023-44487): a client that resets streams faster than they are
+        // accepted, or makes weir reset too many, gets GOAWAY ENHANCE_YOUR_CALM.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
         .keep_alive_interval(Duration::from_secs(30));
     let mut auto = auto::Builder::new(TokioExecutor::new());
     auto.http1()
@@ -81,6 +85,8 @@ fn builders(options: ServeOptions) -> Builders {
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .max_header_list_size(64 * 1024)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024)
         .keep_alive_interval(Duration::from_secs(30));
     Builders { http1, http2, auto }
 }
