@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weir_e2e::Harness;
+use weir_e2e::{read, Harness};
 
 /// Sends `raw` on a fresh connection and reads until the server closes it.
 async fn probe(h: &Harness, raw: &[u8]) -> String {
@@ -129,4 +129,56 @@ async fn forty_slowloris_connections_do_not_keep_a_client_out() {
         let _ = conn.read_to_end(&mut rest).await;
     }
     assert_eq!(started.elapsed(), Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_in_a_request_chooses_the_upstream_or_its_key() {
+    let h = Harness::start().await; // the mock answers only the provider key weir holds
+    let answer = h
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"short","stream":true}"#,
+            &[
+                ("host", "evil.example:1"),
+                ("x-forwarded-host", "evil.example"),
+                ("x-forwarded-proto", "https"),
+                ("forwarded", "host=evil.example"),
+                ("authorization", "Bearer sk-attacker"),
+                ("api-key", "sk-attacker"),
+                ("x-api-key", "sk-attacker"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status(), 200, "served by the configured upstream");
+    read(answer).await;
+    let seen = &h.mock.requests()[0];
+    let header = |name: &str| {
+        seen.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        header("authorization"),
+        Some(format!("Bearer {}", weir_e2e::PROVIDER_KEY))
+    );
+    assert_eq!(header("host"), Some(h.mock.addr().to_string()));
+    assert_eq!((header("api-key"), header("x-api-key")), (None, None));
+
+    // A model name is a name, never an address.
+    let url_model = h
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"http://evil.example/v1"}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(url_model.status(), 404);
+    // An absolute-form request target is routed by its path, to the configured upstream.
+    let absolute = probe(
+        &h,
+        b"POST http://evil.example/v1/chat/completions HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\ncontent-length: 17\r\n\r\n{\"model\":\"short\"}",
+    )
+    .await;
+    assert!(absolute.starts_with("HTTP/1.1 200"), "{absolute}");
+    assert_eq!(h.mock.requests().len(), 2);
 }
