@@ -153,7 +153,9 @@ impl Upstream {
             ProviderKey(rate_limiter.is_some()),
             EstimateCost,
             mode,
-        );
+        )
+        // The provider's budget is weir's business, not the client's.
+        .with_headers(false);
         let base = p.base_url.to_string();
         let base = base.trim_end_matches('/');
         let uri = |e: Endpoint| -> Uri {

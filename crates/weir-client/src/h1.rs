@@ -87,6 +87,11 @@ impl AsyncWrite for Stream {
     }
 }
 
+thread_local! {
+    /// One idle read buffer per thread, for the next connection that needs one.
+    static SPARE: std::cell::RefCell<Option<BytesMut>> = const { std::cell::RefCell::new(None) };
+}
+
 /// One HTTP/1.1 connection.
 pub(crate) struct Conn {
     io: Stream,
@@ -120,6 +125,11 @@ impl Conn {
 
     /// Reads what the socket has into the buffer: the byte count, 0 at end of stream.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            self.buf = SPARE
+                .with(|spare| spare.borrow_mut().take())
+                .unwrap_or_default();
+        }
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
             self.buf.reserve(self.read_size);
         }
@@ -128,7 +138,17 @@ impl Conn {
         if read.is_pending() && self.buf.is_empty() {
             // Nothing buffered and nothing to read: a stream between two events. Give the
             // buffer back rather than hold it idle (as HAProxy does); the next read takes one.
-            self.buf = BytesMut::new();
+            // The thread keeps one spare, so that busy connections pass buffers around
+            // instead of allocating one per wait.
+            let idle = std::mem::take(&mut self.buf);
+            if idle.capacity() <= 2 * MIN_READ {
+                SPARE.with(|spare| {
+                    let mut spare = spare.borrow_mut();
+                    if spare.is_none() {
+                        *spare = Some(idle);
+                    }
+                });
+            }
             self.read_size = MIN_READ;
         }
         let n = ready!(read)?;

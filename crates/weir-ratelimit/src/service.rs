@@ -81,6 +81,7 @@ pub struct RateLimit<S, X: KeyExtractor<B>, B, C = LlmCost> {
     extract: X,
     cost: C,
     mode: Mode,
+    headers: bool,
 }
 
 impl<S: Clone, X: KeyExtractor<B>, B, C: Clone> Clone for RateLimit<S, X, B, C> {
@@ -91,6 +92,7 @@ impl<S: Clone, X: KeyExtractor<B>, B, C: Clone> Clone for RateLimit<S, X, B, C> 
             extract: self.extract.clone(),
             cost: self.cost.clone(),
             mode: self.mode,
+            headers: self.headers,
         }
     }
 }
@@ -114,7 +116,15 @@ impl<S, X: KeyExtractor<B>, B, C> RateLimit<S, X, B, C> {
             extract,
             cost,
             mode,
+            headers: true,
         }
+    }
+
+    /// Whether admitted answers carry the rate-limit headers (default yes). A limit the
+    /// client does not own (a provider's, inside a gateway) is better left out of them.
+    pub fn with_headers(mut self, yes: bool) -> Self {
+        self.headers = yes;
+        self
     }
 
     /// The limiter.
@@ -194,6 +204,7 @@ where
         let tokens = self.cost.estimate(&request);
         let limiter = self.limiter.clone();
         let mode = self.mode;
+        let write_headers = self.headers;
         Box::pin(async move {
             let admitted = match mode {
                 Mode::Reject => limiter.check(key, tokens),
@@ -206,7 +217,9 @@ where
                 }
             };
             let mut response = inner.call(request).await.map_err(Into::into)?;
-            headers::write(response.headers_mut(), &standings);
+            if write_headers {
+                headers::write(response.headers_mut(), &standings);
+            }
             Ok(response.map(|body| ResponseBody::new(body, Some(charge))))
         })
     }
