@@ -87,21 +87,23 @@ async fn too_many_or_too_large_headers_get_431() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
-    // 40 KiB in one header: one read may take it whole, so weir checks the parsed size itself.
-    let big = "a".repeat(40 * 1024);
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nconnection: close\r\nx-big: {big}\r\ncontent-length: 17\r\n\r\n{{\"model\":\"short\"}}"
-    );
-    let answer = probe(&h, request.as_bytes()).await;
-    assert!(
-        answer.starts_with("HTTP/1.1 431"),
-        "{}",
-        &answer[..80.min(answer.len())]
-    );
-    assert!(
-        answer.contains("request_header_fields_too_large"),
-        "{answer}"
-    );
+    // Heads over 16 KiB: hyper refuses most; one read can take a head past its buffer bound
+    // whole, so weir checks the parsed size too (and answers in JSON when it is the one).
+    for size in [20 * 1024, 40 * 1024] {
+        let big = "a".repeat(size);
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nconnection: close\r\nx-big: {big}\r\ncontent-length: 17\r\n\r\n{{\"model\":\"short\"}}"
+        );
+        let answer = probe(&h, request.as_bytes()).await;
+        let head = &answer[..80.min(answer.len())];
+        assert!(answer.starts_with("HTTP/1.1 431"), "{head}");
+        if answer.contains('{') {
+            assert!(
+                answer.contains("request_header_fields_too_large"),
+                "{answer}"
+            );
+        }
+    }
     assert!(h.mock.requests().is_empty());
 }
 

@@ -127,6 +127,8 @@ struct Options {
     quick: bool,
     streams: Vec<usize>,
     nginx: bool,
+    /// Run one section only: `limiter`, `ttft`, `throughput`, `streams` or `slow`.
+    only: Option<String>,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -134,12 +136,23 @@ fn options(args: &[String]) -> Result<Options> {
         quick: false,
         streams: vec![1000, 9500],
         nginx: true,
+        only: None,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => o.quick = true,
             "--no-nginx" => o.nginx = false,
+            "--only" => {
+                let section = args.next().ok_or("--only needs a section")?;
+                if !["limiter", "ttft", "throughput", "streams", "slow"].contains(&section.as_str())
+                {
+                    return Err(format!(
+                        "--only: `{section}` is not limiter, ttft, throughput, streams or slow"
+                    ));
+                }
+                o.only = Some(section.clone());
+            }
             "--streams" => {
                 let list = args.next().ok_or("--streams needs a list like 1000,9500")?;
                 o.streams = list
@@ -348,24 +361,35 @@ async fn bench(root: &Path, options: Options) -> Result {
     if !have_nginx && options.nginx {
         println!("(nginx not installed: `apt-get install nginx-light` to compare against it)");
     }
-    limiter_cost(if options.quick { 200_000 } else { 1_000_000 });
-    let ttft_n = if options.quick { 500 } else { 3000 };
-    ttft(&targets, ttft_n).await?;
-    let (streams, clients) = if options.quick {
-        (4000, 16)
-    } else {
-        (20_000, 32)
-    };
-    throughput(&targets, streams, clients).await?;
-    for n in &options.streams {
-        // weir, and nginx (when installed) in the same run.
-        for target in targets.iter().skip(1) {
-            open_streams(target, *n).await?;
+    let run = |section: &str| options.only.as_deref().is_none_or(|only| only == section);
+    if run("limiter") {
+        limiter_cost(if options.quick { 200_000 } else { 1_000_000 });
+    }
+    if run("ttft") {
+        let ttft_n = if options.quick { 500 } else { 3000 };
+        ttft(&targets, ttft_n).await?;
+    }
+    if run("throughput") {
+        let (streams, clients) = if options.quick {
+            (4000, 16)
+        } else {
+            (20_000, 32)
+        };
+        throughput(&targets, streams, clients).await?;
+    }
+    if run("streams") {
+        for n in &options.streams {
+            // weir, and nginx (when installed) in the same run.
+            for target in targets.iter().skip(1) {
+                open_streams(target, *n).await?;
+            }
         }
     }
-    // Last: what the slow clients leave in weir's heap would count in the figures above.
-    let window = Duration::from_secs(if options.quick { 3 } else { 8 });
-    slow_clients(&targets[1], window).await?;
+    if run("slow") {
+        // Last: what the slow clients leave in weir's heap would count in the figures above.
+        let window = Duration::from_secs(if options.quick { 3 } else { 8 });
+        slow_clients(&targets[1], window).await?;
+    }
 
     weir.terminate();
     if let Some(nginx) = &mut nginx {
@@ -606,7 +630,10 @@ async fn slow_clients(t: &Target, window: Duration) -> Result {
     const SLOW: usize = 200;
     // Warm up: the previous phase may still be settling.
     fast_clients(t.addr, FAST, window / 2).await?;
+    let cpu = || t.pid.map(cpu_ns).unwrap_or(0);
+    let at = cpu();
     let before = fast_clients(t.addr, FAST, window).await?;
+    let cpu_before = (cpu() - at) as f64 / before.0.max(1) as f64 / 1e3;
     let rss_before = t.pid.map(rss_kib);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut slow = Vec::new();
@@ -616,7 +643,9 @@ async fn slow_clients(t: &Target, window: Duration) -> Result {
     // Let the slow streams fill their buffers and stall before measuring.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_slow = t.pid.map(rss_kib);
+    let at = cpu();
     let beside = fast_clients(t.addr, FAST, window).await?;
+    let cpu_beside = (cpu() - at) as f64 / beside.0.max(1) as f64 / 1e3;
     let _ = stop_tx.send(true);
     let mut slow_bytes = 0;
     let mut slow_failed = 0;
@@ -626,7 +655,9 @@ async fn slow_clients(t: &Target, window: Duration) -> Result {
             Err(_) => slow_failed += 1,
         }
     }
+    let at = cpu();
     let after = fast_clients(t.addr, FAST, window).await?;
+    let cpu_after = (cpu() - at) as f64 / after.0.max(1) as f64 / 1e3;
     let rate = |(n, _): &Run| *n as f64 / window.as_secs_f64();
     let p = |run: &Run, q| percentile(&run.1, q).as_secs_f64();
     println!(
@@ -635,20 +666,21 @@ async fn slow_clients(t: &Target, window: Duration) -> Result {
         t.name
     );
     println!(
-        "  {:<14} {:>11} {:>10} {:>10}",
-        "run", "streams/s", "TTFT p50", "TTFT p99"
+        "  {:<14} {:>11} {:>10} {:>10} {:>16}",
+        "run", "streams/s", "TTFT p50", "TTFT p99", "CPU/stream µs"
     );
-    for (name, run) in [
-        ("alone", &before),
-        ("beside slow", &beside),
-        ("alone again", &after),
+    for (name, run, cpu) in [
+        ("alone", &before, cpu_before),
+        ("beside slow", &beside, cpu_beside),
+        ("alone again", &after, cpu_after),
     ] {
         println!(
-            "  {:<14} {:>11.0} {:>7.3} ms {:>7.3} ms",
+            "  {:<14} {:>11.0} {:>7.3} ms {:>7.3} ms {:>16.1}",
             name,
             rate(run),
             p(run, 0.5) * 1e3,
-            p(run, 0.99) * 1e3
+            p(run, 0.99) * 1e3,
+            cpu
         );
     }
     let mean = |f: &dyn Fn(&Run) -> f64| (f(&before) + f(&after)) / 2.0;

@@ -313,7 +313,7 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
 }
 
 /// The largest request head weir takes (its headers' names and values): 431 above.
-pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// A concurrency limit from its config.
 pub(crate) fn limit_from(c: &crate::config::Concurrency) -> Limit {

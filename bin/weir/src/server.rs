@@ -92,7 +92,7 @@ fn builders(options: ServeOptions) -> Builders {
 }
 
 /// hyper's HTTP/1.1 buffer limit (see [`builders`]).
-const MAX_BUF: usize = 32 * 1024;
+const MAX_BUF: usize = 16 * 1024;
 
 /// The most bytes a client socket may hold unsent in the kernel before it stops taking more.
 const UNSENT_LIMIT: u32 = 16 * 1024;

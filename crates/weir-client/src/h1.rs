@@ -36,7 +36,7 @@ const MAX_HEADERS: usize = 128;
 const MAX_LINE: usize = 4096;
 /// The smallest and the largest read.
 const MIN_READ: usize = 2048;
-const MAX_READ: usize = 64 * 1024;
+const MAX_READ: usize = 16 * 1024;
 /// Request bodies up to this size are written with the head, in one write.
 const COALESCE_BODY: usize = 64 * 1024;
 
