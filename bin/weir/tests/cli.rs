@@ -20,6 +20,46 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A started weir: the process, the rest of its log, and its public and admin addresses (read
+/// from its "serving" log line).
+struct Started {
+    child: std::process::Child,
+    stderr: BufReader<std::process::ChildStderr>,
+    addr: String,
+    admin: String,
+}
+
+fn start_weir(path: &std::path::Path) -> Started {
+    let mut child = weir()
+        .arg("--config")
+        .arg(path)
+        .env("WEIR_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let field = |line: &str, name: &str| {
+        let at = line.find(name)? + name.len();
+        Some(line[at..].split_whitespace().next()?.to_owned())
+    };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "weir exited before serving"
+        );
+        if let (Some(addr), Some(admin)) = (field(&line, "listen="), field(&line, "admin=")) {
+            return Started {
+                child,
+                stderr,
+                addr,
+                admin,
+            };
+        }
+    }
+}
+
 const CONFIG: &str = r#"[server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
@@ -95,26 +135,12 @@ fn sigterm_drains_a_live_stream_then_exits_zero() {
             "model = \"mock@chunks=10,delay_ms=100\"",
         ),
     );
-    let mut child = weir()
-        .arg("--config")
-        .arg(&path)
-        .env("WEIR_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The "serving" log line carries the bound address.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "weir exited before serving"
-        );
-        if let Some(at) = line.find("listen=") {
-            break line[at + 7..].split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let Started {
+        mut child,
+        mut stderr,
+        addr,
+        ..
+    } = start_weir(&path);
     let mut tcp = TcpStream::connect(&addr).unwrap();
     let body = r#"{"model":"m","stream":true}"#;
     write!(tcp, "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
@@ -221,29 +247,12 @@ fn sighup_reloads_the_file_and_refuses_a_bad_one() {
         "",
     );
     let path = write_config(&dir, &(base.clone() + &route("first")));
-    let mut child = weir()
-        .arg("--config")
-        .arg(&path)
-        .env("WEIR_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let field = |line: &str, name: &str| {
-        let at = line.find(name)? + name.len();
-        Some(line[at..].split_whitespace().next()?.to_owned())
-    };
-    let (addr, admin) = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "weir exited before serving"
-        );
-        if let (Some(addr), Some(admin)) = (field(&line, "listen="), field(&line, "admin=")) {
-            break (addr, admin);
-        }
-    };
+    let Started {
+        mut child,
+        mut stderr,
+        addr,
+        admin,
+    } = start_weir(&path);
     let log = std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = stderr.read_to_string(&mut rest);
