@@ -45,10 +45,10 @@ fn start_weir(path: &std::path::Path) -> Started {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "weir exited before serving"
-        );
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let status = child.wait();
+            panic!("weir exited before serving: {status:?}");
+        }
         if let (Some(addr), Some(admin)) = (field(&line, "listen="), field(&line, "admin=")) {
             return Started {
                 child,
