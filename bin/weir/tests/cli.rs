@@ -37,7 +37,14 @@ fn start_weir(path: &std::path::Path) -> Started {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let stderr = BufReader::new(child.stderr.take().expect("piped"));
+    // Owned by the result from here on: the tests wait for it.
+    let mut started = Started {
+        child,
+        stderr,
+        addr: String::new(),
+        admin: String::new(),
+    };
     let field = |line: &str, name: &str| {
         let at = line.find(name)? + name.len();
         Some(line[at..].split_whitespace().next()?.to_owned())
@@ -45,17 +52,14 @@ fn start_weir(path: &std::path::Path) -> Started {
     let mut line = String::new();
     loop {
         line.clear();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            let status = child.wait();
+        if started.stderr.read_line(&mut line).unwrap() == 0 {
+            let status = started.child.wait();
             panic!("weir exited before serving: {status:?}");
         }
         if let (Some(addr), Some(admin)) = (field(&line, "listen="), field(&line, "admin=")) {
-            return Started {
-                child,
-                stderr,
-                addr,
-                admin,
-            };
+            started.addr = addr;
+            started.admin = admin;
+            return started;
         }
     }
 }
