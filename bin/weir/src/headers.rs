@@ -98,20 +98,14 @@ pub(crate) fn forwardable_client_headers(client: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The client's request headers as they go upstream: hop-by-hop and client-only headers
-/// removed, the provider's headers set over them, in one pass that re-parses no name.
+/// The request headers as they go upstream: the client's forwardable headers (already
+/// filtered by [`forwardable_client_headers`]), the provider's set over them.
 pub(crate) fn upstream_request_headers(client: &HeaderMap, provider: &HeaderMap) -> HeaderMap {
-    let connection: Vec<&HeaderValue> = client.get_all(header::CONNECTION).iter().collect();
     let mut out = HeaderMap::with_capacity(client.keys_len() + provider.len() + 2);
     for (name, value) in client {
-        if is_hop_by_hop(name)
-            || is_client_only(name)
-            || provider.contains_key(name)
-            || (!connection.is_empty() && named_by_connection(&connection, name))
-        {
-            continue;
+        if !provider.contains_key(name) {
+            out.append(name.clone(), value.clone());
         }
-        out.append(name.clone(), value.clone());
     }
     // The SSE watch reads the body: ask for it uncompressed.
     out.insert(
@@ -213,7 +207,7 @@ mod tests {
             "authorization",
             HeaderValue::from_static("Bearer provider-key"),
         );
-        let out = upstream_request_headers(&client, &provider);
+        let out = upstream_request_headers(&forwardable_client_headers(&client), &provider);
         assert_eq!(out["authorization"], "Bearer provider-key");
         assert_eq!(out["accept-encoding"], "identity");
         assert_eq!(

@@ -52,42 +52,47 @@ struct Builders {
     auto: auto::Builder<TokioExecutor>,
 }
 
+/// weir's HTTP/1.1 settings, for hyper's own builder and for the auto builder's (two types
+/// with the same methods).
+macro_rules! http1_settings {
+    ($builder:expr, $options:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($options.header_read_timeout)
+            // The largest request head, and the most a client that does not read makes weir
+            // hold in its write buffer: past it hyper stops pulling the body, and the
+            // upstream is not read either.
+            .max_buf_size(MAX_BUF)
+            // SSE chunks are small and come in bursts: copying them into one buffer and
+            // writing once beats hyper's vectored queue, which holds 16 buffers and so flushes
+            // a 20-chunk burst in two or more writes.
+            .writev(false)
+    };
+}
+
+/// weir's HTTP/2 settings, likewise.
+macro_rules! http2_settings {
+    ($builder:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024)
+            // Rapid reset (CVE-2023-44487): a client that resets streams faster than they
+            // are accepted, or makes weir reset too many, gets GOAWAY ENHANCE_YOUR_CALM.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024)
+            .keep_alive_interval(Duration::from_secs(30))
+    };
+}
+
 fn builders(options: ServeOptions) -> Builders {
     let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        // The largest request head, and the most a client that does not read makes weir hold
-        // in its write buffer: past it hyper stops pulling the body, and the upstream is not
-        // read either.
-        .max_buf_size(MAX_BUF)
-        // SSE chunks are small and come in bursts: copying them into one buffer and writing
-        // once beats hyper's vectored queue, which holds 16 buffers and so flushes a 20-chunk
-        // burst in two or more writes.
-        .writev(false);
+    http1_settings!(http1, options);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    http2
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
-        // Rapid reset (CVE-2023-44487): a client that resets streams faster than they are
-        // accepted, or makes weir reset too many, gets GOAWAY ENHANCE_YOUR_CALM.
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024)
-        .keep_alive_interval(Duration::from_secs(30));
+    http2_settings!(http2);
     let mut auto = auto::Builder::new(TokioExecutor::new());
-    auto.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(MAX_BUF)
-        .writev(false);
-    auto.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024)
-        .keep_alive_interval(Duration::from_secs(30));
+    http1_settings!(auto.http1(), options);
+    http2_settings!(auto.http2());
     Builders { http1, http2, auto }
 }
 
