@@ -4,6 +4,7 @@
 //! - [`chunk`]: cheap reads of OpenAI chat-completion chunks (content, finish reason, usage,
 //!   in-band errors);
 //! - [`request`]: request metadata read once from the JSON body, and the model rewrite;
+//! - [`scan`]: substring scans of answers as they pass (usage, finish reason, model);
 //! - [`error`]: OpenAI-style error bodies, as JSON or as an SSE event;
 //! - [`failure`]: the one failure classification that breaker, failover and metrics share.
 //!
@@ -15,6 +16,7 @@ pub mod continuation;
 pub mod error;
 pub mod failure;
 pub mod request;
+pub mod scan;
 pub mod sse;
 
 pub use chunk::{Chunk, Usage};

@@ -40,46 +40,10 @@ impl<B> Cost<B> for LlmCost {
     }
 }
 
-/// Finds `"total_tokens":N` in an answer's bytes (the usage object of a JSON answer or of a
-/// stream's last event), without parsing the rest. Frames are scanned as they pass; a usage
-/// object split across two frames is missed (the estimate then stands).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct UsageScan {
-    total: Option<u32>,
-}
-
-const NEEDLE: &[u8] = b"\"total_tokens\":";
-
-/// Built once: a searcher built per call (as `memmem::find` does) costs more than the search.
-static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(NEEDLE));
-
-impl UsageScan {
-    /// Looks at one frame.
-    pub fn observe(&mut self, frame: &[u8]) {
-        let Some(at) = FINDER.find(frame) else {
-            return;
-        };
-        let rest = &frame[at + NEEDLE.len()..];
-        let digits: Vec<u8> = rest
-            .iter()
-            .skip_while(|b| b.is_ascii_whitespace())
-            .take_while(|b| b.is_ascii_digit())
-            .copied()
-            .collect();
-        if let Some(n) = std::str::from_utf8(&digits)
-            .ok()
-            .and_then(|s| s.parse::<u32>().ok())
-        {
-            self.total = Some(n);
-        }
-    }
-
-    /// The total tokens seen, if the answer had a usage object.
-    pub fn total(&self) -> Option<u32> {
-        self.total
-    }
-}
+/// Reads `"total_tokens":N` from an answer's bytes as they pass (the usage object of a JSON
+/// answer or of a stream's last event) without parsing the rest; a usage object split across
+/// two frames is missed (the estimate then stands).
+pub use weir_llm::scan::UsageScan;
 
 /// The same estimate for every request.
 #[derive(Clone, Copy, Debug)]

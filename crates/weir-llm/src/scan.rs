@@ -1,0 +1,126 @@
+//! Substring scans of answer bytes as they pass: token usage, finish reason, model. Nothing is
+//! parsed; each scan is a `memmem` search with a searcher built once per process (building one
+//! per call, as `memmem::find` does, costs more than the search).
+//!
+//! A field split across two frames is missed: callers treat every result as "if seen".
+
+use memchr::memmem::Finder;
+use std::sync::LazyLock;
+
+/// A searcher for `needle`, built on first use.
+macro_rules! finder {
+    ($name:ident, $needle:expr) => {
+        static $name: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new($needle));
+    };
+}
+
+finder!(PROMPT, b"\"prompt_tokens\":");
+finder!(COMPLETION, b"\"completion_tokens\":");
+finder!(TOTAL, b"\"total_tokens\":");
+finder!(FINISH, b"\"finish_reason\":");
+finder!(MODEL, b"\"model\":");
+
+/// The unsigned number after the first occurrence of `finder`'s needle (whitespace allowed).
+fn number_after(frame: &[u8], finder: &Finder<'_>) -> Option<u32> {
+    let at = finder.find(frame)?;
+    let rest = &frame[at + finder.needle().len()..];
+    let rest = rest.trim_ascii_start();
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 9 {
+        return None;
+    }
+    rest[..digits]
+        .iter()
+        .try_fold(0u32, |n, d| Some(n * 10 + u32::from(d - b'0')))
+}
+
+/// The JSON string after the first occurrence of `finder`'s needle, if it is a plain string
+/// (no escapes) of at most 128 bytes; `None` for `null`, numbers and anything else.
+fn string_after<'a>(frame: &'a [u8], finder: &Finder<'_>) -> Option<&'a [u8]> {
+    let at = finder.find(frame)?;
+    let rest = frame[at + finder.needle().len()..].trim_ascii_start();
+    let rest = rest.strip_prefix(b"\"")?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    (rest[end] == b'"' && end <= 128).then(|| &rest[..end])
+}
+
+/// Token usage as an answer reports it: the usage object of a JSON answer, or of a stream's
+/// last event. Keeps the latest values seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsageScan {
+    prompt: Option<u32>,
+    completion: Option<u32>,
+    total: Option<u32>,
+}
+
+impl UsageScan {
+    /// Looks at one frame (or one event's data).
+    pub fn observe(&mut self, frame: &[u8]) {
+        if let Some(total) = number_after(frame, &TOTAL) {
+            self.total = Some(total);
+            self.prompt = number_after(frame, &PROMPT).or(self.prompt);
+            self.completion = number_after(frame, &COMPLETION).or(self.completion);
+        }
+    }
+
+    /// The total tokens, if the answer had a usage object.
+    pub fn total(&self) -> Option<u32> {
+        self.total
+    }
+
+    /// The prompt's tokens, if reported.
+    pub fn prompt(&self) -> Option<u32> {
+        self.prompt
+    }
+
+    /// The answer's tokens, if reported.
+    pub fn completion(&self) -> Option<u32> {
+        self.completion
+    }
+}
+
+/// The non-null `finish_reason` in an event or answer, if it has one (`stop`, `length`,
+/// `tool_calls`, ...).
+pub fn finish_reason(data: &[u8]) -> Option<&[u8]> {
+    string_after(data, &FINISH)
+}
+
+/// The answer's `model` field, if it is in this event or answer.
+pub fn model(data: &[u8]) -> Option<&[u8]> {
+    string_after(data, &MODEL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_from_the_last_event() {
+        let mut usage = UsageScan::default();
+        usage.observe(br#"data: {"choices":[{"delta":{"content":"hi"}}]}"#);
+        assert_eq!(usage.total(), None);
+        usage.observe(
+            br#"data: {"choices":[],"usage":{"prompt_tokens": 12,"completion_tokens":30,"total_tokens":42}}"#,
+        );
+        assert_eq!(
+            (usage.prompt(), usage.completion(), usage.total()),
+            (Some(12), Some(30), Some(42))
+        );
+        // A number too large for the type is not trusted.
+        usage.observe(br#"{"total_tokens":99999999999}"#);
+        assert_eq!(usage.total(), Some(42));
+    }
+
+    #[test]
+    fn finish_reason_and_model() {
+        let last =
+            br#"{"model":"gpt-4o-mini-2024","choices":[{"delta":{},"finish_reason":"stop"}]}"#;
+        assert_eq!(finish_reason(last), Some(&b"stop"[..]));
+        assert_eq!(model(last), Some(&b"gpt-4o-mini-2024"[..]));
+        assert_eq!(
+            finish_reason(br#"{"choices":[{"finish_reason":null}]}"#),
+            None
+        );
+        assert_eq!(model(br#"{"model":"a\"b"}"#), None);
+    }
+}
