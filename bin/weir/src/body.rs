@@ -79,11 +79,12 @@ impl ResponseBody {
         }
     }
 
-    /// weir asked the upstream for usage that the client did not: drop the usage event.
-    pub(crate) fn strip_usage(&mut self) {
+    /// weir asked the upstream for usage that the client did not: drop the usage event (and
+    /// tell the metrics layer, which no longer sees it, what it said).
+    pub(crate) fn strip_usage(&mut self, tally: weir_metrics::Tally) {
         if let Kind::Upstream(body) = &mut self.kind {
             if let Some(watch) = &mut body.sse {
-                watch.strip_usage = true;
+                watch.strip_usage = Some(tally);
             }
         }
     }
@@ -185,8 +186,9 @@ struct Watch {
     last: [Vec<u8>; 2],
     /// What the client has received, when the stream may be rescued.
     transcript: Option<Transcript>,
-    /// weir asked for usage on the client's behalf: drop the usage event on the way out.
-    strip_usage: bool,
+    /// weir asked for usage on the client's behalf: drop the usage event on the way out, and
+    /// note its figures here.
+    strip_usage: Option<weir_metrics::Tally>,
 }
 
 static EMPTY_CHOICES: LazyLock<memmem::Finder<'static>> =
@@ -247,7 +249,7 @@ impl Watch {
         let mut progress = false;
         let mut malformed = 0;
         let mut dropped = 0;
-        let strip_usage = self.strip_usage;
+        let strip_usage = self.strip_usage.is_some();
         let clean_start = !self.has_data && !self.scanner.has_partial_line();
         let Self {
             scanner,
@@ -256,7 +258,7 @@ impl Watch {
             upstream_error,
             last,
             transcript,
-            strip_usage: _,
+            strip_usage: stripped,
         } = self;
         scanner
             .scan(data, |line| match line {
@@ -274,6 +276,13 @@ impl Watch {
                         dropped += 1;
                     } else if strip_usage && is_usage_event(value) {
                         dropped += 1;
+                        let mut usage = weir_llm::scan::UsageScan::default();
+                        usage.observe(value);
+                        if let (Some(tally), Some(prompt), Some(completion)) =
+                            (&*stripped, usage.prompt(), usage.completion())
+                        {
+                            tally.usage(prompt, completion);
+                        }
                     } else {
                         if let Some(transcript) = transcript {
                             transcript.record(value);
@@ -335,6 +344,8 @@ pub(crate) struct Cut {
     pub(crate) tool_calls: bool,
     /// Content events the client received.
     pub(crate) events: u64,
+    /// The provider whose stream was cut.
+    pub(crate) provider: Arc<str>,
 }
 
 /// A continuation that has produced its first event, ready to be spliced in.
@@ -346,6 +357,8 @@ pub(crate) struct Continued {
     pub(crate) provider: Arc<str>,
     pub(crate) malformed: Arc<AtomicU64>,
     pub(crate) idle: Duration,
+    /// The continuation's attempt span.
+    pub(crate) span: tracing::Span,
 }
 
 /// Turns a continuation's events into the original stream's: its `id`, and (replay) without
@@ -450,6 +463,8 @@ pub(crate) struct UpstreamBody {
     permit: Option<weir_backpressure::Permit>,
     /// The client-side rate-limit charges, settled from the answer's usage.
     billing: Option<Box<Billing>>,
+    /// The upstream attempt's trace span (disabled when traces are off): open to the end.
+    attempt: tracing::Span,
 }
 
 /// A call's client-side rate-limit charges, settled when the answer is dropped from the usage
@@ -507,7 +522,14 @@ impl UpstreamBody {
             state: State::Streaming,
             permit: None,
             billing: None,
+            attempt: tracing::Span::none(),
         }
+    }
+
+    /// The attempt's span lives as long as its stream.
+    pub(crate) fn with_span(mut self, span: tracing::Span) -> Self {
+        self.attempt = span;
+        self
     }
 
     /// Ends the stream as failed. An SSE client first gets an error event, unless the upstream
@@ -522,6 +544,7 @@ impl UpstreamBody {
             return self.poll(cx);
         }
         self.state = State::Flush(failure);
+        crate::proxy::span_failed(&self.attempt, failure);
         // The provider's breaker hears it from here: only weir sees a stall or an unreadable
         // event (a broken stream it has counted already; settling twice counts once).
         if let Some(inner) = breaker_body(Pin::new(&mut self.inner)) {
@@ -581,7 +604,9 @@ impl UpstreamBody {
             delivered,
             tool_calls: transcript.has_tool_calls(),
             events: transcript.events(),
+            provider: self.provider.clone(),
         };
+        crate::proxy::span_failed(&self.attempt, failure);
         // This stream's breaker learns of the cut; the continuation is a new call.
         if let Some(inner) = breaker_body(Pin::new(&mut self.inner)) {
             inner.settle(Outcome::Failure, Some(failure.as_str()));
@@ -608,7 +633,7 @@ impl UpstreamBody {
                             }
                         }
                         if observed.dropped > 0 {
-                            let strip_usage = watch.strip_usage;
+                            let strip_usage = watch.strip_usage.is_some();
                             if observed.malformed > 0 {
                                 self.malformed
                                     .fetch_add(u64::from(observed.malformed), Ordering::Relaxed);
@@ -696,6 +721,7 @@ impl UpstreamBody {
             self.provider = continued.provider;
             self.malformed = continued.malformed;
             self.idle = continued.idle;
+            self.attempt = continued.span;
             self.inner = continued.inner;
             self.rescue = Some(continued.plan);
             self.last_progress = Instant::now();

@@ -20,7 +20,7 @@
 //! only from the environment (`"${VAR}"`) and are held in [`Secret`], whose `Debug` is redacted.
 
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[[keys]]`: the client keys (none: every client is accepted).
     pub keys: Vec<ClientKey>,
+    /// `[prices]`: USD per million tokens, by the model name sent upstream.
+    pub prices: HashMap<String, weir_metrics::Price>,
 }
 
 /// `[[keys]]`: one client key, stored as its SHA-256 hash.
@@ -110,13 +112,47 @@ pub struct AdaptiveConcurrency {
     pub first_token_target: Duration,
 }
 
-/// `[telemetry]`: logs for now.
-#[derive(Debug, Clone)]
+/// `[telemetry]`: logs, the access log and trace export.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Telemetry {
     /// `text` or `json` log lines on stderr.
     pub log_format: LogFormat,
     /// An `EnvFilter` directive (`info`, `weir=debug`, ...). `WEIR_LOG` overrides it.
     pub log_level: String,
+    /// One line per request (target `weir::access`, level INFO) when its answer ends.
+    pub access_log: bool,
+    /// Trace export over OTLP (`None`: no spans are made).
+    pub otlp: Option<Otlp>,
+}
+
+/// Where and how spans are exported: `otlp_endpoint` and its companions, or the standard
+/// `OTEL_*` variables for what the file leaves out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Otlp {
+    /// The collector: `http://host:4317` (gRPC) or `http://host:4318` (HTTP; `/v1/traces`
+    /// is added unless the path already names it).
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: OtlpProtocol,
+    /// `service.name` of the resource.
+    pub service_name: String,
+    /// The share of new traces kept (a client's sampled flag is followed).
+    pub sample_ratio: f64,
+    /// Spans waiting for export; more are dropped (and counted), never waited for.
+    pub max_queue: usize,
+    /// The most spans in one export.
+    pub max_batch: usize,
+    /// How long an export may take before it is abandoned.
+    pub export_timeout: Duration,
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    HttpProtobuf,
 }
 
 /// The log line format.
@@ -327,6 +363,8 @@ struct RawConfig {
     #[serde(default)]
     telemetry: Option<RawTelemetry>,
     #[serde(default)]
+    prices: BTreeMap<Spanned<String>, RawPrice>,
+    #[serde(default)]
     providers: Vec<Spanned<RawProvider>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
@@ -397,6 +435,29 @@ struct RawTelemetry {
     log_format: Option<LogFormat>,
     #[serde(default)]
     log_level: Option<String>,
+    #[serde(default)]
+    access_log: Option<bool>,
+    #[serde(default)]
+    otlp_endpoint: Option<Spanned<String>>,
+    #[serde(default)]
+    otlp_protocol: Option<Spanned<String>>,
+    #[serde(default)]
+    service_name: Option<Spanned<String>>,
+    #[serde(default)]
+    sample_ratio: Option<Spanned<f64>>,
+    #[serde(default)]
+    max_queue: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_batch: Option<Spanned<u64>>,
+    #[serde(default)]
+    export_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: Spanned<f64>,
+    output: Spanned<f64>,
 }
 
 #[derive(Deserialize)]
@@ -585,6 +646,13 @@ impl Ctx<'_> {
         }
     }
 
+    /// An error in an environment variable the config reads (no line to show).
+    fn env_error(&self, name: &str, message: impl Into<String>) -> ConfigError {
+        let mut error = self.error(0..0, name, message);
+        error.line = 0;
+        error
+    }
+
     /// The certificates of a PEM file, its path relative to the config file's folder.
     fn certificates(
         &self,
@@ -739,14 +807,7 @@ pub fn parse(
         ));
     }
 
-    let telemetry = raw.telemetry.unwrap_or(RawTelemetry {
-        log_format: None,
-        log_level: None,
-    });
-    let telemetry = Telemetry {
-        log_format: telemetry.log_format.unwrap_or(LogFormat::Text),
-        log_level: telemetry.log_level.unwrap_or_else(|| "info".to_owned()),
-    };
+    let telemetry = telemetry(&cx, raw.telemetry.as_ref(), env)?;
 
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut names = HashSet::new();
@@ -939,12 +1000,167 @@ pub fn parse(
         }
     }
 
+    let mut prices = HashMap::new();
+    for (model, price) in &raw.prices {
+        let key = format!("prices.\"{}\"", model.get_ref());
+        if !routes
+            .iter()
+            .any(|r| r.targets.iter().any(|t| t.model == *model.get_ref()))
+        {
+            return Err(cx.error(
+                model.span(),
+                &key,
+                format!(
+                    "no route target sends the model `{}` (prices are keyed by the model name sent upstream)",
+                    model.get_ref()
+                ),
+            ));
+        }
+        let usd = |v: &Spanned<f64>, field: &str| {
+            let value = *v.get_ref();
+            if value.is_finite() && value >= 0.0 {
+                Ok(value)
+            } else {
+                Err(cx.error(
+                    v.span(),
+                    &format!("{key}.{field}"),
+                    "must be a price in USD per million tokens, 0 or more",
+                ))
+            }
+        };
+        prices.insert(
+            model.get_ref().clone(),
+            weir_metrics::Price {
+                input: usd(&price.input, "input")?,
+                output: usd(&price.output, "output")?,
+            },
+        );
+    }
+
     Ok(Config {
         server,
         telemetry,
         providers,
         routes,
         keys,
+        prices,
+    })
+}
+
+/// `[telemetry]`, with the standard `OTEL_*` variables for what the file leaves out.
+fn telemetry(
+    cx: &Ctx<'_>,
+    raw: Option<&RawTelemetry>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Telemetry, ConfigError> {
+    let log_format = raw.and_then(|t| t.log_format).unwrap_or(LogFormat::Text);
+    let log_level = raw
+        .and_then(|t| t.log_level.clone())
+        .unwrap_or_else(|| "info".to_owned());
+    let access_log = raw.and_then(|t| t.access_log).unwrap_or(true);
+    let var = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let endpoint = match raw.and_then(|t| t.otlp_endpoint.as_ref()) {
+        Some(e) => Some((e.get_ref().clone(), Some(e.span()))),
+        None => var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .map(|e| (e, None)),
+    };
+    let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v == "none");
+    let otlp = match endpoint {
+        Some((endpoint, span)) if !disabled => {
+            let key = "telemetry.otlp_endpoint";
+            let bad = |message: String| match &span {
+                Some(span) => cx.error(span.clone(), key, message),
+                None => cx.env_error("OTEL_EXPORTER_OTLP_ENDPOINT", message),
+            };
+            let uri: http::Uri = endpoint
+                .parse()
+                .map_err(|_| bad(format!("`{endpoint}` is not a URL")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(bad(format!(
+                    "`{endpoint}` is not an http:// or https:// URL with a host"
+                )));
+            }
+            let protocols = [
+                ("grpc", OtlpProtocol::Grpc),
+                ("http/protobuf", OtlpProtocol::HttpProtobuf),
+            ];
+            let protocol = match raw.map(|t| &t.otlp_protocol) {
+                Some(p @ Some(_)) => cx.choice(p, "telemetry.otlp_protocol", &protocols)?,
+                _ => match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                    .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+                {
+                    None => OtlpProtocol::Grpc,
+                    Some(p) => match protocols.iter().find(|(name, _)| *name == p) {
+                        Some((_, protocol)) => *protocol,
+                        None => {
+                            return Err(cx.env_error(
+                                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                                format!("`{p}` is not \"grpc\" or \"http/protobuf\""),
+                            ))
+                        }
+                    },
+                },
+            };
+            let service_name = match raw.and_then(|t| t.service_name.as_ref()) {
+                Some(name) if name.get_ref().trim().is_empty() => {
+                    return Err(cx.error(name.span(), "telemetry.service_name", "is empty"))
+                }
+                Some(name) => name.get_ref().clone(),
+                None => var("OTEL_SERVICE_NAME").unwrap_or_else(|| "weir".to_owned()),
+            };
+            let sample_ratio = match raw.and_then(|t| t.sample_ratio.as_ref()) {
+                None => 1.0,
+                Some(r) if (0.0..=1.0).contains(r.get_ref()) => *r.get_ref(),
+                Some(r) => {
+                    return Err(cx.error(
+                        r.span(),
+                        "telemetry.sample_ratio",
+                        "must be between 0 and 1",
+                    ))
+                }
+            };
+            let count = |v: Option<&Spanned<u64>>, key: &str, default: usize| match v {
+                None => Ok(default),
+                Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1 << 20 => {
+                    Err(cx.error(v.span(), key, "must be between 1 and 1048576"))
+                }
+                Some(v) => Ok(*v.get_ref() as usize),
+            };
+            let max_queue = count(
+                raw.and_then(|t| t.max_queue.as_ref()),
+                "telemetry.max_queue",
+                2048,
+            )?;
+            let max_batch = count(
+                raw.and_then(|t| t.max_batch.as_ref()),
+                "telemetry.max_batch",
+                512,
+            )?;
+            let none = None;
+            let export_timeout = cx.duration(
+                raw.map_or(&none, |t| &t.export_timeout),
+                "telemetry.export_timeout",
+                Duration::from_secs(10),
+            )?;
+            Some(Otlp {
+                endpoint,
+                protocol,
+                service_name,
+                sample_ratio,
+                max_queue,
+                max_batch: max_batch.min(max_queue),
+                export_timeout,
+            })
+        }
+        _ => None,
+    };
+    Ok(Telemetry {
+        log_format,
+        log_level,
+        access_log,
+        otlp,
     })
 }
 

@@ -60,8 +60,10 @@ pub async fn start(config: &config::Config) -> Result<Running, StartError> {
     let options = server::ServeOptions {
         header_read_timeout: config.server.header_read_timeout,
         client_stall_timeout: config.server.client_stall_timeout,
+        spans: config.telemetry.otlp.is_some(),
+        access_log: config.telemetry.access_log,
     };
-    server::serve(gateway, &config.server, options)
+    server::serve(gateway, &config.server, &config.telemetry, options)
         .await
         .map_err(StartError::Bind)
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 const USAGE: &str = "\
 weir: a streaming gateway for LLM APIs
@@ -66,7 +67,6 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    weir::telemetry::init(&config.telemetry);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -99,6 +99,13 @@ async fn run(config: weir::config::Config, path: PathBuf) -> ExitCode {
     // Handlers first: a SIGHUP sent as soon as weir says it serves must reload, not kill it.
     let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
     let mut hangup = signal(SignalKind::hangup()).expect("install a SIGHUP handler");
+    let telemetry = match weir::telemetry::init(&config.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("weir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let running = match weir::start(&config).await {
         Ok(running) => running,
         Err(e) => {
@@ -140,5 +147,7 @@ async fn run(config: weir::config::Config, path: PathBuf) -> ExitCode {
     } else {
         tracing::warn!("drain deadline passed with streams still open; exiting");
     }
+    // The last spans go out before the process does.
+    telemetry.shutdown(Duration::from_secs(5)).await;
     ExitCode::SUCCESS
 }

@@ -222,8 +222,10 @@ impl Upstream {
 pub(crate) struct RouteTarget {
     upstream: Arc<Upstream>,
     /// The model name sent to it.
-    model: String,
+    model: Arc<str>,
     continuation: Continuation,
+    /// The model's price (`[prices]`), for the cost metric.
+    price: Option<weir_metrics::Price>,
 }
 
 /// What it takes to continue a committed answer on a route's other targets.
@@ -278,16 +280,29 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
             &plan.call.body,
         );
         *outgoing.body_mut() = Full::new(body);
+        let span = plan.call.attempt_span(target, outgoing.headers_mut());
         let Ok(response) = service.call(outgoing).await else {
+            span_failed(&span, Failure::Connect);
             continue;
         };
+        span.record("http.response.status_code", response.status().as_u16());
         if !response.status().is_success() {
+            span_failed(&span, Failure::StreamBroken);
             continue;
         }
         let mut inner = response.into_body();
         let Ok(prefix) = first_event(&mut inner, plan.first_token).await else {
+            span_failed(&span, Failure::StreamBroken);
             continue;
         };
+        plan.call.tally.failover(
+            cut.provider.clone(),
+            target.upstream.name.clone(),
+            weir_metrics::Phase::AfterFirstToken,
+        );
+        plan.call
+            .tally
+            .provider(target.upstream.name.clone(), target.model.clone());
         let next = Arc::new(RescuePlan {
             targets: plan.targets.clone(),
             order: plan.order.clone(),
@@ -307,6 +322,7 @@ pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<
             provider: target.upstream.name.clone(),
             malformed: target.upstream.malformed.clone(),
             idle: target.upstream.idle_timeout,
+            span,
         });
     }
     None
@@ -341,6 +357,8 @@ fn unlimited() -> Limit {
 /// A route's targets in order, and its deadline for retries.
 #[derive(Debug)]
 struct RouteEntry {
+    /// The model name clients ask for (the route's label in metrics).
+    name: Arc<str>,
     /// Limits on every client of the route together, and their settings.
     limiter: Option<weir_ratelimit::Limiter<()>>,
     rate_limit: Option<crate::config::RateLimit>,
@@ -503,8 +521,9 @@ impl Gateway {
                     .iter()
                     .map(|t| RouteTarget {
                         upstream: upstreams[t.provider].clone(),
-                        model: t.model.clone(),
+                        model: t.model.as_str().into(),
                         continuation: t.continuation,
+                        price: config.prices.get(&t.model).copied(),
                     })
                     .collect::<Vec<_>>()
                     .into();
@@ -552,6 +571,7 @@ impl Gateway {
                     .filter(|old| old.rate_limit == r.rate_limit)
                     .map(|old| old.limiter.clone());
                 let entry = RouteEntry {
+                    name: r.model.as_str().into(),
                     limiter: kept.unwrap_or_else(|| r.rate_limit.as_ref().map(rate_limiter)),
                     rate_limit: r.rate_limit.clone(),
                     targets,
@@ -725,7 +745,7 @@ impl Gateway {
         id: &HeaderValue,
         client: Option<usize>,
     ) -> Response<ResponseBody> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let too_large = || {
             error(
                 ErrorBody::new(
@@ -787,12 +807,25 @@ impl Gateway {
         };
         // Own copies of what the call keeps: the originals are slices of hyper's read buffer,
         // and while a slice lives hyper cannot reuse that buffer (it takes a second one).
+        let tally = parts
+            .extensions
+            .remove::<weir_metrics::Tally>()
+            .unwrap_or_default();
+        tally.labels(weir_metrics::Labels {
+            route: route.name.clone(),
+            ..Default::default()
+        });
+        tally.operation(operation(endpoint));
+        tally.input_estimate(llm.prompt_token_estimate());
         let call = Arc::new(Call {
             endpoint,
             headers: headers::forwardable_client_headers(&parts.headers),
             id: id.clone(),
             body,
             llm,
+            tally,
+            span: tracing::Span::current(),
+            failed: std::sync::atomic::AtomicUsize::new(usize::MAX),
         });
         drop(parts);
         // Client-side rate limits, the most specific first: its headers are the ones shown.
@@ -829,12 +862,26 @@ impl Gateway {
                 target: Some(served),
                 attempts,
             }) => {
+                call.served(route, served, attempts);
                 let plan = rescue_plan(route, served, &call);
                 with_attempts(with_rescue(answer, plan), attempts)
             }
             Ok(Routed {
                 answer, attempts, ..
-            }) => with_attempts(answer, attempts),
+            }) => {
+                call.tally.attempts(attempts);
+                if let Some(provider) = answer.headers().get(&X_WEIR_PROVIDER) {
+                    let provider = route
+                        .targets
+                        .iter()
+                        .find(|t| t.upstream.name.as_bytes() == provider.as_bytes());
+                    if let Some(t) = provider {
+                        call.tally
+                            .provider(t.upstream.name.clone(), t.model.clone());
+                    }
+                }
+                with_attempts(answer, attempts)
+            }
             Err(_) => all_out(call.llm.model(), &route.targets),
         };
         if let Some(standings) = standings {
@@ -853,6 +900,82 @@ pub(crate) struct Call {
     id: HeaderValue,
     body: Bytes,
     llm: LlmRequest,
+    /// What the metrics layer learns of the call.
+    pub(crate) tally: weir_metrics::Tally,
+    /// The request's span (disabled when traces are off): each attempt's parent.
+    span: tracing::Span,
+    /// The target of the last failed attempt (`usize::MAX`: none).
+    failed: std::sync::atomic::AtomicUsize,
+}
+
+impl Call {
+    /// Target `served` committed after `attempts`: the labels, price and failover it means.
+    fn served(&self, route: &RouteEntry, served: usize, attempts: u32) {
+        let target = &route.targets[served];
+        self.tally.labels(weir_metrics::Labels {
+            route: route.name.clone(),
+            provider: target.upstream.name.clone(),
+            model: target.model.clone(),
+        });
+        self.tally.attempts(attempts);
+        if let Some(price) = target.price {
+            self.tally.price(price);
+        }
+        let failed = self.failed.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(from) = route.targets.get(failed).filter(|_| failed != served) {
+            self.tally.failover(
+                from.upstream.name.clone(),
+                target.upstream.name.clone(),
+                weir_metrics::Phase::BeforeFirstToken,
+            );
+        }
+    }
+
+    /// A span for one attempt on `target`, a child of the request's (none when traces are
+    /// off), its context passed upstream in `headers` as W3C `traceparent`.
+    fn attempt_span(&self, target: &RouteTarget, headers: &mut HeaderMap) -> tracing::Span {
+        if self.span.is_disabled() {
+            return tracing::Span::none();
+        }
+        let span = tracing::info_span!(
+            target: "weir::attempt",
+            parent: &self.span,
+            "attempt",
+            otel.name = tracing::field::display(format_args!("{} {}", operation(self.endpoint), target.model)),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            gen_ai.operation.name = operation(self.endpoint),
+            gen_ai.provider.name = &*target.upstream.name,
+            gen_ai.request.model = &*target.model,
+            server.address = target.upstream.models_uri.host().unwrap_or_default(),
+        );
+        crate::telemetry::inject(&span, headers);
+        span
+    }
+}
+
+/// The GenAI operation name of an endpoint.
+fn operation(endpoint: Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::ChatCompletions => "chat",
+        Endpoint::Completions => "text_completion",
+        Endpoint::Embeddings => "embeddings",
+    }
+}
+
+/// What one attempt carries from its request to its judgement.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    call: Arc<Call>,
+    span: tracing::Span,
+}
+
+/// Marks an attempt's span as failed.
+pub(crate) fn span_failed(span: &tracing::Span, failure: Failure) {
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", failure.as_str());
 }
 
 /// The LLM half of the failover router: each target's request, and each answer read to its
@@ -870,29 +993,43 @@ impl Judge<Arc<Call>> for LlmJudge {
     type Response = Response<crate::body::Upstream>;
     type Answer = Response<ResponseBody>;
     type Future = Judging;
+    type Attempt = Attempt;
 
-    fn request(&self, target: usize, call: &Arc<Call>) -> Request<Full<Bytes>> {
-        outgoing_request(
-            &self.targets[target],
+    fn request(&self, target: usize, call: &Arc<Call>) -> (Request<Full<Bytes>>, Attempt) {
+        let target = &self.targets[target];
+        let mut request = outgoing_request(
+            target,
             call.endpoint,
             &call.headers,
             &call.id,
             &call.llm,
             &call.body,
-        )
+        );
+        call.tally.sent();
+        let span = call.attempt_span(target, request.headers_mut());
+        let attempt = Attempt {
+            call: call.clone(),
+            span,
+        };
+        (request, attempt)
     }
 
     fn judge(
         &self,
         target: usize,
+        attempt: Attempt,
         result: Result<Response<crate::body::Upstream>, weir_breaker::BoxError>,
     ) -> Judging {
         let upstream = self.targets[target].upstream.clone();
         let first_token = self.first_token;
         Box::pin(async move {
-            match result {
+            let Attempt { call, span } = attempt;
+            if let Ok(response) = &result {
+                span.record("http.response.status_code", response.status().as_u16());
+            }
+            let judged = match result {
                 Ok(response) if response.status().is_success() => {
-                    match read_head(response, &upstream, first_token).await {
+                    match read_head(response, &upstream, first_token, span.clone()).await {
                         Head::Committed(response) => Judged::Commit(response),
                         Head::Failed(answer, failure) => Judged::Failed(answer, Some(failure)),
                     }
@@ -923,7 +1060,15 @@ impl Judge<Arc<Call>> for LlmJudge {
                     let (answer, failure) = client_failure(&e, &upstream);
                     Judged::Failed(answer, Some(failure))
                 }
+            };
+            if let Judged::Failed(_, failure) = &judged {
+                call.failed
+                    .store(target, std::sync::atomic::Ordering::Relaxed);
+                if let Some(failure) = failure {
+                    span_failed(&span, *failure);
+                }
             }
+            judged
         })
     }
 }
@@ -979,7 +1124,7 @@ fn with_rescue(
 ) -> Response<ResponseBody> {
     if let Some(plan) = plan {
         if plan.call.llm.can_ask_for_usage() {
-            response.body_mut().strip_usage();
+            response.body_mut().strip_usage(plan.call.tally.clone());
         }
         response.body_mut().rescue_with(plan);
     }
@@ -1015,6 +1160,7 @@ async fn read_head(
     response: Response<crate::body::Upstream>,
     upstream: &Upstream,
     first_token: Duration,
+    span: tracing::Span,
 ) -> Head {
     let (mut parts, mut body) = response.into_parts();
     parts.headers = headers::client_response_headers(&parts.headers);
@@ -1038,7 +1184,8 @@ async fn read_head(
                     upstream.name.clone(),
                     upstream.malformed.clone(),
                     upstream.idle_timeout,
-                );
+                )
+                .with_span(span);
                 return Head::Committed(Response::from_parts(parts, ResponseBody::upstream(body)));
             }
             Err(failure) => failure,
@@ -1068,7 +1215,8 @@ async fn read_head(
                             upstream.name.clone(),
                             upstream.malformed.clone(),
                             upstream.idle_timeout,
-                        );
+                        )
+                        .with_span(span);
                         return Head::Committed(Response::from_parts(
                             parts,
                             ResponseBody::upstream(body),

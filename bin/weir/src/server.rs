@@ -42,6 +42,10 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// How long a client may leave a response unread before its connection is cut.
     pub client_stall_timeout: Duration,
+    /// A trace span per request (when traces are exported).
+    pub spans: bool,
+    /// An access log line per request.
+    pub access_log: bool,
 }
 
 /// The HTTP/1.1 and HTTP/2 connection builders.
@@ -153,7 +157,7 @@ enum Protocol {
 
 /// Accepts connections on `listener` until `stop` turns true, then waits for the open ones to
 /// finish. Returns whether they all finished (false if `drain` had to be cut by its deadline).
-async fn accept_loop<S, F>(
+async fn accept_loop<S, F, B>(
     listener: TcpListener,
     options: ServeOptions,
     service: S,
@@ -162,7 +166,9 @@ async fn accept_loop<S, F>(
 ) -> bool
 where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     let builders = Arc::new(builders(options));
     let graceful = GracefulShutdown::new();
@@ -247,6 +253,8 @@ struct Shared {
     probes: std::sync::Mutex<Vec<(Arc<crate::proxy::Upstream>, JoinHandle<()>)>>,
     /// `[server]` as weir started: what a reload cannot change.
     started: crate::config::Server,
+    /// `[telemetry]` as weir started (the subscriber and exporter are set up once).
+    telemetry: crate::config::Telemetry,
 }
 
 impl Shared {
@@ -318,6 +326,9 @@ impl Reloader {
             || was.drain_timeout != now.drain_timeout
         {
             tracing::warn!("listener settings changed in [server]: they take effect on a restart");
+        }
+        if shared.telemetry != config.telemetry {
+            tracing::warn!("[telemetry] changed: it takes effect on a restart");
         }
         shared.current.set(gateway.clone());
         shared.sync_probes(&gateway);
@@ -398,6 +409,7 @@ impl Running {
 pub(crate) async fn serve(
     gateway: Arc<Gateway>,
     server: &crate::config::Server,
+    telemetry: &crate::config::Telemetry,
     options: ServeOptions,
 ) -> std::io::Result<Running> {
     let listener = TcpListener::bind(server.listen).await?;
@@ -408,27 +420,44 @@ pub(crate) async fn serve(
     let current = Arc::new(Current(std::sync::RwLock::new(gateway)));
     let (stop, stopped) = watch::channel(false);
 
-    let public_current = current.clone();
+    let recorder = Arc::new(weir_metrics::PrometheusRecorder::new());
+    let metrics = tower::Layer::layer(
+        &weir_metrics::MetricsLayer::new(recorder.clone())
+            .spans(options.spans)
+            .access_log(options.access_log)
+            .request_id_header(crate::headers::X_REQUEST_ID.clone()),
+        GatewayService(current.clone()),
+    );
     let public = tokio::spawn(accept_loop(
         listener,
         options,
         move |request| {
-            let gateway = public_current.get();
-            // hyper keeps the service future's box for as long as the connection lives; boxing
-            // the handler inside it leaves a pointer there, and frees the handler's state as
-            // soon as the response head is ready (2.7 KiB per open stream).
-            Box::pin(async move { gateway.handle(request).await })
+            let answer = tower::Service::call(&mut metrics.clone(), request);
+            async move {
+                match answer.await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
         },
         stopped,
         server.drain_timeout,
     ));
     let admin_health = health.clone();
     let admin_current = current.clone();
+    let admin_recorder = recorder.clone();
     let (admin_stop, admin_stopped) = watch::channel(false);
     let admin = tokio::spawn(accept_loop(
         admin_listener,
         options,
-        move |request| std::future::ready(admin(&admin_health, &admin_current.get(), &request)),
+        move |request| {
+            std::future::ready(admin(
+                &admin_health,
+                &admin_current.get(),
+                &admin_recorder,
+                &request,
+            ))
+        },
         admin_stopped,
         Duration::ZERO,
     ));
@@ -437,6 +466,7 @@ pub(crate) async fn serve(
         health,
         probes: std::sync::Mutex::new(Vec::new()),
         started: server.clone(),
+        telemetry: telemetry.clone(),
     });
     shared.sync_probes(&current.get());
     Ok(Running {
@@ -460,22 +490,51 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
     response
 }
 
+/// The gateway as a tower service: each request goes to the gateway current when it arrives.
+#[derive(Clone, Debug)]
+struct GatewayService(Arc<Current>);
+
+impl tower::Service<Request<Incoming>> for GatewayService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let gateway = self.0.get();
+        // hyper keeps the service future for as long as the connection lives; boxing the
+        // handler leaves a pointer there, and frees the handler's state as soon as the
+        // response head is ready (2.7 KiB per open stream).
+        Box::pin(async move { Ok(gateway.handle(request).await) })
+    }
+}
+
 fn admin(
     health: &Health,
     gateway: &Gateway,
+    recorder: &weir_metrics::PrometheusRecorder,
     request: &Request<Incoming>,
 ) -> Response<ResponseBody> {
     match request.uri().path() {
         "/metrics" => {
-            let mut text = crate::health::breaker_metrics(gateway).to_vec();
-            text.extend_from_slice(
-                format!(
-                    "# HELP weir_config_reloads_total Configuration reloads, applied or refused.\n# TYPE weir_config_reloads_total counter\nweir_config_reloads_total{{result=\"ok\"}} {}\nweir_config_reloads_total{{result=\"failed\"}} {}\n",
-                    health.reloads_ok.load(Ordering::Relaxed),
-                    health.reloads_failed.load(Ordering::Relaxed),
-                )
-                .as_bytes(),
+            let mut text = String::with_capacity(16 * 1024);
+            recorder.render(&mut text);
+            text.push_str(
+                std::str::from_utf8(&crate::health::breaker_metrics(gateway)).unwrap_or_default(),
             );
+            crate::telemetry::render_stats(&mut text);
+            text.push_str(&format!(
+                "# HELP weir_config_reloads_total Configuration reloads, applied or refused.\n# TYPE weir_config_reloads_total counter\nweir_config_reloads_total{{result=\"ok\"}} {}\nweir_config_reloads_total{{result=\"failed\"}} {}\n",
+                health.reloads_ok.load(Ordering::Relaxed),
+                health.reloads_failed.load(Ordering::Relaxed),
+            ));
             let mut response = Response::new(ResponseBody::full(text.into()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -178,7 +178,9 @@ fn shipped_example_configs_are_valid() {
     files.push(root.join("deploy/compose-weir.toml"));
     for path in &files {
         let text = std::fs::read_to_string(path).unwrap();
-        let config = weir::config::parse(path, &text, &|_| Some("example-value".into()));
+        let config = weir::config::parse(path, &text, &|name| {
+            (!name.starts_with("OTEL_")).then(|| "example-value".into())
+        });
         assert!(
             config.is_ok(),
             "{}: {}",

@@ -26,8 +26,9 @@
 //!     type Response = u16;
 //!     type Answer = u16;
 //!     type Future = Ready<Judged<u16>>;
-//!     fn request(&self, _target: usize, call: &&'static str) -> &'static str { call }
-//!     fn judge(&self, _target: usize, result: Result<u16, tower::BoxError>) -> Self::Future {
+//!     type Attempt = ();
+//!     fn request(&self, _target: usize, call: &&'static str) -> (&'static str, ()) { (call, ()) }
+//!     fn judge(&self, _target: usize, _: (), result: Result<u16, tower::BoxError>) -> Self::Future {
 //!         ready(match result {
 //!             Ok(200) => Judged::Commit(200),
 //!             Ok(status) => Judged::Failed(status, Some(Failure::Upstream5xx {
@@ -85,12 +86,21 @@ pub trait Judge<C>: Clone + Send + Sync + 'static {
     type Answer: Send + 'static;
     /// Reads a result to its commit point.
     type Future: Future<Output = Judged<Self::Answer>> + Send;
+    /// What one attempt carries from its request to its judgement (a trace span, the
+    /// call's bookkeeping; `()` when nothing).
+    type Attempt: Send + 'static;
 
-    /// The request for target `target` (its model name, its headers).
-    fn request(&self, target: usize, call: &C) -> Self::Request;
+    /// The request for target `target` (its model name, its headers), and the attempt's
+    /// state.
+    fn request(&self, target: usize, call: &C) -> (Self::Request, Self::Attempt);
 
     /// Judges target `target`'s result.
-    fn judge(&self, target: usize, result: Result<Self::Response, BoxError>) -> Self::Future;
+    fn judge(
+        &self,
+        target: usize,
+        attempt: Self::Attempt,
+        result: Result<Self::Response, BoxError>,
+    ) -> Self::Future;
 }
 
 /// One target of a route.
@@ -436,10 +446,13 @@ where
         S::Future: Send + 'static,
         J: Judge<C>,
     {
-        let request = self.judge.request(index, call);
+        let (request, attempt) = self.judge.request(index, call);
         let future = service.call(request);
         let judge = self.judge.clone();
-        Box::pin(async move { judge.judge(index, future.await.map_err(Into::into)).await })
+        Box::pin(async move {
+            let result = future.await.map_err(Into::into);
+            judge.judge(index, attempt, result).await
+        })
     }
 }
 

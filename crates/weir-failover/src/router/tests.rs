@@ -20,12 +20,13 @@ impl Judge<u32> for ByStatus {
     type Response = u16;
     type Answer = (usize, u16);
     type Future = Ready<Judged<(usize, u16)>>;
+    type Attempt = ();
 
-    fn request(&self, _: usize, call: &u32) -> u32 {
-        *call
+    fn request(&self, _: usize, call: &u32) -> (u32, ()) {
+        (*call, ())
     }
 
-    fn judge(&self, target: usize, result: Result<u16, BoxError>) -> Self::Future {
+    fn judge(&self, target: usize, _: (), result: Result<u16, BoxError>) -> Self::Future {
         ready(match result {
             Ok(200) => Judged::Commit((target, 200)),
             Ok(status) => Judged::Failed(
