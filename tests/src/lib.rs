@@ -281,6 +281,98 @@ pub fn sample(text: &str, series: &str) -> f64 {
         .expect("a number")
 }
 
+/// One sample of Prometheus text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The metric name (with `_bucket`, `_sum`, `_count` for histograms).
+    pub name: String,
+    /// Its labels, in order.
+    pub labels: Vec<(String, String)>,
+    /// Its value.
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of label `name`.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses Prometheus text exposition the way a scraper would, and panics on anything a
+/// scraper would reject: a sample before its family's `# TYPE`, a family declared twice, a bad
+/// label or value.
+pub fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut families: std::collections::HashMap<String, String> = Default::default();
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            let earlier = families.insert(name.to_owned(), kind.to_owned());
+            assert!(earlier.is_none(), "family declared twice: {name}");
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample and its value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("{line}"));
+                let mut labels = Vec::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (label, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                    assert!(
+                        label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                        "bad label name in {line}"
+                    );
+                    let mut value = String::new();
+                    let mut chars = after.char_indices();
+                    let end = loop {
+                        match chars.next() {
+                            Some((_, '\\')) => value.push(chars.next().expect("escape").1),
+                            Some((i, '"')) => break i,
+                            Some((_, c)) => value.push(c),
+                            None => panic!("unterminated label value in {line}"),
+                        }
+                    };
+                    labels.push((label.to_owned(), value));
+                    rest = after[end + 1..].trim_start_matches(',');
+                }
+                (name, labels)
+            }
+        };
+        let family = [
+            name,
+            name.trim_end_matches("_bucket"),
+            name.trim_end_matches("_sum"),
+            name.trim_end_matches("_count"),
+        ]
+        .into_iter()
+        .find(|f| families.contains_key(*f))
+        .unwrap_or_else(|| panic!("sample before its # TYPE: {line}"));
+        if families[family] == "histogram" && name.ends_with("_bucket") {
+            assert!(labels.iter().any(|(n, _)| n == "le"), "{line}");
+        }
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
 /// weir over one mock provider (`mock`, no key, probes off) and the route `gpt-test` on it:
 /// `server` goes in `[server]`, `route` in the route's table, `rest` after it (more routes,
 /// `[[keys]]`).
@@ -344,6 +436,17 @@ pub mod two {
     /// `primary_url` replaces the primary's base URL (a dead port), `extra` goes in the primary's
     /// provider table, `targets` overrides the route's targets.
     pub async fn setup(primary_url: Option<String>, extra: &str, targets: Option<&str>) -> Setup {
+        setup_with(primary_url, extra, targets, "").await
+    }
+
+    /// [`setup`], with `tail` appended to the file (top-level tables: `[prices]`,
+    /// `[telemetry]`).
+    pub async fn setup_with(
+        primary_url: Option<String>,
+        extra: &str,
+        targets: Option<&str>,
+        tail: &str,
+    ) -> Setup {
         let primary = MockUpstream::start().await;
         let backup = MockUpstream::start().await;
         // Probes off unless the test sets them.
@@ -378,6 +481,8 @@ pub mod two {
     [[routes]]
     model = "gpt-test"
     targets = {targets}
+
+    {tail}
     "#,
             primary_url.unwrap_or_else(|| primary.base_url()),
             backup.base_url()

@@ -68,13 +68,19 @@ impl<B: Body, R: Recorder> Body for ResponseBody<B, R> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let polled = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let polled = ready!(this.inner.as_mut().poll_frame(cx));
         if let Some(open) = this.open {
             match &polled {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         open.observe(data.chunk());
+                    }
+                    // hyper does not poll a body again once it says it has ended.
+                    if this.inner.is_end_stream() {
+                        let outcome = open.outcome_by_status();
+                        open.end(outcome);
+                        *this.open = None;
                     }
                 }
                 Some(Err(_)) => {

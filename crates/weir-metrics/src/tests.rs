@@ -370,3 +370,33 @@ impl LayerService for MetricsLayer<PrometheusRecorder> {
         tower_layer::Layer::layer(self, inner)
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_says_it_ended_is_complete_without_another_poll() {
+    // hyper stops polling once `is_end_stream` is true: a one-frame answer whose client never
+    // reads further is complete, not cancelled.
+    let recorder = Arc::new(PrometheusRecorder::new());
+    let svc = MetricsLayer::new(recorder.clone()).layer_service(tower::service_fn(
+        |_: Request<()>| async {
+            let mut response = Response::new(http_body_util::Full::new(Bytes::from_static(
+                br#"{"error":{"message":"no such model"}}"#,
+            )));
+            *response.status_mut() = http::StatusCode::NOT_FOUND;
+            Ok::<_, std::convert::Infallible>(response)
+        },
+    ));
+    let response = svc.oneshot(Request::new(())).await.unwrap();
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert!(http_body::Body::is_end_stream(&body));
+    drop(body);
+    let text = render(&recorder);
+    assert_eq!(
+        sample(
+            &text,
+            r#"weir_requests_total{route="",provider="",model="",status="404",outcome="client_error"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
