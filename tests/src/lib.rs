@@ -430,6 +430,8 @@ pub mod two {
         pub backup: MockUpstream,
         /// weir.
         pub weir: weir::Running,
+        /// Its configuration.
+        pub config: weir::config::Config,
     }
 
     /// weir with a primary and a backup provider (probes off), the route `gpt-test` over both.
@@ -493,6 +495,7 @@ pub mod two {
             primary,
             backup,
             weir,
+            config,
         }
     }
 
@@ -515,8 +518,13 @@ pub mod two {
 
     /// A streaming chat completion on `gpt-test` with mock directives, read to its end.
     pub async fn ask(weir: &weir::Running, directives: &str) -> Answer {
+        ask_at(weir.addr(), directives).await
+    }
+
+    /// [`ask`], of the weir at `addr`.
+    pub async fn ask_at(addr: std::net::SocketAddr, directives: &str) -> Answer {
         let client = Client::builder(TokioExecutor::new()).build_http();
-        let request = Request::post(format!("http://{}/v1/chat/completions", weir.addr()))
+        let request = Request::post(format!("http://{addr}/v1/chat/completions"))
             .header("x-mock", directives)
             .body(Full::new(Bytes::from_static(
                 br#"{"model":"gpt-test","stream":true,"messages":[]}"#,
@@ -540,5 +548,170 @@ pub mod two {
             events: read.events(),
             broken: read.error.is_some(),
         }
+    }
+}
+
+/// An in-process OpenTelemetry collector: OTLP/gRPC (the `opentelemetry-proto` service over
+/// tonic) or OTLP/HTTP (protobuf bodies on `POST /v1/traces`), on 127.0.0.1. It keeps every
+/// span it receives.
+pub mod otlp {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    pub use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    pub use opentelemetry_proto::tonic::trace::v1::Span;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    /// What the collector received.
+    #[derive(Clone, Debug, Default)]
+    pub struct Received {
+        spans: Arc<Mutex<Vec<Span>>>,
+        /// Each export's `service.name`.
+        services: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Received {
+        /// Every span so far.
+        pub fn spans(&self) -> Vec<Span> {
+            self.spans.lock().unwrap().clone()
+        }
+
+        /// The `service.name` of each export so far.
+        pub fn services(&self) -> Vec<String> {
+            self.services.lock().unwrap().clone()
+        }
+
+        fn keep(&self, request: ExportTraceServiceRequest) {
+            for resource in request.resource_spans {
+                let service = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                        Value::StringValue(s) => Some(s.clone()),
+                        _ => None,
+                    });
+                self.services
+                    .lock()
+                    .unwrap()
+                    .push(service.unwrap_or_default());
+                for scope in resource.scope_spans {
+                    self.spans.lock().unwrap().extend(scope.spans);
+                }
+            }
+        }
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Received {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            self.keep(request.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// A collector that speaks OTLP/gRPC.
+    pub async fn grpc() -> (SocketAddr, Received) {
+        let received = Received::default();
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = incoming.local_addr().unwrap();
+        let service = TraceServiceServer::new(received.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        (addr, received)
+    }
+
+    /// A collector that speaks OTLP/HTTP with protobuf bodies.
+    pub async fn http() -> (SocketAddr, Received) {
+        let received = Received::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let keep = received.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let keep = keep.clone();
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let keep = keep.clone();
+                        async move {
+                            let protobuf = request.uri().path() == "/v1/traces"
+                                && request
+                                    .headers()
+                                    .get("content-type")
+                                    .is_some_and(|v| v == "application/x-protobuf");
+                            let body = request.into_body().collect().await?.to_bytes();
+                            let status =
+                                match <ExportTraceServiceRequest as prost::Message>::decode(body) {
+                                    Ok(export) if protobuf => {
+                                        keep.keep(export);
+                                        200
+                                    }
+                                    _ => 400,
+                                };
+                            let mut response = http::Response::new(Full::new(Bytes::new()));
+                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            response
+                                .headers_mut()
+                                .insert("content-type", "application/x-protobuf".parse().unwrap());
+                            Ok::<_, hyper::Error>(response)
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        (addr, received)
+    }
+
+    /// A collector that takes connections and never answers.
+    pub async fn silent() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        addr
+    }
+
+    /// The string value of a span attribute.
+    pub fn attr(span: &Span, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                Value::IntValue(i) => Some(i.to_string()),
+                Value::DoubleValue(d) => Some(d.to_string()),
+                Value::BoolValue(b) => Some(b.to_string()),
+                _ => None,
+            })
+    }
+
+    /// Lowercase hex of an id.
+    pub fn hex(id: &[u8]) -> String {
+        id.iter().map(|b| format!("{b:02x}")).collect()
     }
 }

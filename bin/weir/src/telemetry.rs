@@ -133,6 +133,7 @@ pub fn init(telemetry: &Telemetry) -> Result<Guard, InitError> {
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_location(false)
+        .with_target(false)
         .with_filter(
             tracing_subscriber::filter::Targets::new()
                 .with_target("weir::request", tracing::Level::DEBUG)

@@ -42,10 +42,11 @@ pub(crate) fn finish(span: &Span, report: &Report<'_>, operation: Option<&'stati
     if let Some(operation) = operation {
         span.record("gen_ai.operation.name", operation);
         if !labels.route.is_empty() {
-            span.record(
-                "otel.name",
-                tracing::field::display(format_args!("{operation} {}", labels.route)),
-            );
+            let name = format!("{operation} {}", labels.route);
+            // A span already started takes its new name through OpenTelemetry's API.
+            #[cfg(feature = "opentelemetry")]
+            otel::rename(span, name.clone());
+            span.record("otel.name", name);
         }
     }
     if !labels.route.is_empty() {
@@ -128,6 +129,10 @@ mod otel {
         }
         let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
         let _ = span.set_parent(cx);
+    }
+
+    pub(super) fn rename(span: &Span, name: String) {
+        span.context().span().update_name(name);
     }
 
     pub(super) fn trace_id(span: &Span) -> Option<[u8; 32]> {
