@@ -1,0 +1,87 @@
+//! deploy/: the compose stack and its configs are valid, and the Grafana dashboard queries only
+//! metrics weir exports. (The stack cannot run here: no container engine.)
+
+use std::path::PathBuf;
+use weir_e2e::two::{ask, setup_with};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("WEIR_PYTHON") {
+        return python.into();
+    }
+    let venv = root().join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with check-jsonschema: run `cargo xtask test` (it creates .venv) or set WEIR_PYTHON"
+    );
+    venv
+}
+
+#[test]
+fn the_compose_stack_follows_the_spec_and_its_files_exist() {
+    let out = std::process::Command::new(python())
+        .arg(root().join("tests/python/deploy_check.py"))
+        .arg(root().join("deploy"))
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "ok compose schema",
+        "ok mounts",
+        "ok yaml",
+        "ok collector pipeline",
+        "ok dashboard",
+    ] {
+        assert!(stdout.contains(step), "{step} missing in:\n{stdout}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_dashboard_queries_only_metrics_weir_exports() {
+    let s = setup_with(None, "", None, "").await;
+    assert_eq!(ask(&s.weir, "chunks=2").await.status, 200);
+    let text = weir_e2e::metrics_at(s.weir.admin_addr()).await;
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/observability/grafana/dashboards/weir.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("weir_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .filter(|f| families.contains(f))
+                    .unwrap_or(&name);
+                assert!(
+                    families.contains(&family),
+                    "panel `{}` queries `{name}`, which weir does not export",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 10);
+}
