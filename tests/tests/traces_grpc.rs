@@ -38,6 +38,7 @@ async fn a_failed_over_stream_is_one_trace_with_a_span_per_attempt() {
     let request = Request::post(format!("http://{}/v1/chat/completions", s.weir.addr()))
         .header("x-mock", "chunks=4")
         .header("traceparent", format!("00-{TRACE}-{CLIENT_SPAN}-01"))
+        .header("authorization", "Bearer sk-client-canary-5e1f")
         .body(Full::new(Bytes::from_static(
             br#"{"model":"gpt-test","stream":true,"messages":[{"role":"user","content":"Say hello, secretly"}]}"#,
         )))
@@ -86,6 +87,7 @@ async fn a_failed_over_stream_is_one_trace_with_a_span_per_attempt() {
     // No prompt or answer text anywhere.
     let everything = format!("{spans:?}");
     assert!(!everything.contains("secretly") && !everything.contains("tok0"));
+    assert!(!everything.contains("canary"), "no key in any span");
 
     // One child span per attempt: two refused connections to primary, then backup.
     let mut attempts: Vec<_> = spans

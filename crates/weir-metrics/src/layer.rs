@@ -142,61 +142,26 @@ where
         };
         ResponseFuture {
             inner,
-            pending: Some(Pending {
-                recorder: self.recorder.clone(),
-                options: self.options.clone(),
+            open: Some(Box::new(Open::new(
+                self.recorder.clone(),
+                self.options.clone(),
                 tally,
                 span,
                 start,
                 traceparent,
-            }),
+            ))),
         }
-    }
-}
-
-/// What the future carries to the body.
-struct Pending<R> {
-    recorder: Arc<R>,
-    options: Arc<Options>,
-    tally: Tally,
-    span: Span,
-    start: Instant,
-    traceparent: Option<[u8; 32]>,
-}
-
-impl<R: Recorder> Pending<R> {
-    fn open(self, status: http::StatusCode, headers: Option<&http::HeaderMap>) -> Open<R> {
-        Open::new(
-            self.recorder,
-            self.tally,
-            self.span,
-            self.start,
-            status,
-            headers,
-            &self.options,
-            self.traceparent,
-        )
     }
 }
 
 pin_project! {
-    /// The response future of [`Metrics`].
+    /// The response future of [`Metrics`]. The exchange's state is one allocation, made when
+    /// the request arrives and handed to the body with the head (dropped before that: the
+    /// exchange counts as cancelled).
     pub struct ResponseFuture<F, R: Recorder> {
         #[pin]
         inner: F,
-        pending: Option<Pending<R>>,
-    }
-
-    impl<F, R: Recorder> PinnedDrop for ResponseFuture<F, R> {
-        fn drop(this: Pin<&mut Self>) {
-            // The client went away before the answer's head: recorded as cancelled, with
-            // the status nginx logs for it.
-            if let Some(p) = this.project().pending.take() {
-                let status = http::StatusCode::from_u16(499).expect("a valid status code");
-                let mut open = p.open(status, None);
-                open.end(Outcome::Cancelled);
-            }
-        }
+        open: Option<Box<Open<R>>>,
     }
 }
 
@@ -217,20 +182,20 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let pending = this.pending.as_ref().expect("polled after completion");
-            let _entered = pending.span.enter();
+            let open = this.open.as_ref().expect("polled after completion");
+            let _entered = open.span.enter();
             ready!(this.inner.poll(cx))
         };
-        let p = this.pending.take().expect("polled after completion");
+        let mut open = this.open.take().expect("polled after completion");
         Poll::Ready(match result {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
-                let open = p.open(parts.status, Some(&parts.headers));
+                open.head(parts.status, Some(&parts.headers));
                 Ok(Response::from_parts(parts, ResponseBody::new(body, open)))
             }
             Err(e) => {
                 // No answer at all: counted as a gateway failure.
-                let mut open = p.open(http::StatusCode::INTERNAL_SERVER_ERROR, None);
+                open.head(http::StatusCode::INTERNAL_SERVER_ERROR, None);
                 open.end(Outcome::UpstreamError);
                 Err(e)
             }

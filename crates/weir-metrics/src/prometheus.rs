@@ -7,6 +7,7 @@ use crate::histogram::{
 use crate::recorder::{Labels, Outcome, Phase, Recorder, Report};
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -17,9 +18,10 @@ const MAX_SERIES: usize = 10_000;
 /// Every series of one label set.
 #[derive(Debug)]
 pub struct Series {
+    labels: Labels,
     active: AtomicI64,
-    /// Requests by status and outcome (few of each).
-    requests: Mutex<HashMap<(u16, Outcome), u64>>,
+    /// Requests by status and outcome: a few pairs, searched in order.
+    requests: Mutex<Vec<((u16, Outcome), u64)>>,
     duration: Histogram,
     first_token: Histogram,
     inter_token: Histogram,
@@ -33,10 +35,11 @@ pub struct Series {
 }
 
 impl Series {
-    fn new() -> Self {
+    fn new(labels: Labels) -> Self {
         Self {
+            labels,
             active: AtomicI64::new(0),
-            requests: Mutex::new(HashMap::new()),
+            requests: Mutex::new(Vec::new()),
             duration: Histogram::new(DURATION_BUCKETS),
             first_token: Histogram::new(FIRST_TOKEN_BUCKETS),
             inter_token: Histogram::new(INTER_TOKEN_BUCKETS),
@@ -61,8 +64,31 @@ type FailoverKey = (Arc<str>, Arc<str>, Arc<str>, Phase);
 /// [`render`](PrometheusRecorder::render) writes them in the text exposition format.
 #[derive(Debug, Default)]
 pub struct PrometheusRecorder {
-    series: RwLock<HashMap<Labels, Arc<Series>>>,
+    series: RwLock<HashMap<Labels, Arc<Series>, BuildHasherDefault<FxHasher>>>,
     failovers: Mutex<HashMap<FailoverKey, u64>>,
+}
+
+/// A fast hash for label sets (configured names only: nothing for a client to collide).
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl PrometheusRecorder {
@@ -81,8 +107,8 @@ impl PrometheusRecorder {
         } else {
             labels.clone()
         };
-        all.entry(key)
-            .or_insert_with(|| Arc::new(Series::new()))
+        all.entry(key.clone())
+            .or_insert_with(|| Arc::new(Series::new(key)))
             .clone()
     }
 
@@ -108,13 +134,7 @@ impl PrometheusRecorder {
         };
         head(out, "weir_requests_total", "counter", "Requests by route, provider, model, status and outcome (ok, rescued, client_error, upstream_error, truncated, cancelled).");
         for (l, s) in &series {
-            let mut requests: Vec<_> = s
-                .requests
-                .lock()
-                .expect("requests lock")
-                .iter()
-                .map(|(k, v)| (*k, *v))
-                .collect();
+            let mut requests: Vec<_> = s.requests.lock().expect("requests lock").clone();
             requests.sort_by_key(|((status, outcome), _)| (*status, outcome.as_str()));
             for ((status, outcome), n) in requests {
                 let _ = writeln!(
@@ -243,13 +263,19 @@ impl Recorder for PrometheusRecorder {
         let labels_moved = opened.active.load(Ordering::Relaxed) < 0;
         debug_assert!(!labels_moved, "active streams below zero");
         // A rescued stream ends on another provider: its series, from here on.
-        let series = self.series(report.labels);
-        *series
-            .requests
-            .lock()
-            .expect("requests lock")
-            .entry((report.status.as_u16(), report.outcome))
-            .or_default() += 1;
+        let series = if opened.labels == *report.labels {
+            opened
+        } else {
+            self.series(report.labels)
+        };
+        {
+            let key = (report.status.as_u16(), report.outcome);
+            let mut requests = series.requests.lock().expect("requests lock");
+            match requests.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => requests.push((key, 1)),
+            }
+        }
         series.duration.observe(report.duration.as_secs_f64());
         if let Some(first) = report.first_token {
             series.first_token.observe(first.as_secs_f64());

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// The labels of an exchange: configured names only (a route, a provider, the model sent
 /// upstream), so that no client-controlled string becomes a label. Empty when the request was
 /// refused before it was routed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Labels {
     /// The route (the model name clients ask for).
     pub route: Arc<str>,
@@ -16,6 +16,20 @@ pub struct Labels {
     pub provider: Arc<str>,
     /// The model name sent to that provider.
     pub model: Arc<str>,
+}
+
+/// One empty name, shared (an empty `Arc<str>` of its own would be an allocation each).
+static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+
+impl Default for Labels {
+    /// Three empty names, without allocating.
+    fn default() -> Self {
+        Self {
+            route: EMPTY.clone(),
+            provider: EMPTY.clone(),
+            model: EMPTY.clone(),
+        }
+    }
 }
 
 impl Labels {

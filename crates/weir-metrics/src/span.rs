@@ -78,9 +78,11 @@ pub(crate) fn finish(span: &Span, report: &Report<'_>, operation: Option<&'stati
     }
 }
 
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// The trace id of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`), if valid.
 pub(crate) fn traceparent_id(headers: &HeaderMap) -> Option<[u8; 32]> {
-    let value = headers.get("traceparent")?.as_bytes();
+    let value = headers.get(&TRACEPARENT)?.as_bytes();
     let id = value.get(3..35)?;
     let valid = value.len() >= 55
         && value.starts_with(b"00-")

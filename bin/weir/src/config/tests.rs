@@ -435,3 +435,118 @@ fn accepting_every_client_must_be_said_in_the_file() {
     let typo = GOOD.replace("auth = \"off\"", "auth = \"none\"");
     assert!(error(&typo).contains("server.auth: `none` is not one of"));
 }
+
+#[test]
+fn telemetry_from_the_file_and_from_otel_variables() {
+    let config = load(GOOD).unwrap();
+    assert!(config.telemetry.access_log);
+    assert_eq!(config.telemetry.otlp, None, "no endpoint: no export");
+
+    let text = format!(
+        "{GOOD}\n[telemetry]\notlp_endpoint = \"http://collector:4318\"\notlp_protocol = \"http/protobuf\"\nsample_ratio = 0.25\n"
+    );
+    let otlp = load(&text).unwrap().telemetry.otlp.unwrap();
+    assert_eq!(otlp.endpoint, "http://collector:4318");
+    assert_eq!(otlp.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(
+        (otlp.sample_ratio, otlp.service_name.as_str()),
+        (0.25, "weir")
+    );
+
+    // The standard variables fill what the file leaves out; the file wins.
+    let otel = |name: &str| match name {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://env-collector:4317".to_owned()),
+        "OTEL_SERVICE_NAME" => Some("gateway-eu".to_owned()),
+        "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("http/protobuf".to_owned()),
+        other => env(other),
+    };
+    let from_env = parse(Path::new("weir.toml"), GOOD, &otel).unwrap();
+    let otlp = from_env.telemetry.otlp.unwrap();
+    assert_eq!(
+        (
+            otlp.endpoint.as_str(),
+            otlp.service_name.as_str(),
+            otlp.protocol
+        ),
+        (
+            "http://env-collector:4317",
+            "gateway-eu",
+            OtlpProtocol::HttpProtobuf
+        )
+    );
+    let from_file = parse(Path::new("weir.toml"), &text, &otel).unwrap();
+    assert_eq!(
+        from_file.telemetry.otlp.unwrap().endpoint,
+        "http://collector:4318"
+    );
+    let disabled = |name: &str| match name {
+        "OTEL_SDK_DISABLED" => Some("true".to_owned()),
+        other => otel(other),
+    };
+    let off = parse(Path::new("weir.toml"), &text, &disabled).unwrap();
+    assert_eq!(off.telemetry.otlp, None);
+}
+
+#[test]
+fn bad_telemetry_and_prices_name_key_and_line() {
+    let with = |tail: &str| format!("{GOOD}\n{tail}\n");
+    let lines = GOOD.lines().count() + 3;
+    let message = error(&with("[telemetry]\notlp_endpoint = \"collector:4317\""));
+    assert!(
+        message.contains(&format!(
+            "weir.toml:{lines}:17: telemetry.otlp_endpoint: `collector:4317` is not an http:// or https:// URL"
+        )),
+        "{message}"
+    );
+    let message = error(&with(
+        "[telemetry]\notlp_endpoint = \"http://c:4317\"\notlp_protocol = \"udp\"",
+    ));
+    assert!(
+        message
+            .contains("telemetry.otlp_protocol: `udp` is not one of \"grpc\", \"http/protobuf\""),
+        "{message}"
+    );
+    let message = error(&with(
+        "[telemetry]\notlp_endpoint = \"http://c:4317\"\nsample_ratio = 2.0",
+    ));
+    assert!(
+        message.contains("telemetry.sample_ratio: must be between 0 and 1"),
+        "{message}"
+    );
+    let bad_env = |name: &str| match name {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://c:4317".to_owned()),
+        "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("carrier-pigeon".to_owned()),
+        other => env(other),
+    };
+    let message = parse(Path::new("weir.toml"), GOOD, &bad_env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("OTEL_EXPORTER_OTLP_PROTOCOL: `carrier-pigeon`"),
+        "{message}"
+    );
+
+    let prices = |body: &str| with(&format!("[prices]\n{body}"));
+    let ok = load(&prices("\"meta/llama\" = { input = 0.1, output = 0.2 }")).unwrap();
+    assert_eq!(
+        ok.prices["meta/llama"],
+        weir_metrics::Price {
+            input: 0.1,
+            output: 0.2
+        }
+    );
+    let message = error(&prices("\"gpt-5\" = { input = 1.0, output = 2.0 }"));
+    assert!(
+        message.contains(&format!(
+            "weir.toml:{lines}:1: prices.\"gpt-5\": no route target sends the model `gpt-5`"
+        )),
+        "{message}"
+    );
+    let message = error(&prices("\"meta/llama\" = { input = -1.0, output = 2.0 }"));
+    assert!(
+        message.contains("prices.\"meta/llama\".input: must be a price in USD per million tokens"),
+        "{message}"
+    );
+    let message = error(&prices("\"meta/llama\" = { input = 1.0, outptu = 2.0 }"));
+    assert!(message.contains("unknown field `outptu`"), "{message}");
+}
