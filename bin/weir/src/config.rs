@@ -34,6 +34,8 @@ pub struct Config {
     pub server: Server,
     /// `[telemetry]`
     pub telemetry: Telemetry,
+    /// `[websocket]`: the `GET /v1/ws` endpoint.
+    pub websocket: WebSocket,
     /// `[[providers]]`, in file order.
     pub providers: Vec<Provider>,
     /// `[[routes]]`, in file order.
@@ -110,6 +112,32 @@ pub struct AdaptiveConcurrency {
     pub min: usize,
     /// A first token later than this (or a 429, a 5xx, an error) lowers the limit.
     pub first_token_target: Duration,
+}
+
+/// `[websocket]`: completions streamed over one WebSocket per client at `GET /v1/ws`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebSocket {
+    /// Whether `/v1/ws` is served.
+    pub enabled: bool,
+    /// Browser origins allowed to connect (`Origin`); `*` for any. A request without `Origin`
+    /// (not a browser) is always allowed; one from an origin not listed gets 403.
+    pub origins: Vec<String>,
+    /// How often weir pings; a connection that has not answered the last ping by the next is
+    /// closed.
+    pub ping_interval: Duration,
+    /// A connection with nothing in flight that sends no message for this long is closed.
+    pub idle_timeout: Duration,
+    /// The largest message (and frame) a client may send; close 1009 above.
+    pub max_message_bytes: usize,
+    /// Completions in flight at once on one connection.
+    pub max_in_flight: usize,
+    /// Messages a connection may send per second, and its burst; close 1008 beyond.
+    pub messages_per_second: u32,
+    /// See `messages_per_second`.
+    pub message_burst: u32,
+    /// Messages waiting to be written to one client; a completion whose client does not read
+    /// waits (and stops reading its upstream) when it is full.
+    pub send_queue: usize,
 }
 
 /// `[telemetry]`: logs, the access log and trace export.
@@ -365,6 +393,8 @@ struct RawConfig {
     #[serde(default)]
     prices: BTreeMap<Spanned<String>, RawPrice>,
     #[serde(default)]
+    websocket: Option<RawWebSocket>,
+    #[serde(default)]
     providers: Vec<Spanned<RawProvider>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
@@ -451,6 +481,29 @@ struct RawTelemetry {
     max_batch: Option<Spanned<u64>>,
     #[serde(default)]
     export_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWebSocket {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    origins: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    ping_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    max_message_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    max_in_flight: Option<Spanned<u64>>,
+    #[serde(default)]
+    messages_per_second: Option<Spanned<u64>>,
+    #[serde(default)]
+    message_burst: Option<Spanned<u64>>,
+    #[serde(default)]
+    send_queue: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -808,6 +861,11 @@ pub fn parse(
     }
 
     let telemetry = telemetry(&cx, raw.telemetry.as_ref(), env)?;
+    let websocket = websocket(
+        &cx,
+        raw.websocket.as_ref().unwrap_or(&RawWebSocket::default()),
+        max_request_bytes,
+    )?;
 
     let mut providers = Vec::with_capacity(raw.providers.len());
     let mut names = HashSet::new();
@@ -1040,10 +1098,86 @@ pub fn parse(
     Ok(Config {
         server,
         telemetry,
+        websocket,
         providers,
         routes,
         keys,
         prices,
+    })
+}
+
+/// `[websocket]`.
+fn websocket(
+    cx: &Ctx<'_>,
+    raw: &RawWebSocket,
+    max_request_bytes: usize,
+) -> Result<WebSocket, ConfigError> {
+    let count = |v: Option<&Spanned<u64>>, key: &str, default: u64, max: u64| match v {
+        None => Ok(default),
+        Some(v) if (1..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err(cx.error(
+            v.span(),
+            &format!("websocket.{key}"),
+            format!("must be between 1 and {max}"),
+        )),
+    };
+    let mut origins = Vec::new();
+    for origin in raw.origins.iter().flatten() {
+        let value = origin.get_ref().trim_end_matches('/');
+        let valid = value == "*"
+            || value
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme().is_some() && u.host().is_some() && u.path() == "/");
+        if !valid {
+            return Err(cx.error(
+                origin.span(),
+                "websocket.origins",
+                format!(
+                    "`{}` is not an origin like \"https://chat.example.com\" (or \"*\")",
+                    origin.get_ref()
+                ),
+            ));
+        }
+        origins.push(value.to_ascii_lowercase());
+    }
+    for (value, key) in [
+        (&raw.ping_interval, "ping_interval"),
+        (&raw.idle_timeout, "idle_timeout"),
+    ] {
+        if let Some(v) = value {
+            if parse_duration(v.get_ref()).is_some_and(|d| d.is_zero()) {
+                return Err(cx.error(v.span(), &format!("websocket.{key}"), "must be above 0"));
+            }
+        }
+    }
+    Ok(WebSocket {
+        enabled: raw.enabled.unwrap_or(true),
+        origins,
+        ping_interval: cx.duration(
+            &raw.ping_interval,
+            "websocket.ping_interval",
+            Duration::from_secs(30),
+        )?,
+        idle_timeout: cx.duration(
+            &raw.idle_timeout,
+            "websocket.idle_timeout",
+            Duration::from_secs(300),
+        )?,
+        max_message_bytes: count(
+            raw.max_message_bytes.as_ref(),
+            "max_message_bytes",
+            max_request_bytes as u64,
+            1 << 30,
+        )? as usize,
+        max_in_flight: count(raw.max_in_flight.as_ref(), "max_in_flight", 8, 1024)? as usize,
+        messages_per_second: count(
+            raw.messages_per_second.as_ref(),
+            "messages_per_second",
+            10,
+            1_000_000,
+        )? as u32,
+        message_burst: count(raw.message_burst.as_ref(), "message_burst", 20, 1_000_000)? as u32,
+        send_queue: count(raw.send_queue.as_ref(), "send_queue", 64, 65_536)? as usize,
     })
 }
 

@@ -15,11 +15,13 @@
 
 mod body;
 pub mod config;
+mod drain;
 mod headers;
 mod health;
 mod proxy;
 pub mod server;
 pub mod telemetry;
+mod ws;
 
 pub use body::{ResponseBody, StreamFailed};
 pub use proxy::Gateway;
@@ -63,7 +65,13 @@ pub async fn start(config: &config::Config) -> Result<Running, StartError> {
         spans: config.telemetry.otlp.is_some(),
         access_log: config.telemetry.access_log,
     };
-    server::serve(gateway, &config.server, &config.telemetry, options)
-        .await
-        .map_err(StartError::Bind)
+    server::serve(
+        gateway,
+        &config.server,
+        &config.telemetry,
+        &config.websocket,
+        options,
+    )
+    .await
+    .map_err(StartError::Bind)
 }

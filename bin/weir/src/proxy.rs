@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -446,7 +445,7 @@ fn scrub(body: Bytes, secrets: &[Vec<u8>]) -> Bytes {
 }
 
 /// The 401 for a missing, unknown or almost-right client key: the same for each.
-fn unauthorized() -> Response<ResponseBody> {
+pub(crate) fn unauthorized() -> Response<ResponseBody> {
     error(
         ErrorBody::new(
             ErrorKind::Authentication,
@@ -653,7 +652,7 @@ impl Gateway {
 
     /// The client key a request carries: `Ok(None)` when no keys are configured; `Err` for a
     /// missing, unknown or malformed one (all answered alike, see [`unauthorized`]).
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Option<usize>, ()> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Option<usize>, ()> {
         if self.keys.is_empty() {
             return Ok(None);
         }
@@ -674,14 +673,22 @@ impl Gateway {
     }
 
     /// Answers one client request. Never fails: every error is an OpenAI-style response.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<weir_breaker::BoxError>,
+    {
         let id = self.ids.take_or_make(request.headers());
         let mut response = self.route(request, &id).await;
         response.headers_mut().insert(X_REQUEST_ID.clone(), id);
         response
     }
 
-    async fn route(&self, request: Request<Incoming>, id: &HeaderValue) -> Response<ResponseBody> {
+    async fn route<B>(&self, request: Request<B>, id: &HeaderValue) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<weir_breaker::BoxError>,
+    {
         // hyper bounds the head by its read buffer only roughly (one large read can pass it):
         // the limit is enforced here, on what was parsed.
         let head_bytes: usize = request
@@ -738,13 +745,17 @@ impl Gateway {
         }
     }
 
-    async fn proxy(
+    async fn proxy<B>(
         &self,
         endpoint: Endpoint,
-        request: Request<Incoming>,
+        request: Request<B>,
         id: &HeaderValue,
         client: Option<usize>,
-    ) -> Response<ResponseBody> {
+    ) -> Response<ResponseBody>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<weir_breaker::BoxError>,
+    {
         let (mut parts, body) = request.into_parts();
         let too_large = || {
             error(

@@ -7,7 +7,6 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -162,7 +161,7 @@ async fn accept_loop<S, F, B>(
     options: ServeOptions,
     service: S,
     mut stop: watch::Receiver<bool>,
-    drain: Duration,
+    drain: (crate::drain::Drain, Duration),
 ) -> bool
 where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -171,7 +170,7 @@ where
     B::Error: Into<BoxError>,
 {
     let builders = Arc::new(builders(options));
-    let graceful = GracefulShutdown::new();
+    let (drain, deadline) = drain;
     loop {
         let stream = tokio::select! {
             biased;
@@ -193,7 +192,7 @@ where
             let response = service(request);
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let (builders, watcher) = (builders.clone(), graceful.watcher());
+        let (builders, mut token) = (builders.clone(), drain.token());
         let stall = options.client_stall_timeout;
         let first_bytes = options.header_read_timeout;
         tokio::spawn(async move {
@@ -201,21 +200,42 @@ where
             // A client that stops reading is cut after the stall timeout: that drops its
             // streams, which releases their slots and cancels their upstream requests.
             let io = TokioIo::new(weir_backpressure::WriteStall::new(stream, stall));
+            // Serves `conn` until it ends; a drain asks it to finish what it has.
+            macro_rules! gracefully {
+                ($conn:expr) => {{
+                    let mut conn = $conn;
+                    tokio::select! {
+                        ended = conn.as_mut() => ended,
+                        _ = token.draining() => {
+                            conn.as_mut().graceful_shutdown();
+                            // Past the drain deadline the connection is dropped, streams and
+                            // all.
+                            tokio::select! {
+                                ended = conn.as_mut() => ended,
+                                _ = token.deadline() => Ok(()),
+                            }
+                        }
+                    }
+                }};
+            }
             let ended: Result<(), BoxError> = match protocol {
                 Some(Protocol::Silent) => return,
                 Some(Protocol::Http1) => {
-                    let conn = builders.http1.serve_connection(io, service);
-                    watcher.watch(conn).await.map_err(Into::into)
+                    let conn = builders.http1.serve_connection(io, service).with_upgrades();
+                    gracefully!(std::pin::pin!(conn)).map_err(Into::into)
                 }
                 // The task's state is as large as its largest arm: the rarer connections are
                 // boxed so that an HTTP/1.1 stream does not pay for their size.
                 Some(Protocol::Http2) => {
                     let conn = builders.http2.serve_connection(io, service);
-                    Box::pin(watcher.watch(conn)).await.map_err(Into::into)
+                    gracefully!(Box::pin(conn)).map_err(Into::into)
                 }
                 None => {
-                    let conn = builders.auto.serve_connection(io, service).into_owned();
-                    Box::pin(watcher.watch(conn)).await
+                    let conn = builders
+                        .auto
+                        .serve_connection_with_upgrades(io, service)
+                        .into_owned();
+                    gracefully!(Box::pin(conn))
                 }
             };
             if let Err(e) = ended {
@@ -224,9 +244,7 @@ where
         });
     }
     drop(listener);
-    tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_ok()
+    drain.run(deadline, Duration::from_secs(1)).await
 }
 
 /// The gateway new requests are served by; a reload swaps it. A request holds the gateway it
@@ -255,6 +273,8 @@ struct Shared {
     started: crate::config::Server,
     /// `[telemetry]` as weir started (the subscriber and exporter are set up once).
     telemetry: crate::config::Telemetry,
+    /// `[websocket]` as weir started.
+    websocket: crate::config::WebSocket,
 }
 
 impl Shared {
@@ -329,6 +349,9 @@ impl Reloader {
         }
         if shared.telemetry != config.telemetry {
             tracing::warn!("[telemetry] changed: it takes effect on a restart");
+        }
+        if shared.websocket != config.websocket {
+            tracing::warn!("[websocket] changed: it takes effect on a restart");
         }
         shared.current.set(gateway.clone());
         shared.sync_probes(&gateway);
@@ -410,6 +433,7 @@ pub(crate) async fn serve(
     gateway: Arc<Gateway>,
     server: &crate::config::Server,
     telemetry: &crate::config::Telemetry,
+    websocket: &crate::config::WebSocket,
     options: ServeOptions,
 ) -> std::io::Result<Running> {
     let listener = TcpListener::bind(server.listen).await?;
@@ -420,6 +444,7 @@ pub(crate) async fn serve(
     let current = Arc::new(Current(std::sync::RwLock::new(gateway)));
     let (stop, stopped) = watch::channel(false);
 
+    let public_drain = crate::drain::Drain::new();
     let recorder = Arc::new(weir_metrics::PrometheusRecorder::new());
     let metrics = tower::Layer::layer(
         &weir_metrics::MetricsLayer::new(recorder.clone())
@@ -428,20 +453,36 @@ pub(crate) async fn serve(
             .request_id_header(crate::headers::X_REQUEST_ID.clone()),
         GatewayService(current.clone()),
     );
+    let ws = Arc::new(crate::ws::Context {
+        config: websocket.clone(),
+        stack: metrics.clone(),
+        current: current.clone(),
+        minter: public_drain.minter(),
+        stats: Default::default(),
+    });
+    let admin_ws = ws.clone();
     let public = tokio::spawn(accept_loop(
         listener,
         options,
-        move |request| {
-            let answer = tower::Service::call(&mut metrics.clone(), request);
+        move |request: Request<Incoming>| {
+            // WebSocket upgrades are answered here; their completions go through `metrics`.
+            let route = if request.uri().path() == crate::ws::PATH {
+                Err(Box::new(crate::ws::upgrade(&ws, request)))
+            } else {
+                Ok(tower::Service::call(&mut metrics.clone(), request))
+            };
             async move {
-                match answer.await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
+                match route {
+                    Ok(answer) => match answer.await {
+                        Ok(response) => response.map(http_body_util::Either::Left),
+                        Err(never) => match never {},
+                    },
+                    Err(upgrade) => upgrade.map(http_body_util::Either::Right),
                 }
             }
         },
         stopped,
-        server.drain_timeout,
+        (public_drain, server.drain_timeout),
     ));
     let admin_health = health.clone();
     let admin_current = current.clone();
@@ -455,11 +496,12 @@ pub(crate) async fn serve(
                 &admin_health,
                 &admin_current.get(),
                 &admin_recorder,
+                &admin_ws.stats,
                 &request,
             ))
         },
         admin_stopped,
-        Duration::ZERO,
+        (crate::drain::Drain::new(), Duration::ZERO),
     ));
     let shared = Arc::new(Shared {
         current: current.clone(),
@@ -467,6 +509,7 @@ pub(crate) async fn serve(
         probes: std::sync::Mutex::new(Vec::new()),
         started: server.clone(),
         telemetry: telemetry.clone(),
+        websocket: websocket.clone(),
     });
     shared.sync_probes(&current.get());
     Ok(Running {
@@ -492,9 +535,13 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
 
 /// The gateway as a tower service: each request goes to the gateway current when it arrives.
 #[derive(Clone, Debug)]
-struct GatewayService(Arc<Current>);
+pub(crate) struct GatewayService(Arc<Current>);
 
-impl tower::Service<Request<Incoming>> for GatewayService {
+impl<B> tower::Service<Request<B>> for GatewayService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future =
@@ -507,7 +554,7 @@ impl tower::Service<Request<Incoming>> for GatewayService {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let gateway = self.0.get();
         // hyper keeps the service future for as long as the connection lives; boxing the
         // handler leaves a pointer there, and frees the handler's state as soon as the
@@ -520,6 +567,7 @@ fn admin(
     health: &Health,
     gateway: &Gateway,
     recorder: &weir_metrics::PrometheusRecorder,
+    ws: &crate::ws::Stats,
     request: &Request<Incoming>,
 ) -> Response<ResponseBody> {
     match request.uri().path() {
@@ -530,6 +578,7 @@ fn admin(
                 std::str::from_utf8(&crate::health::breaker_metrics(gateway)).unwrap_or_default(),
             );
             crate::telemetry::render_stats(&mut text);
+            ws.render(&mut text);
             text.push_str(&format!(
                 "# HELP weir_config_reloads_total Configuration reloads, applied or refused.\n# TYPE weir_config_reloads_total counter\nweir_config_reloads_total{{result=\"ok\"}} {}\nweir_config_reloads_total{{result=\"failed\"}} {}\n",
                 health.reloads_ok.load(Ordering::Relaxed),
