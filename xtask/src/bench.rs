@@ -22,7 +22,7 @@ const MOCK: &str = "127.0.0.1:18091";
 const WEIR: &str = "127.0.0.1:18080";
 const WEIR_ADMIN: &str = "127.0.0.1:18090";
 const NGINX: &str = "127.0.0.1:18081";
-const PATH: &str = "/v1/chat/completions";
+pub(crate) const PATH: &str = "/v1/chat/completions";
 /// SHA-256 of `bench-client`, the key the load generator sends.
 const BENCH_KEY_SHA256: &str = "a013b77f3ea807afb0a918c3131aee8af7c5716ba3f66f9030e61baf9bc26f5d";
 
@@ -103,7 +103,7 @@ fn cpu_ns(pid: u32) -> u64 {
 }
 
 /// Resident memory of `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -127,7 +127,7 @@ struct Options {
     quick: bool,
     streams: Vec<usize>,
     nginx: bool,
-    /// Run one section only: `limiter`, `ttft`, `throughput`, `streams` or `slow`.
+    /// Run one section only: `limiter`, `ttft`, `throughput`, `streams`, `websocket` or `slow`.
     only: Option<String>,
 }
 
@@ -145,10 +145,18 @@ fn options(args: &[String]) -> Result<Options> {
             "--no-nginx" => o.nginx = false,
             "--only" => {
                 let section = args.next().ok_or("--only needs a section")?;
-                if !["limiter", "ttft", "throughput", "streams", "slow"].contains(&section.as_str())
+                if ![
+                    "limiter",
+                    "ttft",
+                    "throughput",
+                    "streams",
+                    "websocket",
+                    "slow",
+                ]
+                .contains(&section.as_str())
                 {
                     return Err(format!(
-                        "--only: `{section}` is not limiter, ttft, throughput, streams or slow"
+                        "--only: `{section}` is not limiter, ttft, throughput, streams, websocket or slow"
                     ));
                 }
                 o.only = Some(section.clone());
@@ -225,6 +233,12 @@ rate_limit = {{ requests_per_minute = 4000000000, tokens_per_minute = 4000000000
 [telemetry]
 log_level = "warn"
 
+# The bench sends completions back to back on one connection: the per-connection message
+# rate (10 per second by default) is set far above that, like the other limits.
+[websocket]
+messages_per_second = 1000000
+message_burst = 1000000
+
 [[providers]]
 name = "mock"
 base_url = "http://{MOCK}/v1"
@@ -287,19 +301,19 @@ http {{
     Ok(path)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-struct Target {
-    name: &'static str,
-    addr: SocketAddr,
-    pid: Option<u32>,
+pub(crate) struct Target {
+    pub(crate) name: &'static str,
+    pub(crate) addr: SocketAddr,
+    pub(crate) pid: Option<u32>,
 }
 
 async fn bench(root: &Path, options: Options) -> Result {
@@ -385,6 +399,16 @@ async fn bench(root: &Path, options: Options) -> Result {
             }
         }
     }
+    if run("websocket") {
+        crate::wsbench::ttft(
+            &targets[1],
+            &targets[0],
+            if options.quick { 300 } else { 2000 },
+        )
+        .await?;
+        let n = options.streams.iter().copied().max().unwrap_or(9500);
+        crate::wsbench::idle(&targets[1], n).await?;
+    }
     if run("slow") {
         // Last: what the slow clients leave in weir's heap would count in the figures above.
         let window = Duration::from_secs(if options.quick { 3 } else { 8 });
@@ -410,7 +434,7 @@ async fn wait_port(addr: SocketAddr) -> Result {
     Err(format!("nothing listens on {addr}"))
 }
 
-fn request_body() -> Bytes {
+pub(crate) fn request_body() -> Bytes {
     Bytes::from_static(br#"{"model":"bench","stream":true,"messages":[{"role":"user","content":"Write twenty tokens."}]}"#)
 }
 

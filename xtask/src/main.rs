@@ -9,6 +9,7 @@
 
 mod bench;
 mod load;
+mod wsbench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -18,7 +19,7 @@ const USAGE: &str = "usage: cargo xtask <test|ci|deps|demo|bench> [options]
   ci                   fmt --check, clippy -D warnings, deps, test
   deps                 check that layer crates depend on no other layer nor on the binary
   demo [--keep]        run weir on the mock upstream and stream one completion
-  bench [--quick] [--streams N,N] [--no-nginx]
+  bench [--quick] [--streams N,N] [--no-nginx] [--only SECTION]
                        weir vs. a direct connection (and nginx, if installed)";
 
 fn main() -> ExitCode {

@@ -281,10 +281,17 @@ pub(crate) fn upgrade(
             "invalid_upgrade",
         );
     }
+    // Copies: the request's values are slices of hyper's read buffer, and holding one for
+    // the session's life would hold the whole 8 KiB buffer.
     let mut carried: HeaderMap = HeaderMap::new();
     for (name, value) in headers {
         if !connection_only(name) {
-            carried.append(name.clone(), value.clone());
+            let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("it was valid");
+            copy.set_sensitive(value.is_sensitive());
+            carried.append(
+                HeaderName::from_bytes(name.as_ref()).expect("it was valid"),
+                copy,
+            );
         }
     }
     if let (Some(key), false) = (&bearer, carried.contains_key(header::AUTHORIZATION)) {
@@ -312,7 +319,7 @@ pub(crate) fn upgrade(
     let session_ctx = ctx.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => session(session_ctx, TokioIo::new(upgraded), carried, token).await,
+            Ok(upgraded) => session(session_ctx, upgraded, carried, token).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -466,9 +473,12 @@ impl Outbox {
     }
 }
 
+/// The connection as the server hands it to hyper.
+type Conn = TokioIo<weir_backpressure::WriteStall<tokio::net::TcpStream>>;
+
 async fn session(
     ctx: Arc<Context>,
-    io: TokioIo<hyper::upgrade::Upgraded>,
+    upgraded: hyper::upgrade::Upgraded,
     headers: HeaderMap,
     mut token: Token,
 ) {
@@ -481,8 +491,21 @@ async fn session(
         .max_write_buffer_size(config.max_message_bytes.max(64 * 1024) * 2)
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
-    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config))
-        .await;
+    // The socket itself, not hyper's wrapper: the wrapper keeps hyper's 8 KiB read buffer
+    // alive for the connection's life (through the bytes read ahead of the upgrade, even none).
+    let Ok(parts) = upgraded.downcast::<Conn>() else {
+        tracing::error!("a WebSocket upgrade on an unexpected connection type");
+        return;
+    };
+    let early = parts.read_buf.to_vec();
+    drop(parts.read_buf);
+    let ws = tokio_tungstenite::WebSocketStream::from_partially_read(
+        parts.io.into_inner(),
+        early,
+        Role::Server,
+        Some(ws_config),
+    )
+    .await;
     let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel(config.send_queue);
     let writer = tokio::spawn(write_loop(sink, rx));
