@@ -414,9 +414,16 @@ async fn a_client_that_never_answers_pings_is_closed() {
     let _silent = open(weir.addr(), &[]).await.unwrap();
     tokio::time::sleep(Duration::from_secs(59)).await;
     let text = metrics_at(weir.admin_addr()).await;
-    assert_eq!(sample(&text, "weir_websocket_connections"), 1.0, "pinged at 30 s, open");
+    assert_eq!(
+        sample(&text, "weir_websocket_connections"),
+        1.0,
+        "pinged at 30 s, open"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let text = metrics_at(weir.admin_addr()).await;
-    assert_eq!(sample(&text, r#"weir_websocket_closes_total{reason="no_pong"}"#), 1.0);
+    assert_eq!(
+        sample(&text, r#"weir_websocket_closes_total{reason="no_pong"}"#),
+        1.0
+    );
     assert_eq!(sample(&text, "weir_websocket_connections"), 0.0);
 }

@@ -56,6 +56,11 @@ pub struct UsageScan {
 impl UsageScan {
     /// Looks at one frame (or one event's data).
     pub fn observe(&mut self, frame: &[u8]) {
+        // A stream's content chunk ends with its `choices` array: a usage object (which
+        // providers put after the choices) is not in it. Most frames are skipped here.
+        if frame.starts_with(b"data:") && frame.trim_ascii_end().ends_with(b"]}") {
+            return;
+        }
         if let Some(total) = number_after(frame, &TOTAL) {
             self.total = Some(total);
             self.prompt = number_after(frame, &PROMPT).or(self.prompt);
@@ -106,6 +111,11 @@ mod tests {
             (usage.prompt(), usage.completion(), usage.total()),
             (Some(12), Some(30), Some(42))
         );
+        // A content chunk is skipped without a search.
+        usage.observe(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"total_tokens\\\":9\"}}]}\n\n",
+        );
+        assert_eq!(usage.total(), Some(42));
         // A number too large for the type is not trusted.
         usage.observe(br#"{"total_tokens":99999999999}"#);
         assert_eq!(usage.total(), Some(42));
