@@ -325,14 +325,7 @@ async fn bench(root: &Path, options: Options) -> Result {
         pinned(0, &bin.join("weir-mock")).args(["--listen", MOCK, "--threads", "1"]),
     )?;
     mock.wait_line("listening on").await?;
-    let mut weir = Proc::spawn(
-        "weir",
-        pinned(1, &bin.join("weir"))
-            .arg("--config")
-            .arg(bench_config(&dir)?)
-            .env("WEIR_LOG", "warn,weir=info"),
-    )?;
-    weir.wait_line("weir is serving").await?;
+    let mut weir = start_weir(&bin, &dir).await?;
 
     let have_nginx = options.nginx && Command::new("nginx").arg("-v").output().is_ok();
     let mut nginx = if have_nginx {
@@ -409,14 +402,7 @@ async fn bench(root: &Path, options: Options) -> Result {
         // A fresh weir: memory the sections above freed would be reused, and read as zero.
         weir.terminate();
         let _ = tokio::time::timeout(Duration::from_secs(5), weir.child.wait()).await;
-        weir = Proc::spawn(
-            "weir",
-            pinned(1, &bin.join("weir"))
-                .arg("--config")
-                .arg(bench_config(&dir)?)
-                .env("WEIR_LOG", "warn,weir=info"),
-        )?;
-        weir.wait_line("weir is serving").await?;
+        weir = start_weir(&bin, &dir).await?;
         targets[1].pid = Some(weir.pid());
         let n = if options.quick { 300 } else { 2000 };
         crate::wsbench::ttft(&targets[1], &targets[0], n).await?;
@@ -431,6 +417,19 @@ async fn bench(root: &Path, options: Options) -> Result {
     mock.terminate();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// weir on core 1 with the bench config, once it says it serves.
+async fn start_weir(bin: &Path, dir: &Path) -> Result<Proc> {
+    let mut weir = Proc::spawn(
+        "weir",
+        pinned(1, &bin.join("weir"))
+            .arg("--config")
+            .arg(bench_config(dir)?)
+            .env("WEIR_LOG", "warn,weir=info"),
+    )?;
+    weir.wait_line("weir is serving").await?;
+    Ok(weir)
 }
 
 async fn wait_port(addr: SocketAddr) -> Result {

@@ -78,10 +78,12 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-const LABELS: &str = r#"route="gpt-4o",provider="primary",model="gpt-4o-2024""#;
-
-#[tokio::test(start_paused = true)]
-async fn a_stream_is_timed_counted_and_priced_when_it_ends() {
+/// A recorder, and a routed streaming answer whose body the test feeds.
+async fn routed_stream() -> (
+    Arc<PrometheusRecorder>,
+    Response<crate::ResponseBody<Channel<Bytes, &'static str>, PrometheusRecorder>>,
+    Sender,
+) {
     let recorder = Arc::new(PrometheusRecorder::new());
     let senders = Arc::default();
     let svc = MetricsLayer::new(recorder.clone()).layer_service(service(
@@ -90,7 +92,15 @@ async fn a_stream_is_timed_counted_and_priced_when_it_ends() {
         routed,
     ));
     let response = svc.oneshot(Request::new(())).await.unwrap();
-    let mut tx = senders.lock().unwrap().remove(0);
+    let tx = senders.lock().unwrap().remove(0);
+    (recorder, response, tx)
+}
+
+const LABELS: &str = r#"route="gpt-4o",provider="primary",model="gpt-4o-2024""#;
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_is_timed_counted_and_priced_when_it_ends() {
+    let (recorder, response, mut tx) = routed_stream().await;
     let text = render(&recorder);
     assert_eq!(
         sample(&text, &format!("weir_active_streams{{{LABELS}}}")),
@@ -160,15 +170,7 @@ async fn a_stream_is_timed_counted_and_priced_when_it_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn reported_usage_wins_over_the_estimate() {
-    let recorder = Arc::new(PrometheusRecorder::new());
-    let senders = Arc::default();
-    let svc = MetricsLayer::new(recorder.clone()).layer_service(service(
-        Arc::clone(&senders),
-        200,
-        routed,
-    ));
-    let response = svc.oneshot(Request::new(())).await.unwrap();
-    let mut tx = senders.lock().unwrap().remove(0);
+    let (recorder, response, mut tx) = routed_stream().await;
     for frame in [chunk("x"), Bytes::from_static(FINISH.as_bytes())] {
         tx.send_data(frame).await.unwrap();
     }
