@@ -33,6 +33,9 @@ print(f"ok mounts {mounted}")
 
 for config in sorted((deploy / "observability").rglob("*.y*ml")):
     assert yaml.load(config.read_text()), f"{config} is empty"
+for manifest in sorted((deploy / "kubernetes").glob("*.y*ml")):
+    kinds = [doc["kind"] for doc in yaml.load_all(manifest.read_text()) if doc]
+    assert kinds, f"{manifest} holds no object"
 print("ok yaml")
 
 collector = yaml.load((deploy / "observability/otel-collector.yaml").read_text())
