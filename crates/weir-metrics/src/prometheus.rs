@@ -25,6 +25,7 @@ pub struct Series {
     duration: Histogram,
     first_token: Histogram,
     inter_token: Histogram,
+    stream_duration: Histogram,
     tokens_per_second: Histogram,
     overhead: Histogram,
     tokens_in: AtomicU64,
@@ -43,6 +44,7 @@ impl Series {
             duration: Histogram::new(DURATION_BUCKETS),
             first_token: Histogram::new(FIRST_TOKEN_BUCKETS),
             inter_token: Histogram::new(INTER_TOKEN_BUCKETS),
+            stream_duration: Histogram::new(DURATION_BUCKETS),
             tokens_per_second: Histogram::new(TOKENS_PER_SECOND_BUCKETS),
             overhead: Histogram::new(OVERHEAD_BUCKETS),
             tokens_in: AtomicU64::new(0),
@@ -145,7 +147,7 @@ impl PrometheusRecorder {
                 );
             }
         }
-        let histograms: [(&str, &str, PickHistogram); 5] = [
+        let histograms: [(&str, &str, PickHistogram); 6] = [
             (
                 "weir_request_duration_seconds",
                 "From a request's arrival to the end of its answer.",
@@ -160,6 +162,11 @@ impl PrometheusRecorder {
                 "weir_inter_token_seconds",
                 "Gaps between the chunks of a streamed answer.",
                 |s| &s.inter_token,
+            ),
+            (
+                "weir_stream_duration_seconds",
+                "From the first token its client received to the end of the answer.",
+                |s| &s.stream_duration,
             ),
             (
                 "weir_tokens_per_second",
@@ -281,6 +288,9 @@ impl Recorder for PrometheusRecorder {
             series.first_token.observe(first.as_secs_f64());
         }
         series.inter_token.merge(report.gaps);
+        if let Some(streaming) = report.stream_duration() {
+            series.stream_duration.observe(streaming.as_secs_f64());
+        }
         if let Some(tps) = report.tokens_per_second() {
             series.tokens_per_second.observe(tps);
         }

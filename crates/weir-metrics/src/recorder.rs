@@ -175,11 +175,15 @@ pub struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// From the first token to the end of the answer (`None` without a first token).
+    pub fn stream_duration(&self) -> Option<Duration> {
+        self.duration.checked_sub(self.first_token?)
+    }
+
     /// Answer tokens per second after the first token (`None` for an answer too short to
     /// tell).
     pub fn tokens_per_second(&self) -> Option<f64> {
-        let first = self.first_token?;
-        let streaming = self.duration.checked_sub(first)?.as_secs_f64();
+        let streaming = self.stream_duration()?.as_secs_f64();
         (self.tokens.output > 1 && streaming > 0.0)
             .then(|| f64::from(self.tokens.output) / streaming)
     }

@@ -166,6 +166,11 @@ async fn a_stream_is_timed_counted_and_priced_when_it_ends() {
     // The gateway's own millisecond before the upstream request left.
     assert_eq!(at("weir_overhead_seconds_sum"), Some(0.001));
     assert_eq!(at("weir_request_duration_seconds_count"), Some(1.0));
+    // First token at 0.2 s, the end 80 ms later: 5 tokens in 0.08 s.
+    let streamed = at("weir_stream_duration_seconds_sum").unwrap();
+    assert!((streamed - 0.08).abs() < 1e-9, "{streamed}");
+    let rate = at("weir_tokens_per_second_sum").unwrap();
+    assert!((rate - 62.5).abs() < 1e-6, "{rate}");
 }
 
 #[tokio::test(start_paused = true)]
