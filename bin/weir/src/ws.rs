@@ -468,8 +468,9 @@ struct Outbox {
 impl Outbox {
     /// Waits for room: a client that does not read holds its completions up here.
     async fn send(&self, message: Message) -> Result<(), ()> {
+        self.tx.send(message).await.map_err(|_| ())?;
         self.ctx.stats.sent.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(message).await.map_err(|_| ())
+        Ok(())
     }
 }
 
@@ -764,8 +765,10 @@ async fn complete(stack: Stack, request: Request<Full<Bytes>>, id: String, outbo
                             .to_string()),
                 );
                 let _ = outbox.send(Message::text(text)).await;
-                // The body's end (right after `[DONE]`) settles its metrics as complete.
-                while let Some(Ok(_)) = body.frame().await {}
+                // The body's end (right after `[DONE]`) settles its metrics as complete; an
+                // upstream that holds the stream open past it is not waited for long.
+                let rest = async { while let Some(Ok(_)) = body.frame().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(1), rest).await;
                 return;
             }
             if crate::body::is_error_event(data) {
