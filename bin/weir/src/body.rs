@@ -219,23 +219,9 @@ fn looks_like_object(data: &[u8]) -> bool {
     data.first() == Some(&b'{') && data.last() == Some(&b'}')
 }
 
-static FINISH_REASON: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\""));
-
 /// Whether an event's JSON carries a non-null `finish_reason`. A substring scan, not a parse.
 fn has_finish_reason(data: &[u8]) -> bool {
-    let mut rest = data;
-    while let Some(at) = FINISH_REASON.find(rest) {
-        rest = &rest[at + b"\"finish_reason\"".len()..];
-        let value = rest
-            .iter()
-            .position(|b| !b.is_ascii_whitespace() && *b != b':')
-            .map(|i| rest[i]);
-        if value == Some(b'"') {
-            return true;
-        }
-    }
-    false
+    weir_llm::scan::finish_reason(data).is_some()
 }
 
 pub(crate) fn is_error_event(data: &[u8]) -> bool {

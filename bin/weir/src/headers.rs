@@ -13,7 +13,7 @@ pub(crate) static X_WEIR_ATTEMPTS: HeaderName = HeaderName::from_static("x-weir-
 pub(crate) static X_WEIR_PROVIDER: HeaderName = HeaderName::from_static("x-weir-provider");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus `upgrade`), never forwarded in either direction.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -83,12 +83,19 @@ pub(crate) fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
 /// retries and its rescue, and slices of hyper's read buffer would pin that buffer.
 pub(crate) fn forwardable_client_headers(client: &HeaderMap) -> HeaderMap {
     let connection: Vec<&HeaderValue> = client.get_all(header::CONNECTION).iter().collect();
-    let mut out = HeaderMap::new();
-    for (name, value) in client {
-        if is_hop_by_hop(name)
+    owned_copy(client, |name| {
+        is_hop_by_hop(name)
             || is_client_only(name)
             || (!connection.is_empty() && named_by_connection(&connection, name))
-        {
+    })
+}
+
+/// The headers `skip` leaves, as owned copies: a parsed request's values are slices of
+/// hyper's read buffer, and holding one holds the whole buffer.
+pub(crate) fn owned_copy(headers: &HeaderMap, skip: impl Fn(&HeaderName) -> bool) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in headers {
+        if skip(name) {
             continue;
         }
         let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("it was valid");

@@ -465,7 +465,7 @@ fn token_estimate(llm: &LlmRequest) -> u32 {
     llm.prompt_token_estimate().saturating_add(answer)
 }
 
-fn error(body: ErrorBody) -> Response<ResponseBody> {
+pub(crate) fn error(body: ErrorBody) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(body.to_json()));
     *response.status_mut() = body.status();
     response.headers_mut().insert(

@@ -27,8 +27,8 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
 /// Spans handed to the exporter, dropped at a full queue, or lost in a failed export.
-#[derive(Debug, Default)]
-pub struct ExportStats {
+#[derive(Debug)]
+struct ExportStats {
     exported: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,

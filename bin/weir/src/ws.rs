@@ -168,34 +168,20 @@ const BEARER_PROTOCOL: &str = "bearer.";
 
 /// Headers of the upgrade request that do not carry over to the completions.
 fn connection_only(name: &HeaderName) -> bool {
-    name.as_str().starts_with("sec-websocket-")
-        || [
-            header::UPGRADE,
-            header::CONNECTION,
-            header::CONTENT_LENGTH,
-            header::TRANSFER_ENCODING,
-            header::ORIGIN,
-            header::HOST,
-        ]
-        .contains(name)
+    crate::headers::is_hop_by_hop(name)
+        || name.as_str().starts_with("sec-websocket-")
+        || [header::CONTENT_LENGTH, header::ORIGIN, header::HOST].contains(name)
 }
 
+/// An OpenAI-style refusal with its own status.
 fn refuse(
     status: StatusCode,
     kind: ErrorKind,
     message: &str,
     code: &'static str,
 ) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(
-        ErrorBody::new(kind, message.to_owned())
-            .code(code)
-            .to_json(),
-    ));
+    let mut response = crate::proxy::error(ErrorBody::new(kind, message.to_owned()).code(code));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     response
 }
 
@@ -281,19 +267,8 @@ pub(crate) fn upgrade(
             "invalid_upgrade",
         );
     }
-    // Copies: the request's values are slices of hyper's read buffer, and holding one for
-    // the session's life would hold the whole 8 KiB buffer.
-    let mut carried: HeaderMap = HeaderMap::new();
-    for (name, value) in headers {
-        if !connection_only(name) {
-            let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("it was valid");
-            copy.set_sensitive(value.is_sensitive());
-            carried.append(
-                HeaderName::from_bytes(name.as_ref()).expect("it was valid"),
-                copy,
-            );
-        }
-    }
+    // Owned copies: the session keeps them for its life.
+    let mut carried = crate::headers::owned_copy(headers, connection_only);
     if let (Some(key), false) = (&bearer, carried.contains_key(header::AUTHORIZATION)) {
         if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {key}")) {
             value.set_sensitive(true);
@@ -765,8 +740,10 @@ async fn complete(stack: Stack, request: Request<Full<Bytes>>, id: String, outbo
                             .to_string()),
                 );
                 let _ = outbox.send(Message::text(text)).await;
-                // The body's end (right after `[DONE]`) settles its metrics as complete; an
-                // upstream that holds the stream open past it is not waited for long.
+                // Read to the body's end (right after `[DONE]`), as hyper does for HTTP: the
+                // upstream connection goes back to its pool and the metrics settle as
+                // complete. An upstream that holds the stream open past it is not waited for
+                // long.
                 let rest = async { while let Some(Ok(_)) = body.frame().await {} };
                 let _ = tokio::time::timeout(Duration::from_secs(1), rest).await;
                 return;

@@ -17,7 +17,7 @@ macro_rules! finder {
 finder!(PROMPT, b"\"prompt_tokens\":");
 finder!(COMPLETION, b"\"completion_tokens\":");
 finder!(TOTAL, b"\"total_tokens\":");
-finder!(FINISH, b"\"finish_reason\":");
+finder!(FINISH, b"\"finish_reason\"");
 finder!(MODEL, b"\"model\":");
 
 /// The unsigned number after the first occurrence of `finder`'s needle (whitespace allowed).
@@ -85,9 +85,24 @@ impl UsageScan {
 }
 
 /// The non-null `finish_reason` in an event or answer, if it has one (`stop`, `length`,
-/// `tool_calls`, ...).
+/// `tool_calls`, ...). Every occurrence of the key is looked at (a `null` one may come first,
+/// in another choice), with whitespace around the colon; a value is read up to its closing
+/// quote, an escape or the data's end, at most 128 bytes.
 pub fn finish_reason(data: &[u8]) -> Option<&[u8]> {
-    string_after(data, &FINISH)
+    let mut rest = data;
+    while let Some(at) = FINISH.find(rest) {
+        rest = &rest[at + FINISH.needle().len()..];
+        let Some(value) = rest.trim_ascii_start().strip_prefix(b":") else {
+            continue;
+        };
+        let Some(value) = value.trim_ascii_start().strip_prefix(b"\"") else {
+            continue;
+        };
+        // A string value is a finish reason, whole or not (an escape, a frame's end).
+        let end = memchr::memchr2(b'"', b'\\', value).unwrap_or(value.len());
+        return Some(&value[..end.min(128)]);
+    }
+    None
 }
 
 /// The answer's `model` field, if it is in this event or answer.
@@ -132,5 +147,17 @@ mod tests {
             None
         );
         assert_eq!(model(br#"{"model":"a\"b"}"#), None);
+        // Spaces around the colon; a null choice before the finished one.
+        assert_eq!(
+            finish_reason(
+                br#"{"choices": [{"finish_reason" : null}, {"finish_reason" : "length"}]}"#
+            ),
+            Some(&b"length"[..])
+        );
+        // The key quoted inside content is not the key.
+        assert_eq!(
+            finish_reason(br#"{"choices":[{"delta":{"content":"\"finish_reason\": \"x\""}}]}"#),
+            None
+        );
     }
 }
