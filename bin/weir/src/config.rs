@@ -236,6 +236,8 @@ pub struct Provider {
     pub response_timeout: Duration,
     /// Longest silence allowed between two events of a stream.
     pub idle_timeout: Duration,
+    /// The largest event of a stream: a larger one fails the attempt.
+    pub max_event_bytes: usize,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections kept.
@@ -536,6 +538,8 @@ struct RawProvider {
     response_timeout: Option<Spanned<String>>,
     #[serde(default)]
     idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    max_event_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     pool_idle_timeout: Option<Spanned<String>>,
     #[serde(default)]
@@ -1434,6 +1438,13 @@ fn provider(
             &key("idle_timeout"),
             Duration::from_secs(60),
         )?,
+        max_event_bytes: match &p.max_event_bytes {
+            None => 1 << 20,
+            Some(v) if *v.get_ref() < 1024 => {
+                return Err(cx.error(v.span(), &key("max_event_bytes"), "must be at least 1024"))
+            }
+            Some(v) => usize::try_from(*v.get_ref()).unwrap_or(usize::MAX),
+        },
         pool_idle_timeout: cx.duration(
             &p.pool_idle_timeout,
             &key("pool_idle_timeout"),

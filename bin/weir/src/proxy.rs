@@ -1,6 +1,6 @@
 //! The OpenAI-compatible front: routes a request to its provider and streams the answer back.
 
-use crate::body::{is_error_event, Continued, Cut, ResponseBody, Splice, UpstreamBody};
+use crate::body::{AttemptEnd, ResponseBody};
 use crate::config::{Config, Continuation, Health, Provider};
 use crate::headers::{self, RequestIds, X_REQUEST_ID, X_WEIR_ATTEMPTS, X_WEIR_PROVIDER};
 use bytes::Bytes;
@@ -11,18 +11,16 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::Service;
 use tower::ServiceExt;
 use weir_backpressure::{Backpressure, Limit};
 use weir_breaker::{Breaker, CircuitBreaker, LlmClassifier, Mode, State};
 use weir_client::{ClientBuilder, HttpClient};
-use weir_failover::router::{Failover, Judge, Judged, Order, Routed, Target};
+use weir_failover::router::{Cut, Failover, Judge, Judged, Order, Resumer, Routed, Target};
 use weir_failover::RetryBudget;
-use weir_llm::continuation::{self, Replay};
-use weir_llm::sse::{Line, SseScanner};
+use weir_llm::continuation;
+use weir_llm::stream::{ChatWatch, Opaque, Watch};
 use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
 
 /// A provider's client behind its circuit breaker, its concurrency limit and its rate limit.
@@ -96,6 +94,8 @@ pub(crate) struct Upstream {
     /// from any upstream answer weir passes on.
     secrets: Vec<Vec<u8>>,
     idle_timeout: Duration,
+    /// The largest event of a stream.
+    max_event_bytes: usize,
     /// `GET {base}/models`, for health probes.
     pub(crate) models_uri: Uri,
 }
@@ -203,6 +203,7 @@ impl Upstream {
             // Short values would match ordinary text: a secret has some length.
             secrets: secrets.into_iter().filter(|s| s.len() >= 8).collect(),
             idle_timeout: p.idle_timeout,
+            max_event_bytes: p.max_event_bytes,
         })
     }
 
@@ -225,106 +226,6 @@ pub(crate) struct RouteTarget {
     continuation: Continuation,
     /// The model's price (`[prices]`), for the cost metric.
     price: Option<weir_metrics::Price>,
-}
-
-/// What it takes to continue a committed answer on a route's other targets.
-#[derive(Debug)]
-pub(crate) struct RescuePlan {
-    targets: Arc<[RouteTarget]>,
-    /// The targets to try, in order, and how far the plan has come.
-    order: Arc<[usize]>,
-    next: usize,
-    /// The client's call (owned copies of its headers and body, shared with the router).
-    call: Arc<Call>,
-    first_token: Duration,
-}
-
-/// Continues a cut answer on the plan's next target that can: replay (the same request) or
-/// prefill (the partial answer as a final assistant message; never in a tool call). Returns
-/// the continuation once it has produced its first event.
-pub(crate) async fn continue_answer(plan: &Arc<RescuePlan>, cut: Cut) -> Option<Continued> {
-    for position in plan.next..plan.order.len() {
-        let index = plan.order[position];
-        let target = &plan.targets[index];
-        let (body, replay) = match target.continuation {
-            Continuation::None => continue,
-            Continuation::Prefill if cut.tool_calls => continue,
-            Continuation::Prefill => {
-                let original = plan
-                    .call
-                    .llm
-                    .upstream_body(&plan.call.body, &target.model, true);
-                (
-                    continuation::prefill_request(&original, &cut.delivered)?,
-                    None,
-                )
-            }
-            Continuation::Replay => (
-                plan.call
-                    .llm
-                    .upstream_body(&plan.call.body, &target.model, true),
-                Some(Replay::new(cut.delivered.clone())),
-            ),
-        };
-        let mut service = target.upstream.service.clone();
-        if !ready_now(&mut service).await {
-            continue;
-        }
-        let mut outgoing = outgoing_request(
-            target,
-            plan.call.endpoint,
-            &plan.call.headers,
-            &plan.call.id,
-            &plan.call.llm,
-            &plan.call.body,
-        );
-        *outgoing.body_mut() = Full::new(body);
-        let span = plan.call.attempt_span(target, outgoing.headers_mut());
-        let Ok(response) = service.call(outgoing).await else {
-            span_failed(&span, Failure::Connect);
-            continue;
-        };
-        span.record("http.response.status_code", response.status().as_u16());
-        if !response.status().is_success() {
-            span_failed(&span, Failure::StreamBroken);
-            continue;
-        }
-        let mut inner = response.into_body();
-        let Ok(prefix) = first_event(&mut inner, plan.first_token).await else {
-            span_failed(&span, Failure::StreamBroken);
-            continue;
-        };
-        plan.call.tally.failover(
-            cut.provider.clone(),
-            target.upstream.name.clone(),
-            weir_metrics::Phase::AfterFirstToken,
-        );
-        plan.call
-            .tally
-            .provider(target.upstream.name.clone(), target.model.clone());
-        let next = Arc::new(RescuePlan {
-            targets: plan.targets.clone(),
-            order: plan.order.clone(),
-            next: position + 1,
-            call: plan.call.clone(),
-            first_token: plan.first_token,
-        });
-        return Some(Continued {
-            inner,
-            prefix,
-            splice: Splice::new(
-                cut.id,
-                replay,
-                (target.continuation == Continuation::Prefill).then_some(cut.events),
-            ),
-            plan: next,
-            provider: target.upstream.name.clone(),
-            malformed: target.upstream.malformed.clone(),
-            idle: target.upstream.idle_timeout,
-            span,
-        });
-    }
-    None
 }
 
 /// The largest request head weir takes (its headers' names and values): 431 above.
@@ -363,7 +264,6 @@ struct RouteEntry {
     rate_limit: Option<crate::config::RateLimit>,
     targets: Arc<[RouteTarget]>,
     router: Failover<Guarded, LlmJudge>,
-    first_token_timeout: Duration,
 }
 
 /// The gateway: routes, providers and limits, shared by every connection.
@@ -575,7 +475,6 @@ impl Gateway {
                     rate_limit: r.rate_limit.clone(),
                     targets,
                     router,
-                    first_token_timeout: r.first_token_timeout,
                 };
                 (r.model.clone(), entry)
             })
@@ -833,10 +732,17 @@ impl Gateway {
             headers: headers::forwardable_client_headers(&parts.headers),
             id: id.clone(),
             body,
-            llm,
             tally,
             span: tracing::Span::current(),
             failed: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            resumable: endpoint == Endpoint::ChatCompletions
+                && llm.stream()
+                && route.targets.len() > 1
+                && route
+                    .targets
+                    .iter()
+                    .any(|t| t.continuation != Continuation::None),
+            llm,
         });
         drop(parts);
         // Client-side rate limits, the most specific first: its headers are the ones shown.
@@ -874,8 +780,7 @@ impl Gateway {
                 attempts,
             }) => {
                 call.served(route, served, attempts);
-                let plan = rescue_plan(route, served, &call);
-                with_attempts(with_rescue(answer, plan), attempts)
+                with_attempts(answer, attempts)
             }
             Ok(Routed {
                 answer, attempts, ..
@@ -917,6 +822,8 @@ pub(crate) struct Call {
     span: tracing::Span,
     /// The target of the last failed attempt (`usize::MAX`: none).
     failed: std::sync::atomic::AtomicUsize,
+    /// A streamed chat answer that another target of the route may continue if it is cut.
+    resumable: bool,
 }
 
 impl Call {
@@ -981,6 +888,8 @@ fn operation(endpoint: Endpoint) -> &'static str {
 pub(crate) struct Attempt {
     call: Arc<Call>,
     span: tracing::Span,
+    /// A continuation of an answer cut on the target at this index, made this way.
+    resuming: Option<(weir_llm::stream::Continuation, usize)>,
 }
 
 /// Marks an attempt's span as failed.
@@ -989,8 +898,8 @@ pub(crate) fn span_failed(span: &tracing::Span, failure: Failure) {
     span.record("error.type", failure.as_str());
 }
 
-/// The LLM half of the failover router: each target's request, and each answer read to its
-/// commit point and classified.
+/// The LLM half of the failover router: each target's request (and continuation request),
+/// and each answer read to its commit point and classified.
 #[derive(Clone, Debug)]
 pub(crate) struct LlmJudge {
     targets: Arc<[RouteTarget]>,
@@ -1021,8 +930,68 @@ impl Judge<Arc<Call>> for LlmJudge {
         let attempt = Attempt {
             call: call.clone(),
             span,
+            resuming: None,
         };
         (request, attempt)
+    }
+
+    /// A replay (the same request) or a prefill (the partial answer as a final assistant
+    /// message), as the target's `continuation` says.
+    fn resume(
+        &self,
+        target: usize,
+        call: &Arc<Call>,
+        cut: &Cut,
+    ) -> Option<(Request<Full<Bytes>>, Attempt)> {
+        let t = &self.targets[target];
+        let original = || call.llm.upstream_body(&call.body, &t.model, true);
+        let (body, how) = match t.continuation {
+            Continuation::None => return None,
+            Continuation::Prefill => (
+                continuation::prefill_request(&original(), &cut.answer.delivered)?,
+                weir_llm::stream::Continuation::Prefill,
+            ),
+            Continuation::Replay => (original(), weir_llm::stream::Continuation::Replay),
+        };
+        let mut request = outgoing_request(
+            t,
+            call.endpoint,
+            &call.headers,
+            &call.id,
+            &call.llm,
+            &call.body,
+        );
+        *request.body_mut() = Full::new(body);
+        let span = call.attempt_span(t, request.headers_mut());
+        tracing::info!(
+            from = %self.targets[cut.from].upstream.name,
+            to = %t.upstream.name,
+            failure = %cut.failure,
+            "stream cut after its first token; continuing elsewhere"
+        );
+        let attempt = Attempt {
+            call: call.clone(),
+            span,
+            resuming: Some((how, cut.from)),
+        };
+        Some((request, attempt))
+    }
+
+    fn committed(
+        &self,
+        _target: usize,
+        call: &Arc<Call>,
+        answer: &mut Response<ResponseBody>,
+        resumer: impl FnOnce() -> Resumer<Response<ResponseBody>>,
+    ) {
+        if !call.resumable {
+            return;
+        }
+        if let Some(stream) = answer.body_mut().chat_mut() {
+            let resumer =
+                resumer().map(|answer: Response<ResponseBody>| answer.into_body().into_chat());
+            stream.resume_with(resumer);
+        }
     }
 
     fn judge(
@@ -1031,16 +1000,21 @@ impl Judge<Arc<Call>> for LlmJudge {
         attempt: Attempt,
         result: Result<Response<crate::body::Upstream>, weir_breaker::BoxError>,
     ) -> Judging {
-        let upstream = self.targets[target].upstream.clone();
+        let this = self.targets[target].clone_parts();
         let first_token = self.first_token;
+        let cut_from = attempt
+            .resuming
+            .map(|(_, from)| self.targets[from].upstream.name.clone());
         Box::pin(async move {
-            let Attempt { call, span } = attempt;
+            let (upstream, model) = this;
             if let Ok(response) = &result {
-                span.record("http.response.status_code", response.status().as_u16());
+                attempt
+                    .span
+                    .record("http.response.status_code", response.status().as_u16());
             }
             let judged = match result {
                 Ok(response) if response.status().is_success() => {
-                    match read_head(response, &upstream, first_token, span.clone()).await {
+                    match read_head(response, &upstream, first_token, &attempt).await {
                         Head::Committed(response) => Judged::Commit(response),
                         Head::Failed(answer, failure) => Judged::Failed(answer, Some(failure)),
                     }
@@ -1072,15 +1046,38 @@ impl Judge<Arc<Call>> for LlmJudge {
                     Judged::Failed(answer, Some(failure))
                 }
             };
-            if let Judged::Failed(_, failure) = &judged {
-                call.failed
-                    .store(target, std::sync::atomic::Ordering::Relaxed);
-                if let Some(failure) = failure {
-                    span_failed(&span, *failure);
+            match &judged {
+                Judged::Failed(_, failure) => {
+                    if attempt.resuming.is_none() {
+                        attempt
+                            .call
+                            .failed
+                            .store(target, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(failure) = failure {
+                        span_failed(&attempt.span, *failure);
+                    }
+                }
+                Judged::Commit(_) => {
+                    if let Some(from) = cut_from {
+                        let tally = &attempt.call.tally;
+                        tally.failover(
+                            from,
+                            upstream.name.clone(),
+                            weir_metrics::Phase::AfterFirstToken,
+                        );
+                        tally.provider(upstream.name.clone(), model);
+                    }
                 }
             }
             judged
         })
+    }
+}
+
+impl RouteTarget {
+    fn clone_parts(&self) -> (Arc<Upstream>, Arc<str>) {
+        (self.upstream.clone(), self.model.clone())
     }
 }
 
@@ -1111,37 +1108,6 @@ fn outgoing_request(
     outgoing
 }
 
-/// The plan to continue a streamed chat answer served by target `served` on the route's
-/// other targets (those after it first, then those before).
-fn rescue_plan(route: &RouteEntry, served: usize, call: &Arc<Call>) -> Option<Arc<RescuePlan>> {
-    (call.endpoint == Endpoint::ChatCompletions && call.llm.stream()).then(|| {
-        // The call's headers, id and body are owned copies (not slices of hyper's read
-        // buffer), so holding them for the whole stream pins nothing.
-        let count = route.targets.len();
-        let order: Arc<[usize]> = (1..count).map(|step| (served + step) % count).collect();
-        Arc::new(RescuePlan {
-            targets: route.targets.clone(),
-            order,
-            next: 0,
-            call: call.clone(),
-            first_token: route.first_token_timeout,
-        })
-    })
-}
-
-fn with_rescue(
-    mut response: Response<ResponseBody>,
-    plan: Option<Arc<RescuePlan>>,
-) -> Response<ResponseBody> {
-    if let Some(plan) = plan {
-        if plan.call.llm.can_ask_for_usage() {
-            response.body_mut().strip_usage(plan.call.tally.clone());
-        }
-        response.body_mut().rescue_with(plan);
-    }
-    response
-}
-
 /// `x-weir-attempts`, when the answer took more than one attempt.
 fn with_attempts(mut response: Response<ResponseBody>, attempts: u32) -> Response<ResponseBody> {
     if attempts > 1 {
@@ -1163,45 +1129,81 @@ enum Head {
 /// The largest non-streaming answer held back until complete (beyond it, it streams).
 const WHOLE_ANSWER_LIMIT: usize = 8 << 20;
 
-/// Reads a 2xx answer to its commit point. A stream commits at its first data event (within
-/// `first_token`); one that breaks, stays silent or opens with an in-band error before that
-/// has shown the client nothing, so it can be retried elsewhere. A non-streaming answer
-/// commits when it is complete.
+/// Whether a response is an event stream weir can read (identity-encoded `text/event-stream`).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    !headers.contains_key(header::CONTENT_ENCODING)
+        && headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// Reads a 2xx answer to its commit point. A stream commits at its first content event
+/// (within `first_token`); one that breaks, stays silent or opens with an in-band error
+/// before that has shown the client nothing, so it can be retried elsewhere, and so can a
+/// streamed request answered with something that is not an event stream. A non-streaming
+/// answer commits when it is complete.
 async fn read_head(
     response: Response<crate::body::Upstream>,
     upstream: &Upstream,
     first_token: Duration,
-    span: tracing::Span,
+    attempt: &Attempt,
 ) -> Head {
     let (mut parts, mut body) = response.into_parts();
+    let settle = parts.extensions.remove::<weir_breaker::Settle>();
+    let sse = is_event_stream(&parts.headers);
+    let streamed = attempt.call.llm.stream();
+    let shown = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| shorten(v, 64))
+        .unwrap_or_else(|| "none".into());
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| shorten(v, 32));
     parts.headers = headers::client_response_headers(&parts.headers);
     parts
         .headers
         .insert(X_WEIR_PROVIDER.clone(), provider_value(upstream));
-    let sse = !parts.headers.contains_key(header::CONTENT_ENCODING)
-        && parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let mut prefix = Vec::new();
+    let end = AttemptEnd {
+        settle: settle.clone(),
+        span: attempt.span.clone(),
+        malformed: upstream.malformed.clone(),
+    };
+    let stream_attempt =
+        || weir_failover::stream::Attempt::new(upstream.name.clone(), upstream.idle_timeout);
     let failure = if sse {
         parts.headers.remove(header::CONTENT_LENGTH);
-        match first_event(&mut body, first_token).await {
+        let call = &attempt.call;
+        let mut watch = ChatWatch::new(upstream.max_event_bytes)
+            .client_wants_usage(call.llm.include_usage())
+            .strip_usage(
+                call.endpoint == Endpoint::ChatCompletions && call.llm.can_ask_for_usage(),
+            );
+        if call.resumable {
+            watch = watch.with_transcript();
+        }
+        match first_event(&mut body, &mut watch, first_token).await {
             Ok(prefix) => {
-                let body = UpstreamBody::new(
-                    body,
-                    prefix,
-                    true,
-                    upstream.name.clone(),
-                    upstream.malformed.clone(),
-                    upstream.idle_timeout,
-                )
-                .with_span(span);
-                return Head::Committed(Response::from_parts(parts, ResponseBody::upstream(body)));
+                parts.extensions.insert(watch.meter().clone());
+                let mut stream_attempt = stream_attempt().on_end(end);
+                if let Some((how, _)) = attempt.resuming {
+                    stream_attempt = stream_attempt.continuing(how);
+                }
+                let stream = weir_failover::StreamBody::new(body, prefix, watch, stream_attempt);
+                return Head::Committed(Response::from_parts(parts, ResponseBody::chat(stream)));
             }
             Err(failure) => failure,
         }
+    } else if streamed {
+        // Asked for a stream, answered with something else: nothing the client could read
+        // as one, nothing weir could watch.
+        tracing::warn!(provider = %upstream.name, content_type = %shown, ?encoding, "a streamed request was not answered with an event stream");
+        Failure::MalformedAnswer
     } else {
+        let mut prefix = Vec::new();
         let mut total = 0;
         loop {
             match tokio::time::timeout(upstream.idle_timeout, body.frame()).await {
@@ -1219,18 +1221,15 @@ async fn read_head(
                     total += bytes.len();
                     prefix.push(bytes);
                     if total > WHOLE_ANSWER_LIMIT {
-                        let body = UpstreamBody::new(
+                        let stream = weir_failover::StreamBody::new(
                             body,
-                            prefix,
-                            false,
-                            upstream.name.clone(),
-                            upstream.malformed.clone(),
-                            upstream.idle_timeout,
-                        )
-                        .with_span(span);
+                            Some(concat(prefix)),
+                            Opaque::default(),
+                            stream_attempt().on_end(end),
+                        );
                         return Head::Committed(Response::from_parts(
                             parts,
-                            ResponseBody::upstream(body),
+                            ResponseBody::opaque(stream),
                         ));
                     }
                 }
@@ -1238,13 +1237,31 @@ async fn read_head(
         }
     };
     // Only weir sees these; a broken stream the breaker has counted already.
-    if let Some(inner) = crate::body::breaker_body(Pin::new(&mut body)) {
-        inner.settle(weir_breaker::Outcome::Failure, Some(failure.as_str()));
+    if let Some(settle) = &settle {
+        settle.failure(failure.as_str());
     }
     let (kind, what) = match failure {
         Failure::FirstTokenTimeout => (
             ErrorKind::GatewayTimeout,
             format!("sent no first token within {first_token:?}"),
+        ),
+        Failure::MalformedAnswer if !sse => (
+            ErrorKind::BadGateway,
+            match encoding {
+                Some(encoding) => format!(
+                    "answered a streamed request with a `{encoding}`-encoded `{shown}` body instead of an event stream"
+                ),
+                None => format!(
+                    "answered a streamed request with `content-type: {shown}` instead of an event stream (`text/event-stream`)"
+                ),
+            },
+        ),
+        Failure::MalformedAnswer => (
+            ErrorKind::BadGateway,
+            format!(
+                "sent an event larger than {} bytes before its first token",
+                upstream.max_event_bytes
+            ),
         ),
         _ => (
             ErrorKind::BadGateway,
@@ -1261,45 +1278,48 @@ async fn read_head(
     Head::Failed(answer, failure)
 }
 
-/// Reads a stream up to its first data event (within `first_token`); the frames read, or why
-/// there was none (broken, silent, unreadable, or opening with an in-band error).
+/// At most `max` characters of `text`, with `…` when it was cut.
+pub(crate) fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((at, _)) => format!("{}…", &text[..at]),
+    }
+}
+
+/// Reads a stream through its watch up to its first content event (within `first_token`):
+/// the whole events read, or why there were none (broken, silent, an event too large, or an
+/// opening in-band error).
 async fn first_event(
     body: &mut crate::body::Upstream,
+    watch: &mut ChatWatch,
     first_token: Duration,
-) -> Result<Vec<Bytes>, Failure> {
+) -> Result<Option<Bytes>, Failure> {
     let deadline = Instant::now() + first_token;
-    let mut scanner = SseScanner::new();
-    let (mut data, mut first, mut error) = (false, false, false);
     let mut prefix = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(Failure::FirstTokenTimeout),
-            Ok(None | Some(Err(_))) => return Err(Failure::StreamBroken),
+            Ok(None | Some(Err(_))) => {
+                watch.ended();
+                if watch.is_complete() {
+                    // A whole (empty) answer, ended by `[DONE]` alone.
+                    prefix.extend(watch.finish());
+                    return Ok(Some(concat(prefix)));
+                }
+                return Err(Failure::StreamBroken);
+            }
             Ok(Some(Ok(frame))) => {
                 let Ok(bytes) = frame.into_data() else {
                     continue;
                 };
-                let scanned = scanner.scan(&bytes, |line| match line {
-                    Line::Field {
-                        name: b"data",
-                        value,
-                    } if !first => {
-                        data = true;
-                        error |= is_error_event(value);
-                    }
-                    Line::Blank if data => first = true,
-                    _ => {}
-                });
-                prefix.push(bytes);
-                if scanned.is_err() {
-                    return Err(Failure::MalformedEvent);
-                }
-                if error {
+                let out = watch.push(bytes).map_err(|_| Failure::MalformedAnswer)?;
+                if watch.told() {
                     // The provider's first word was an error: still nothing shown.
                     return Err(Failure::StreamBroken);
                 }
-                if first {
-                    return Ok(prefix);
+                prefix.extend(out);
+                if watch.meter().content_events() > 0 || watch.is_done() {
+                    return Ok(Some(concat(prefix)));
                 }
             }
         }
@@ -1386,13 +1406,6 @@ fn client_failure(
     )
     .code(code);
     (error(body), failure)
-}
-
-async fn ready_now(service: &mut Guarded) -> bool {
-    matches!(
-        std::future::poll_fn(|cx| Poll::Ready(service.poll_ready(cx))).await,
-        Poll::Ready(Ok(()))
-    )
 }
 
 /// Every target is out: a 503 that says which and why, with the soonest `Retry-After`.

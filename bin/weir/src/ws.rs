@@ -748,7 +748,7 @@ async fn complete(stack: Stack, request: Request<Full<Bytes>>, id: String, outbo
                 let _ = tokio::time::timeout(Duration::from_secs(1), rest).await;
                 return;
             }
-            if crate::body::is_error_event(data) {
+            if weir_llm::stream::is_error_event(data) {
                 let (code, message) = error_fields(data, StatusCode::BAD_GATEWAY);
                 let _ = outbox.send(error_message(Some(&id), &code, &message)).await;
                 return;

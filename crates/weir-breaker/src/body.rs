@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 /// Reports one call's outcome to the breaker exactly once; a guard dropped unsettled reports
@@ -34,6 +36,16 @@ impl Guard {
         self.settled = true;
         self.breaker.settle(outcome, self.probe);
     }
+
+    /// The guard, shared by the call's body and the [`Settle`] handle in its response.
+    pub(crate) fn share(mut self) -> Arc<Slot> {
+        self.settled = true;
+        Arc::new(Slot {
+            breaker: self.breaker.clone(),
+            probe: self.probe,
+            settled: AtomicBool::new(false),
+        })
+    }
 }
 
 impl Drop for Guard {
@@ -44,6 +56,71 @@ impl Drop for Guard {
     }
 }
 
+/// A call settled at the end of its body, by the body or by whoever holds its [`Settle`]:
+/// the first to settle wins; unsettled when the last holder lets go, it is "ignored".
+#[derive(Debug)]
+pub(crate) struct Slot {
+    breaker: Breaker,
+    probe: bool,
+    settled: AtomicBool,
+}
+
+impl Slot {
+    fn settle(&self, outcome: Outcome, reason: Option<&str>) {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let (Outcome::Failure, Some(reason)) = (outcome, reason) {
+            self.breaker.note_failure(reason);
+        }
+        self.breaker.settle(outcome, self.probe);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !*self.settled.get_mut() {
+            self.breaker.settle(Outcome::Ignored, self.probe);
+        }
+    }
+}
+
+/// How a wrapper above the breaker tells it how a call went, when it knows better than the
+/// body's end: it saw an in-band error event, it cut a stream that went silent, or it ended a
+/// complete answer before the upstream's own end. Found in the extensions of a response whose
+/// outcome the breaker settles at the end of its body; settling twice counts once.
+///
+/// ```
+/// # fn doc(response: http::Response<()>) {
+/// if let Some(settle) = response.extensions().get::<weir_breaker::Settle>() {
+///     settle.failure("stream stalled");
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Settle(Arc<Slot>);
+
+impl Settle {
+    pub(crate) fn new(slot: Arc<Slot>) -> Self {
+        Self(slot)
+    }
+
+    /// The call went well.
+    pub fn success(&self) {
+        self.0.settle(Outcome::Success, None);
+    }
+
+    /// The provider failed the call, for `reason` (shown in the breaker's snapshot).
+    pub fn failure(&self, reason: &str) {
+        self.0.settle(Outcome::Failure, Some(reason));
+    }
+
+    /// The call says nothing about the provider's health.
+    pub fn ignore(&self) {
+        self.0.settle(Outcome::Ignored, None);
+    }
+}
+
 pin_project! {
     /// The response body: the inner body, observed until its end (where the call's outcome is
     /// settled), or the 503 answered by a breaker in shed mode.
@@ -51,13 +128,13 @@ pin_project! {
         #[pin]
         inner: Option<B>,
         shed: Option<Bytes>,
-        settle: Option<(Guard, E)>,
+        settle: Option<(Arc<Slot>, E)>,
     }
 
     impl<B, E: ClassifyEos> PinnedDrop for ResponseBody<B, E> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some((guard, eos)) = this.project().settle.take() {
-                guard.settle(eos.dropped());
+            if let Some((slot, eos)) = this.project().settle.take() {
+                slot.settle(eos.dropped(), None);
             }
         }
     }
@@ -73,7 +150,7 @@ impl<B, E: ClassifyEos> std::fmt::Debug for ResponseBody<B, E> {
 }
 
 impl<B: Body, E: ClassifyEos> ResponseBody<B, E> {
-    pub(crate) fn inner(inner: B, settle: Option<(Guard, E)>) -> Self {
+    pub(crate) fn inner(inner: B, settle: Option<(Arc<Slot>, E)>) -> Self {
         let ended = inner.is_end_stream();
         let mut body = Self {
             inner: Some(inner),
@@ -82,23 +159,11 @@ impl<B: Body, E: ClassifyEos> ResponseBody<B, E> {
         };
         if ended {
             // A body already empty when wrapped ends here.
-            if let Some((guard, eos)) = body.settle.take() {
-                guard.settle(eos.end());
+            if let Some((slot, eos)) = body.settle.take() {
+                slot.settle(eos.end(), None);
             }
         }
         body
-    }
-
-    /// Settles the call now, with `outcome`, instead of at the end of the body: for a wrapper
-    /// above that knows better (it saw an in-band error event, or cut a stalled stream). Does
-    /// nothing if the call is settled already, so nothing is counted twice.
-    pub fn settle(self: Pin<&mut Self>, outcome: Outcome, reason: Option<&str>) {
-        if let Some((guard, _)) = self.project().settle.take() {
-            if let (Outcome::Failure, Some(reason)) = (outcome, reason) {
-                guard.breaker().note_failure(reason);
-            }
-            guard.settle(outcome);
-        }
     }
 
     pub(crate) fn shed(data: Bytes) -> Self {
@@ -141,22 +206,22 @@ where
                 }
                 // Trailers, or the last frame of a body that knows its end, end it too.
                 if !frame.is_data() || ended {
-                    if let Some((guard, eos)) = settle.take() {
-                        guard.settle(eos.end());
+                    if let Some((slot, eos)) = settle.take() {
+                        slot.settle(eos.end(), None);
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(error)) => {
                 let error: BoxError = error.into();
-                if let Some((guard, eos)) = settle.take() {
-                    guard.settle(eos.error(&*error));
+                if let Some((slot, eos)) = settle.take() {
+                    slot.settle(eos.error(&*error), None);
                 }
                 Poll::Ready(Some(Err(error)))
             }
             None => {
-                if let Some((guard, eos)) = settle.take() {
-                    guard.settle(eos.end());
+                if let Some((slot, eos)) = settle.take() {
+                    slot.settle(eos.end(), None);
                 }
                 Poll::Ready(None)
             }

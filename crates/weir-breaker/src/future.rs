@@ -1,4 +1,4 @@
-use crate::body::{Guard, ResponseBody};
+use crate::body::{Guard, ResponseBody, Settle};
 use crate::classify::{Classified, Classify};
 use crate::BoxError;
 use bytes::Bytes;
@@ -107,7 +107,7 @@ where
                 let guard = guard.take().expect("polled after completion");
                 match result {
                     Ok(response) => {
-                        let (parts, body) = response.into_parts();
+                        let (mut parts, body) = response.into_parts();
                         let body = match classifier.classify_response(
                             *started,
                             parts.status,
@@ -120,7 +120,11 @@ where
                                 guard.settle(verdict.outcome);
                                 ResponseBody::inner(body, None)
                             }
-                            Classified::AtEnd(eos) => ResponseBody::inner(body, Some((guard, eos))),
+                            Classified::AtEnd(eos) => {
+                                let slot = guard.share();
+                                parts.extensions.insert(Settle::new(slot.clone()));
+                                ResponseBody::inner(body, Some((slot, eos)))
+                            }
                         };
                         Poll::Ready(Ok(Response::from_parts(parts, body)))
                     }

@@ -58,7 +58,7 @@ mod layer;
 pub mod policy;
 mod service;
 
-pub use body::ResponseBody;
+pub use body::{ResponseBody, Settle};
 pub use breaker::{Breaker, Snapshot};
 pub use classify::LlmClassifier;
 pub use future::ResponseFuture;

@@ -268,7 +268,12 @@ async fn a_wrapper_settles_a_call_once() {
         let (tx, b) = body();
         let mut response = call(&mut service, &mut handle, Response::new(b)).await;
         // A wrapper above saw the call fail (a stall, an in-band error) and says so...
-        Pin::new(response.body_mut()).settle(crate::Outcome::Failure, Some("stalled"));
+        let settle = response
+            .extensions()
+            .get::<crate::Settle>()
+            .unwrap()
+            .clone();
+        settle.failure("stalled");
         // ...so the clean end that follows counts for nothing more.
         drop(tx);
         assert!(response.body_mut().frame().await.is_none());

@@ -17,7 +17,9 @@
 pub mod budget;
 pub mod policy;
 pub mod router;
+pub mod stream;
 
 pub use budget::RetryBudget;
 pub use policy::{Decision, RetryPolicy};
-pub use router::{Failover, Judge, Judged, Order, Routed, Target};
+pub use router::{Cut, Failover, Judge, Judged, Order, Resumer, Routed, Target};
+pub use stream::StreamBody;

@@ -9,6 +9,7 @@
 //! | 5xx | one retry on the same target after a short backoff; then next |
 //! | connect error (refused, reset before headers) | one retry at once (a fresh connection); then next |
 //! | no headers in time, no first token in time | next target: a silent target is not retried |
+//! | an answer not in the shape asked for (no event stream, an unreadable first event) | next target |
 //! | the gateway's own limit for the target is full | next target |
 //! | 400 `context_length_exceeded` | next target with a larger context window, never the same model |
 //! | any other 4xx | the client gets the provider's answer |
@@ -119,9 +120,10 @@ impl RetryPolicy {
             // The gateway's own limit for this target is full: another may have room.
             Failure::AtCapacity => Decision::NextTarget,
             // Broken or stalled before the first token: like a connection that failed.
-            Failure::StreamBroken | Failure::StreamStalled | Failure::MalformedEvent => {
-                Decision::NextTarget
-            }
+            Failure::StreamBroken
+            | Failure::StreamStalled
+            | Failure::MalformedEvent
+            | Failure::MalformedAnswer => Decision::NextTarget,
             // What is left of the refusals is a context window: another model may have a
             // larger one, the same model never will.
             Failure::Rejected { .. } | Failure::ClientGone => Decision::NextTarget,

@@ -101,6 +101,100 @@ pub trait Judge<C>: Clone + Send + Sync + 'static {
         attempt: Self::Attempt,
         result: Result<Self::Response, BoxError>,
     ) -> Self::Future;
+
+    /// The request that continues an answer cut after its commit point on `target` (see
+    /// [`Cut`]), or `None` when `target` cannot continue it. Its result is judged by
+    /// [`judge`](Self::judge) like any other. By default nothing is continued.
+    fn resume(&self, target: usize, call: &C, cut: &Cut) -> Option<(Self::Request, Self::Attempt)> {
+        let _ = (target, call, cut);
+        None
+    }
+
+    /// Called with each answer that committed, and a way to make a [`Resumer`] for it: a
+    /// judge whose answers are streams hands the resumer to the stream's body
+    /// ([`StreamBody::resume_with`](crate::stream::StreamBody::resume_with)), so that a cut
+    /// continues as more attempts of this router. By default the answer is left as it is.
+    fn committed(
+        &self,
+        target: usize,
+        call: &C,
+        answer: &mut Self::Answer,
+        resumer: impl FnOnce() -> Resumer<Self::Answer>,
+    ) {
+        let _ = (target, call, answer, resumer);
+    }
+}
+
+/// An answer cut after its commit point, as a continuation is asked of another target.
+#[derive(Clone, Debug)]
+pub struct Cut {
+    /// What the client has of the answer.
+    pub answer: weir_llm::stream::Cut,
+    /// The target whose stream was cut.
+    pub from: usize,
+    /// What cut it.
+    pub failure: Failure,
+}
+
+/// Continues a cut answer on a route's other targets, as more attempts of the call that
+/// committed it: each target must be ready (an open breaker is skipped), each attempt is a
+/// withdrawal from the retry budget, failures before the continuation's own commit point are
+/// retried or failed over by the retry policy, and nothing starts after the route's deadline
+/// (counted from the cut). Targets after the cut one are tried first, then those before it.
+pub struct Resumer<T> {
+    resume: Box<dyn ResumeOnce<T>>,
+}
+
+impl<T> std::fmt::Debug for Resumer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumer").finish_non_exhaustive()
+    }
+}
+
+type Resuming<T> = Pin<Box<dyn Future<Output = Option<T>> + Send>>;
+
+trait ResumeOnce<T>: Send {
+    fn resume(self: Box<Self>, cut: weir_llm::stream::Cut, failure: Failure) -> Resuming<T>;
+}
+
+impl<T: Send + 'static> Resumer<T> {
+    /// Continues the answer, of which the client has `cut`, cut by `failure`: the committed
+    /// continuation, or `None` when no target could continue it.
+    pub fn resume(
+        self,
+        cut: weir_llm::stream::Cut,
+        failure: Failure,
+    ) -> impl Future<Output = Option<T>> + Send + 'static {
+        self.resume.resume(cut, failure)
+    }
+
+    /// A resumer whose continuation is `f` of this one's (`None` drops it).
+    pub fn map<U, F>(self, f: F) -> Resumer<U>
+    where
+        U: Send + 'static,
+        F: FnOnce(T) -> Option<U> + Send + 'static,
+    {
+        Resumer {
+            resume: Box::new(Mapped { inner: self, f }),
+        }
+    }
+}
+
+struct Mapped<T, F> {
+    inner: Resumer<T>,
+    f: F,
+}
+
+impl<T, U, F> ResumeOnce<U> for Mapped<T, F>
+where
+    T: Send + 'static,
+    U: Send + 'static,
+    F: FnOnce(T) -> Option<U> + Send + 'static,
+{
+    fn resume(self: Box<Self>, cut: weir_llm::stream::Cut, failure: Failure) -> Resuming<U> {
+        let Mapped { inner, f } = *self;
+        Box::pin(async move { inner.resume(cut, failure).await.and_then(f) })
+    }
 }
 
 /// One target of a route.
@@ -463,7 +557,7 @@ where
     S::Future: Send + 'static,
     J: Judge<C>,
     J::Request: Send,
-    C: Send + Sync + 'static,
+    C: Clone + Send + Sync + 'static,
 {
     type Response = Routed<J::Answer>;
     type Error = NoTarget;
@@ -486,7 +580,8 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     J: Judge<C>,
-    C: Send + Sync + 'static,
+    J::Request: Send,
+    C: Clone + Send + Sync + 'static,
 {
     shared
         .budget
@@ -494,7 +589,7 @@ where
         .expect("budget lock")
         .deposit(Instant::now());
     let deadline = Instant::now() + shared.deadline;
-    let order = shared.order();
+    let order: Arc<[usize]> = shared.order().into();
     let mut attempts = 0;
     let mut last = None;
     let mut from = 0;
@@ -518,7 +613,8 @@ where
                         judged = &mut first => judged,
                         _ = tokio::time::sleep(after) => {
                             match hedge(&shared, &call, &order, from, min_window, first, &mut attempts).await {
-                                Hedge::Won(answer, at) => {
+                                Hedge::Won(mut answer, at) => {
+                                    commit(&shared, &call, &order, at, &mut answer);
                                     return Ok(Routed { answer, target: Some(at), attempts });
                                 }
                                 Hedge::Primary(judged, used) => {
@@ -532,12 +628,13 @@ where
                 _ => first.await,
             };
             let failure = match judged {
-                Judged::Commit(answer) => {
+                Judged::Commit(mut answer) => {
+                    commit(&shared, &call, &order, index, &mut answer);
                     return Ok(Routed {
                         answer,
                         target: Some(index),
                         attempts,
-                    })
+                    });
                 }
                 Judged::Failed(answer, failure) => {
                     last = Some(answer);
@@ -588,6 +685,145 @@ where
         }),
         None => Err(NoTarget(())),
     }
+}
+
+/// The router's side of a [`Resumer`]: the call, and where in its order the answer came from.
+struct Resume<S, J, C> {
+    shared: Arc<Shared<S, J>>,
+    call: C,
+    order: Arc<[usize]>,
+    served: usize,
+}
+
+impl<S, J, C> Resume<S, J, C>
+where
+    S: Service<J::Request, Response = J::Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    J: Judge<C>,
+    J::Request: Send,
+    C: Clone + Send + Sync + 'static,
+{
+    fn resumer(
+        shared: &Arc<Shared<S, J>>,
+        call: &C,
+        order: &Arc<[usize]>,
+        served: usize,
+    ) -> Resumer<J::Answer> {
+        Resumer {
+            resume: Box::new(Self {
+                shared: shared.clone(),
+                call: call.clone(),
+                order: order.clone(),
+                served,
+            }),
+        }
+    }
+
+    async fn run(self, answer: weir_llm::stream::Cut, failure: Failure) -> Option<J::Answer> {
+        let Self {
+            shared,
+            call,
+            order,
+            served,
+        } = self;
+        let deadline = Instant::now() + shared.deadline;
+        let count = order.len();
+        // The targets after the cut one, then those before it.
+        let turn: Vec<usize> = (1..count)
+            .map(|step| order[(served + step) % count])
+            .collect();
+        let cut = Cut {
+            answer,
+            from: order[served],
+            failure,
+        };
+        let mut from = 0;
+        while let Some((position, index, mut service)) = shared
+            .next_ready::<J::Request>(&turn, from, None, deadline)
+            .await
+        {
+            from = position + 1;
+            let mut on_target = 0;
+            loop {
+                if !shared.withdraw() {
+                    return None;
+                }
+                let Some((request, attempt)) = shared.judge.resume(index, &call, &cut) else {
+                    break;
+                };
+                on_target += 1;
+                let future = service.call(request);
+                let result = future.await.map_err(Into::into);
+                let failure = match shared.judge.judge(index, attempt, result).await {
+                    Judged::Commit(mut answer) => {
+                        let at = order.iter().position(|&i| i == index).unwrap_or(served);
+                        let judge = shared.judge.clone();
+                        judge.committed(index, &call, &mut answer, || {
+                            Self::resumer(&shared, &call, &order, at)
+                        });
+                        return Some(answer);
+                    }
+                    Judged::Failed(_, Some(failure)) => failure,
+                    Judged::Failed(_, None) => return None,
+                };
+                match shared.policy.decide(failure, on_target, shared.sample()) {
+                    Decision::GiveUp => return None,
+                    Decision::NextTarget => break,
+                    Decision::RetrySame { after } => {
+                        if Instant::now() + after > deadline {
+                            return None;
+                        }
+                        tokio::time::sleep(after).await;
+                        service = shared.targets[index].service.clone();
+                        if !ready_now(&mut service) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+impl<S, J, C> ResumeOnce<J::Answer> for Resume<S, J, C>
+where
+    S: Service<J::Request, Response = J::Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    J: Judge<C>,
+    J::Request: Send,
+    C: Clone + Send + Sync + 'static,
+{
+    fn resume(
+        self: Box<Self>,
+        cut: weir_llm::stream::Cut,
+        failure: Failure,
+    ) -> Resuming<J::Answer> {
+        Box::pin(self.run(cut, failure))
+    }
+}
+
+/// Tells the judge that `target`'s answer committed, with the means to continue it.
+fn commit<S, J, C>(
+    shared: &Arc<Shared<S, J>>,
+    call: &C,
+    order: &Arc<[usize]>,
+    target: usize,
+    answer: &mut J::Answer,
+) where
+    S: Service<J::Request, Response = J::Response> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    J: Judge<C>,
+    J::Request: Send,
+    C: Clone + Send + Sync + 'static,
+{
+    let at = order.iter().position(|&i| i == target).unwrap_or(0);
+    shared.judge.committed(target, call, answer, || {
+        Resume::resumer(shared, call, order, at)
+    });
 }
 
 enum Hedge<A> {

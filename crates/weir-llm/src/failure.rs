@@ -68,8 +68,13 @@ pub enum Failure {
     StreamBroken,
     /// The stream went silent (no content event) for the idle timeout.
     StreamStalled,
-    /// The provider sent an event that could not be read, or an in-band error event.
+    /// After the first token: the provider sent an event that could not be read, or one over
+    /// the bound on an event's size.
     MalformedEvent,
+    /// Before the first token: a successful answer that is not what was asked for (a streamed
+    /// request answered with something other than an event stream, a first event that cannot
+    /// be read or is too large). Another target may answer properly.
+    MalformedAnswer,
     /// The client went away. Never the provider's fault.
     ClientGone,
     /// The gateway's own concurrency limit for the target was full: no request went out.
@@ -154,6 +159,7 @@ impl Failure {
             Self::StreamBroken => "stream_broken",
             Self::StreamStalled => "stream_stalled",
             Self::MalformedEvent => "malformed_event",
+            Self::MalformedAnswer => "malformed_answer",
             Self::ClientGone => "client_gone",
             Self::AtCapacity => "at_capacity",
         }

@@ -6,7 +6,8 @@
 //! - [`request`]: request metadata read once from the JSON body, and the model rewrite;
 //! - [`scan`]: substring scans of answers as they pass (usage, finish reason, model);
 //! - [`error`]: OpenAI-style error bodies, as JSON or as an SSE event;
-//! - [`failure`]: the one failure classification that breaker, failover and metrics share.
+//! - [`failure`]: the one failure classification that breaker, failover and metrics share;
+//! - [`stream`]: watching a streamed answer (whole events, complete or cut, continued elsewhere).
 //!
 //! This crate knows the wire formats; it holds no I/O, no runtime and no tower types, so any
 //! layer (or any other proxy) can use it.
@@ -18,6 +19,7 @@ pub mod failure;
 pub mod request;
 pub mod scan;
 pub mod sse;
+pub mod stream;
 
 pub use chunk::{Chunk, Usage};
 pub use error::{ErrorBody, ErrorKind};

@@ -68,6 +68,15 @@ impl UsageScan {
         }
     }
 
+    /// Usage known some other way (a stream watch's meter).
+    pub fn from_parts(prompt: Option<u32>, completion: Option<u32>, total: Option<u32>) -> Self {
+        Self {
+            prompt,
+            completion,
+            total,
+        }
+    }
+
     /// The total tokens, if the answer had a usage object.
     pub fn total(&self) -> Option<u32> {
         self.total

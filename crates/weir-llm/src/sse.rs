@@ -34,10 +34,13 @@ use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::fmt;
 
+mod framer;
+pub use framer::{Event, Framer};
+
 /// The default bound on one line or one event's data (1 MiB).
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 1 << 20;
 
-const BOM: &[u8] = b"\xEF\xBB\xBF";
+pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// One dispatched event.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -216,24 +219,29 @@ impl SseScanner {
         if std::mem::take(&mut self.first_line) && line.starts_with(BOM) {
             line = &line[BOM.len()..];
         }
-        on_line(match line.first() {
-            None => Line::Blank,
-            Some(b':') => Line::Comment(&line[1..]),
-            Some(_) => match memchr::memchr(b':', line) {
-                Some(colon) => {
-                    let value = &line[colon + 1..];
-                    Line::Field {
-                        name: &line[..colon],
-                        value: value.strip_prefix(b" ").unwrap_or(value),
-                    }
-                }
-                None => Line::Field {
-                    name: line,
-                    value: &[],
-                },
-            },
-        });
+        on_line(parse_line(line));
         Ok(())
+    }
+}
+
+/// One line (without its line end) as the event-stream grammar reads it.
+pub(crate) fn parse_line(line: &[u8]) -> Line<'_> {
+    match line.first() {
+        None => Line::Blank,
+        Some(b':') => Line::Comment(&line[1..]),
+        Some(_) => match memchr::memchr(b':', line) {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                Line::Field {
+                    name: &line[..colon],
+                    value: value.strip_prefix(b" ").unwrap_or(value),
+                }
+            }
+            None => Line::Field {
+                name: line,
+                value: &[],
+            },
+        },
     }
 }
 

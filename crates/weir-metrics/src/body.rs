@@ -209,6 +209,9 @@ pub(crate) struct Open<R: Recorder> {
     events: u32,
     usage: UsageScan,
     finish: Option<Finish>,
+    /// What the stream's watch learned (events, usage, finish reason), when the service put
+    /// one in the response's extensions: then this layer scans nothing itself.
+    pub(crate) meter: Option<weir_llm::stream::Meter>,
     request_id: Option<HeaderValue>,
     traceparent: Option<[u8; 32]>,
 }
@@ -239,6 +242,7 @@ impl<R: Recorder> Open<R> {
             events: 0,
             usage: UsageScan::default(),
             finish: None,
+            meter: None,
             request_id: None,
             traceparent,
         }
@@ -279,6 +283,9 @@ impl<R: Recorder> Open<R> {
             Some(last) => self.gaps.add(now - last),
         }
         self.last = Some(now);
+        if self.meter.is_some() {
+            return;
+        }
         if !self.sse {
             self.usage.observe(data);
             if self.finish.is_none() {
@@ -334,6 +341,20 @@ impl<R: Recorder> Open<R> {
                 .any(|f| f.phase == Phase::AfterFirstToken)
         {
             outcome = Outcome::Rescued;
+        }
+        if let Some(meter) = &self.meter {
+            self.events = u32::try_from(meter.content_events()).unwrap_or(u32::MAX);
+            if let Some(usage) = meter.usage() {
+                let n = |v: Option<u64>| v.map(|v| u32::try_from(v).unwrap_or(u32::MAX));
+                self.usage = UsageScan::from_parts(
+                    n(usage.prompt),
+                    n(usage.completion),
+                    n(Some(usage.total)),
+                );
+            }
+            self.finish = meter
+                .finish_reason()
+                .map(|f| Finish::from_bytes(f.as_bytes()));
         }
         let tokens = match (self.usage.prompt(), self.usage.completion(), notes.usage) {
             (Some(input), Some(output), _) | (_, _, Some((input, output))) => Tokens {

@@ -191,6 +191,7 @@ where
             Ok(response) => {
                 let (parts, body) = response.into_parts();
                 open.head(parts.status, Some(&parts.headers));
+                open.meter = parts.extensions.get::<weir_llm::stream::Meter>().cloned();
                 Ok(Response::from_parts(parts, ResponseBody::new(body, open)))
             }
             Err(e) => {
