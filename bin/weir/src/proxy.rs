@@ -1187,6 +1187,13 @@ async fn read_head(
         }
         match first_event(&mut body, &mut watch, first_token).await {
             Ok(prefix) => {
+                if watch.told() {
+                    // Its error event came with its first tokens: the breaker hears it now,
+                    // before the clean end that follows.
+                    if let Some(settle) = &settle {
+                        settle.failure("in-band error event");
+                    }
+                }
                 parts.extensions.insert(watch.meter().clone());
                 let mut stream_attempt = stream_attempt().on_end(end);
                 if let Some((how, _)) = attempt.resuming {
@@ -1313,13 +1320,13 @@ async fn first_event(
                     continue;
                 };
                 let out = watch.push(bytes).map_err(|_| Failure::MalformedAnswer)?;
-                if watch.told() {
-                    // The provider's first word was an error: still nothing shown.
-                    return Err(Failure::StreamBroken);
-                }
                 prefix.extend(out);
                 if watch.meter().content_events() > 0 || watch.is_done() {
                     return Ok(Some(concat(prefix)));
+                }
+                if watch.told() {
+                    // The provider's first word was an error: still nothing shown.
+                    return Err(Failure::StreamBroken);
                 }
             }
         }

@@ -515,13 +515,7 @@ impl Decoder {
                     let Some(line) = take_line(buf)? else {
                         return Ok(None);
                     };
-                    let size = line.split(|&b| b == b';').next().unwrap_or_default();
-                    let size = std::str::from_utf8(size)
-                        .ok()
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty() && s.len() <= 16)
-                        .and_then(|s| u64::from_str_radix(s, 16).ok())
-                        .ok_or_else(|| Error::protocol("a chunk size is invalid"))?;
+                    let size = chunk_size(&line)?;
                     self.kind = Kind::Chunked(if size == 0 {
                         Chunk::Trailers
                     } else {
@@ -532,14 +526,7 @@ impl Decoder {
                     if buf.is_empty() {
                         return Ok(None);
                     }
-                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let left = left - take as u64;
-                    self.kind = Kind::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Ok(Some(buf.split_to(take).freeze()));
+                    return self.gather(buf, left).map(Some);
                 }
                 Kind::Chunked(Chunk::DataEnd) => {
                     let Some(line) = take_line(buf)? else {
@@ -562,6 +549,93 @@ impl Decoder {
             }
         }
     }
+}
+
+impl Decoder {
+    /// The data of the current chunk and of every chunk after it that `buf` already holds,
+    /// as one frame: the chunk framing between them is squeezed out in place (the data moves
+    /// down over it), so that what arrived in one read goes on as one piece.
+    fn gather(&mut self, buf: &mut BytesMut, left: u64) -> Result<Bytes, Error> {
+        let mut out = 0;
+        let mut at = 0;
+        let mut left = left;
+        loop {
+            // The data of the current chunk that has arrived.
+            let take = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() - at);
+            if at != out {
+                buf.copy_within(at..at + take, out);
+            }
+            out += take;
+            at += take;
+            left -= take as u64;
+            if left > 0 {
+                self.kind = Kind::Chunked(Chunk::Data(left));
+                break;
+            }
+            self.kind = Kind::Chunked(Chunk::DataEnd);
+            // The CRLF after it, and the next chunk's size line, if both are here.
+            let Some(end) = line_at(&buf[at..])? else {
+                break;
+            };
+            if end.content != 0 {
+                return Err(Error::protocol("a chunk does not end with CRLF"));
+            }
+            let Some(size) = line_at(&buf[at + end.len..])? else {
+                break;
+            };
+            let size_line = &buf[at + end.len..at + end.len + size.content];
+            let size_value = chunk_size(size_line)?;
+            at += end.len + size.len;
+            if size_value == 0 {
+                self.kind = Kind::Chunked(Chunk::Trailers);
+                break;
+            }
+            left = size_value;
+            self.kind = Kind::Chunked(Chunk::Size);
+            if at == buf.len() {
+                self.kind = Kind::Chunked(Chunk::Data(left));
+                break;
+            }
+        }
+        let frame = buf.split_to(out).freeze();
+        buf.advance(at - out);
+        Ok(frame)
+    }
+}
+
+/// A line at the start of some bytes: the length of its content and its whole length (with
+/// its `\n` or `\r\n`); `None` when it is not complete.
+struct LineAt {
+    content: usize,
+    len: usize,
+}
+
+fn line_at(bytes: &[u8]) -> Result<Option<LineAt>, Error> {
+    match memchr::memchr(b'\n', bytes) {
+        Some(end) => Ok(Some(LineAt {
+            content: if end > 0 && bytes[end - 1] == b'\r' {
+                end - 1
+            } else {
+                end
+            },
+            len: end + 1,
+        })),
+        None if bytes.len() > MAX_LINE => Err(Error::protocol("a chunk line is too long")),
+        None => Ok(None),
+    }
+}
+
+/// A chunk-size line's size (extensions after `;` ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+    std::str::from_utf8(size)
+        .ok()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 16)
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .ok_or_else(|| Error::protocol("a chunk size is invalid"))
 }
 
 /// Takes one line (without its `\n` or `\r\n`) off the front of `buf`.
@@ -612,6 +686,23 @@ mod tests {
             assert_eq!(out, b"hello, world", "cut {cut}");
             assert!(ended, "cut {cut}");
         }
+    }
+
+    #[test]
+    fn the_chunks_of_one_read_are_one_frame() {
+        let wire = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n1\r\n!\r\n0\r\n\r\n";
+        let mut decoder = Decoder::new(chunked());
+        let mut buf = BytesMut::from(&wire[..]);
+        let frame = decoder.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(&frame[..], b"hello, world!");
+        assert_eq!(decoder.decode(&mut buf).unwrap(), None);
+        assert!(decoder.is_end() && buf.is_empty());
+        // Cut inside the second chunk: its part comes with the first, the rest later.
+        let mut decoder = Decoder::new(chunked());
+        let mut buf = BytesMut::from(&wire[..22]);
+        assert_eq!(&decoder.decode(&mut buf).unwrap().unwrap()[..], b"hello, w");
+        buf.extend_from_slice(&wire[22..]);
+        assert_eq!(&decoder.decode(&mut buf).unwrap().unwrap()[..], b"orld!");
     }
 
     #[test]

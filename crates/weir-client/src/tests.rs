@@ -29,8 +29,11 @@ async fn hands_over_frames_of_a_stream_that_has_not_ended() {
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     // The upstream never finishes this stream: a buffering client would hang here.
-    assert!(next_text(&mut body).await.contains("tok0 "));
-    assert!(next_text(&mut body).await.contains("tok1 "));
+    let mut text = String::new();
+    while !text.contains("tok1 ") {
+        text.push_str(&next_text(&mut body).await);
+    }
+    assert!(text.contains("tok0 "));
 }
 
 #[tokio::test]
@@ -78,11 +81,11 @@ async fn a_burst_of_frames_is_handed_over_without_a_wakeup_per_frame() {
         }
     })
     .await;
-    // 50 chunks, the finish chunk and [DONE]: one frame each (two for a chunk that a read
-    // cut in half).
+    // 50 chunks, the finish chunk and [DONE], in a few reads: one frame per read, the chunks
+    // of each squeezed together.
     assert!(text.ends_with(b"data: [DONE]\n\n"));
     assert_eq!(text.windows(6).filter(|w| w == b"data: ").count(), 52);
-    assert!((52..=56).contains(&frames), "{frames} frames");
+    assert!((1..=8).contains(&frames), "{frames} frames");
     assert!(
         pending <= 4,
         "{pending} times Pending for one burst of {frames} frames"

@@ -348,14 +348,27 @@ where
         let StreamBody {
             inner,
             prefix,
+            mut watch,
             attempt,
             resume,
             ..
         } = continued;
         self.watch
             .resume(attempt.resuming.unwrap_or(Continuation::Replay));
+        // What the continuation's own watch read: its whole events, and the start of the
+        // next one it held back.
+        let held = watch.take_held();
+        self.unwatched = match prefix {
+            None => Some(held).filter(|h| !h.is_empty()),
+            Some(prefix) if held.is_empty() => Some(prefix),
+            Some(prefix) => {
+                let mut joined = bytes::BytesMut::with_capacity(prefix.len() + held.len());
+                joined.extend_from_slice(&prefix);
+                joined.extend_from_slice(&held);
+                Some(joined.freeze())
+            }
+        };
         self.inner = inner;
-        self.unwatched = prefix;
         self.attempt = attempt;
         self.resume = resume;
         self.progress = self.watch.progress();

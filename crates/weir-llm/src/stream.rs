@@ -105,6 +105,10 @@ pub trait Watch: Send + 'static {
     /// From now on, frames come from a continuation of [`cut`](Self::cut), made this way.
     fn resume(&mut self, how: Continuation);
 
+    /// Gives up what was read but held back (an event not yet complete): a continuation's
+    /// watch hands it to the watch of the stream it continues.
+    fn take_held(&mut self) -> Bytes;
+
     /// The event that tells the client the answer was cut, saying why.
     fn error_event(&self, failure: Failure, message: &str) -> Bytes;
 }
@@ -582,6 +586,10 @@ impl Watch for ChatWatch {
         }));
     }
 
+    fn take_held(&mut self) -> Bytes {
+        self.framer.take_partial()
+    }
+
     fn error_event(&self, failure: Failure, message: &str) -> Bytes {
         ErrorBody::new(ErrorKind::BadGateway, message.to_owned())
             .code(failure.as_str())
@@ -632,6 +640,10 @@ impl Watch for Opaque {
     }
 
     fn resume(&mut self, _: Continuation) {}
+
+    fn take_held(&mut self) -> Bytes {
+        Bytes::new()
+    }
 
     fn error_event(&self, _: Failure, _: &str) -> Bytes {
         // Nothing can be said inside a body of another format: the broken body says it.

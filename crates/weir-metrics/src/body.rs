@@ -265,6 +265,22 @@ impl<R: Recorder> Open<R> {
         if data.is_empty() {
             return;
         }
+        // Events that arrived together come in one frame: the first is timed from the one
+        // before, the others arrived with it (a gap of zero each), as the client saw them.
+        let together = match &self.meter {
+            Some(meter) => {
+                let seen = meter.content_events();
+                let new = seen.saturating_sub(u64::from(self.events));
+                if new == 0 {
+                    return;
+                }
+                self.events = u32::try_from(seen).unwrap_or(u32::MAX);
+                new - 1
+            }
+            None => 0,
+        };
+        self.gaps
+            .add_zeros(u32::try_from(together).unwrap_or(u32::MAX));
         let now = Instant::now();
         match self.last {
             None => {

@@ -131,6 +131,11 @@ impl Gaps {
         self.sum_nanos = self.sum_nanos.saturating_add(nanos);
     }
 
+    /// Records `n` gaps of zero (events that arrived together).
+    pub fn add_zeros(&mut self, n: u32) {
+        self.counts[0] = self.counts[0].saturating_add(n);
+    }
+
     /// How many gaps were recorded.
     pub fn count(&self) -> u64 {
         self.counts.iter().map(|c| u64::from(*c)).sum()

@@ -193,6 +193,14 @@ impl Framer {
         &self.pending
     }
 
+    /// Gives up the bytes held back (for another reader to continue from), and starts over.
+    pub fn take_partial(&mut self) -> Bytes {
+        let max = self.max;
+        let pending = std::mem::take(&mut self.pending).freeze();
+        *self = Self::new(max);
+        pending
+    }
+
     /// Takes the next frame of the stream. Calls `on_event` for each event it completes, in
     /// order, and returns the bytes now complete (`None` when nothing is): they end on an
     /// event boundary, and the event ranges `on_event` saw are ranges of them.
