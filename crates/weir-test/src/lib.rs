@@ -11,6 +11,9 @@
 //! assistant message whose text is a prefix of the answer, the mock streams the remainder
 //! (prefill continuation).
 //!
+//! [`raw::RawUpstream`] is the hostile one: it writes the exact bytes it is given, HTTP framing
+//! included, and cuts them at any byte offset (close, reset, or silence).
+//!
 //! ```no_run
 //! # async fn doc() {
 //! let mock = weir_test::MockUpstream::start().await;
@@ -20,6 +23,7 @@
 //! ```
 
 mod body;
+pub mod raw;
 pub mod script;
 mod server;
 
