@@ -23,7 +23,9 @@ pub use weir_failover::stream::StreamFailed;
 pub(crate) type Upstream = weir_ratelimit::ResponseBody<
     weir_backpressure::ResponseBody<
         weir_breaker::ResponseBody<
-            weir_client::ResponseBody<http_body_util::Full<Bytes>>,
+            weir_client::decompress::DecompressBody<
+                weir_client::ResponseBody<http_body_util::Full<Bytes>>,
+            >,
             weir_breaker::classify::LlmEos,
         >,
     >,

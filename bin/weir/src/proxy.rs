@@ -27,11 +27,15 @@ use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
 /// The limits are outside the breaker: their own answers (503, 429) are not the provider's
 /// failures.
 pub(crate) type Guarded = weir_ratelimit::RateLimit<
-    Backpressure<CircuitBreaker<HttpClient<Full<Bytes>>, LlmClassifier>>,
+    Backpressure<CircuitBreaker<Decoded, LlmClassifier>>,
     ProviderKey,
     Full<Bytes>,
     EstimateCost,
 >;
+
+/// A provider's client, its answers decoded when a provider compresses them although weir asks
+/// for `identity` (so that every stream can be watched).
+pub(crate) type Decoded = weir_client::Decompress<HttpClient<Full<Bytes>>>;
 
 /// The token estimate of an outgoing request, for the provider's rate limit.
 #[derive(Clone, Copy, Debug)]
@@ -126,7 +130,8 @@ impl Upstream {
             .count_rate_limits(p.breaker_counts_rate_limits)
             .slow_first_byte(p.slow_first_byte)
             .in_band_errors(false);
-        let service = CircuitBreaker::new(client.clone(), breaker.clone(), classifier, Mode::Wait);
+        let decoded = weir_client::Decompress::new(client.clone());
+        let service = CircuitBreaker::new(decoded, breaker.clone(), classifier, Mode::Wait);
         let (limit, queue_timeout) = match (
             &p.concurrency,
             same(&|old| old.concurrency == p.concurrency),

@@ -32,11 +32,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod decompress;
 mod error;
 mod future;
 mod h1;
 mod pool;
 
+pub use decompress::Decompress;
 pub use error::Error;
 pub use future::ResponseFuture;
 pub use http::{header, HeaderValue, Request, Response, Uri};
