@@ -139,7 +139,10 @@ async fn ask(weir: &weir::Running) -> Got {
     }
 }
 
-fn ends() -> [(&'static str, fn(usize) -> End); 2] {
+/// A way to end an answer at a byte offset, by name.
+type Ending = (&'static str, fn(usize) -> End);
+
+fn ends() -> [Ending; 2] {
     [("close", End::CloseAt), ("reset", End::ResetAt)]
 }
 
