@@ -181,3 +181,67 @@ async fn usage_after_a_prefill_rescue_covers_what_was_delivered() {
         "3 delivered before the cut + 5 after"
     );
 }
+
+/// A continuation is an attempt of the router like any other.
+mod as_an_attempt {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_retry_budget_means_no_continuation() {
+        let targets = r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m" }]
+    retry_budget = { ratio = 0, per_second = 0 }"#;
+        let s = setup(None, "", Some(targets)).await;
+        s.primary.set_defaults(Some("fault=reset_after:3"));
+        let got = ask(&s.weir, "chunks=6").await;
+        assert!(got.broken, "cut, and told so");
+        assert_eq!(got.text, "tok0 tok1 tok2 ");
+        assert!(
+            s.backup.requests().is_empty(),
+            "the budget allowed no retry"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_keeps_a_target_from_continuing() {
+        let s = setup(
+            None,
+            "breaker = { consecutive_failures = 0, error_rate = 0 }",
+            None,
+        )
+        .await;
+        // Both answer 503: the backup fails twice per request, and its breaker opens.
+        s.primary.set_defaults(Some("fault=503"));
+        s.backup.set_defaults(Some("fault=503"));
+        for _ in 0..2 {
+            assert_eq!(ask(&s.weir, "chunks=2").await.status, 503);
+        }
+        let before = s.backup.requests().len();
+        s.primary.set_defaults(Some("fault=reset_after:1"));
+        s.backup.set_defaults(None);
+        let got = ask(&s.weir, "chunks=4").await;
+        assert!(got.broken, "nowhere to continue: told so");
+        assert_eq!(got.text, "tok0 ");
+        assert_eq!(
+            s.backup.requests().len(),
+            before,
+            "the open breaker kept the backup out of the continuation"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_continuation_refused_with_a_500_is_retried_after_a_backoff() {
+        let s = setup(None, "", None).await;
+        s.primary.set_defaults(Some("fault=reset_after:2"));
+        s.backup
+            .set_defaults(Some("fault=500_once,key=continuation"));
+        let got = ask(&s.weir, "chunks=5").await;
+        assert_one_complete_answer(&got, 5);
+        let tries = s.backup.requests();
+        assert_eq!(tries.len(), 2, "a 500, then the continuation");
+        let pause = tries[1].at - tries[0].at;
+        assert!(
+            pause >= Duration::from_millis(125) && pause <= Duration::from_millis(250),
+            "the policy's backoff: {pause:?}"
+        );
+    }
+}
