@@ -50,3 +50,120 @@ async fn openai_python_sdk_streams_through_weir_unchanged() {
         .iter()
         .all(|r| !format!("{:?}", r.headers).contains("sk-client-side-key")));
 }
+
+/// weir with three routes over a hostile primary (`weir_test::raw`) and a healthy backup: the
+/// backup continues by replay, by prefill, or not at all.
+async fn cut_setup() -> (
+    weir_test::raw::RawUpstream,
+    weir_test::MockUpstream,
+    weir::Running,
+    Vec<u8>,
+) {
+    use weir_test::raw::{chat_answer, sse_response, End, RawUpstream};
+    let tokens: Vec<String> = (0..3)
+        .map(|i| weir_test::script::word_token("wörld", i))
+        .collect();
+    let wire = sse_response(&chat_answer("chatcmpl-raw", "m", &tokens, None));
+    let primary = RawUpstream::start(wire.clone(), End::Whole).await;
+    let backup = weir_test::MockUpstream::start().await;
+    let route = |name: &str, continuation: &str| {
+        format!(
+            r#"
+[[routes]]
+model = "{name}"
+targets = [{{ provider = "primary", model = "m" }},
+           {{ provider = "backup", model = "m@chunks=3,word=wörld", continuation = "{continuation}" }}]
+retry_budget = {{ ratio = 10, per_second = 1000 }}
+"#
+        )
+    };
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+auth = "off"
+
+[[providers]]
+name = "primary"
+base_url = "{}"
+allow_http = true
+health = {{ probe = "off" }}
+breaker = {{ consecutive_failures = 0, error_rate = 0 }}
+
+[[providers]]
+name = "backup"
+base_url = "{}"
+allow_http = true
+health = {{ probe = "off" }}
+{}{}{}"#,
+        primary.base_url(),
+        backup.base_url(),
+        route("gpt-replay", "replay"),
+        route("gpt-prefill", "prefill"),
+        route("gpt-none", "none"),
+    );
+    let config = weir::config::parse("sdk-cut.toml".as_ref(), &text, &|_| None).unwrap();
+    let weir = weir::start(&config).await.unwrap();
+    (primary, backup, weir, wire)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_gets_whole_answers_or_an_error_at_any_cut() {
+    let (_primary, _backup, weir, wire) = cut_setup().await;
+    let find = |needle: &[u8]| {
+        wire.windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+    };
+    let head = find(b"\r\n\r\n") + 4;
+    let second = find("wörld1".as_bytes());
+    let finish = find(b"\"stop\"");
+    // Inside the head, inside the first chunk-size line, inside `data:`, inside the `ö` of
+    // the second token, in the blank line after it, inside the next chunk-size line, after
+    // the finish chunk, inside [DONE], and before the last chunk.
+    let offsets = [
+        10,
+        head + 1,
+        head + 6,
+        second + 2,
+        second + 40,
+        find(b"}]}\n\n\r\n") + 5,
+        find(b"}]}\n\n\r\n") + 8,
+        finish + 30,
+        find(b"[DONE]") + 3,
+        wire.len() - 3,
+    ];
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/openai_cut_check.py");
+    let expected: String = (0..3)
+        .map(|i| weir_test::script::word_token("wörld", i))
+        .collect();
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .arg(format!("http://{}/v1", weir.addr()))
+        .arg(&expected)
+        .args(offsets.iter().map(usize::to_string))
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK cut check failed:\n{stdout}\n{stderr}"
+    );
+    println!("{stdout}");
+    let checked = offsets.len() * 2 * 3;
+    assert!(
+        stdout.contains(&format!("ok cuts {checked} streams")),
+        "{stdout}"
+    );
+    // Most of these cuts come after the first token: with nothing to continue, the SDK raised.
+    let raised: usize = stdout
+        .split_whitespace()
+        .rev()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(raised >= 8, "{stdout}");
+}

@@ -1,6 +1,7 @@
 //! A hostile upstream: it answers every request with exactly the bytes it was given (head,
 //! chunk framing and all) and ends them where it was told: a clean close, a reset, or
-//! silence, at any byte offset. Real networks cut streams anywhere: inside a `data:` line,
+//! silence, at any byte offset (the upstream's setting, or per request its `x-raw-end`
+//! header). Real networks cut streams anywhere: inside a `data:` line,
 //! inside a multi-byte character, inside a chunk-size line. [`MockUpstream`](crate::MockUpstream)
 //! speaks through hyper, which frames every chunk itself; this one writes the wire.
 //!
@@ -168,8 +169,12 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     while let Some(request) = read_request(&mut stream, &mut buf).await {
+        let asked = asked_end(&request.head);
         shared.requests.lock().expect("log lock").push(request);
-        let (wire, end) = shared.script.lock().expect("script lock").clone();
+        let (wire, mut end) = shared.script.lock().expect("script lock").clone();
+        if let Some(asked) = asked {
+            end = asked;
+        }
         let upto = |n: usize| &wire[..n.min(wire.len())];
         match end {
             End::Whole => {
@@ -199,6 +204,29 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
                 std::future::pending::<()>().await;
             }
         }
+    }
+}
+
+/// The end a request asks for in its `x-raw-end` header (`whole`, `close:N`, `reset:N`,
+/// `stall:N`), which wins over the upstream's: a client several layers away (an SDK behind a
+/// proxy) picks the cut of each request.
+fn asked_end(head: &str) -> Option<End> {
+    let value = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("x-raw-end")
+            .then(|| value.trim().to_owned())
+    })?;
+    if value == "whole" {
+        return Some(End::Whole);
+    }
+    let (how, at) = value.split_once(':')?;
+    let at = at.parse().ok()?;
+    match how {
+        "close" => Some(End::CloseAt(at)),
+        "reset" => Some(End::ResetAt(at)),
+        "stall" => Some(End::StallAt(at)),
+        _ => None,
     }
 }
 
