@@ -5,7 +5,9 @@
 //! - `deps`: proves that no layer crate depends on another layer crate or on the binary;
 //! - `demo`: the mock upstream, weir with `deploy/examples/mock.toml`, and one streamed
 //!   completion printed as it arrives;
-//! - `bench`: weir against a direct connection to the same mock, in one run.
+//! - `bench`: weir against a direct connection to the same mock, in one run;
+//! - `soak`: many concurrent streams whose primary is cut at random bytes, continued on a
+//!   backup; counts the streams that looked complete but were wrong (must be 0).
 
 mod bench;
 mod load;
@@ -20,7 +22,9 @@ const USAGE: &str = "usage: cargo xtask <test|ci|deps|demo|bench> [options]
   deps                 check that layer crates depend on no other layer nor on the binary
   demo [--keep]        run weir on the mock upstream and stream one completion
   bench [--quick] [--streams N,N] [--no-nginx] [--only SECTION]
-                       weir vs. a direct connection (and nginx, if installed)";
+                       weir vs. a direct connection (and nginx, if installed)
+  soak [--streams N] [--concurrency N] [--seed N]
+                       streams cut at random bytes and continued; release build";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,6 +35,7 @@ fn main() -> ExitCode {
         Some("deps") => deps(&root),
         Some("demo") => demo(&root, args.iter().any(|a| a == "--keep")),
         Some("bench") => bench::run(&root, &args[1..]),
+        Some("soak") => soak(&root, &args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(64);
@@ -128,6 +133,39 @@ fn test(root: &Path) -> Result {
     run(cargo()
         .current_dir(root)
         .args(["test", "--workspace", "--doc"]))
+}
+
+/// The soak test (`tests/tests/soak.rs`) at a size given on the command line, release build.
+fn soak(root: &Path, args: &[String]) -> Result {
+    let mut cmd = cargo();
+    cmd.current_dir(root).args([
+        "test",
+        "--release",
+        "-p",
+        "weir-e2e",
+        "--test",
+        "soak",
+        "--",
+        "--nocapture",
+    ]);
+    cmd.env("WEIR_SOAK_STREAMS", "50000");
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let var = match flag.as_str() {
+            "--streams" => "WEIR_SOAK_STREAMS",
+            "--concurrency" => "WEIR_SOAK_CONCURRENCY",
+            "--seed" => "WEIR_SOAK_SEED",
+            other => return Err(format!("soak: unknown option `{other}`")),
+        };
+        let value = rest
+            .next()
+            .ok_or(format!("soak: `{flag}` needs a number"))?;
+        value
+            .parse::<u64>()
+            .map_err(|_| format!("soak: `{flag}` needs a number, got `{value}`"))?;
+        cmd.env(var, value);
+    }
+    run(&mut cmd)
 }
 
 fn ci(root: &Path) -> Result {
