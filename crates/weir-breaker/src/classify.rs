@@ -104,7 +104,7 @@ impl LlmClassifier {
 
     /// Scan each frame for an in-band `data: {"error"...}` event (on by default). Turn it off
     /// when a wrapper above already reads the stream and settles such calls itself with
-    /// [`ResponseBody::settle`](crate::ResponseBody::settle).
+    /// the [`Settle`](crate::Settle) handle in the response's extensions.
     pub fn in_band_errors(mut self, scan: bool) -> Self {
         self.in_band_errors = scan;
         self

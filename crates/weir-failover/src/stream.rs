@@ -11,7 +11,7 @@
 //!   The upstream's own end, when it has not arrived yet, is awaited by a short task of its
 //!   own, so that its connection can be reused, not by the client;
 //! - **the stream is cut** (reset, closed early, silent for the idle timeout, an event over the
-//!   bound): if the body was given a [`Resumer`](crate::router::Resumer), the cut answer is
+//!   bound): if the body was given a [`Resumer`], the cut answer is
 //!   continued as one more attempt of the router (target readiness, the retry budget and the
 //!   deadline apply), and the continuation's events are spliced in by the watch; otherwise, or
 //!   if no target can continue it, the client gets one error event and the body ends with an
