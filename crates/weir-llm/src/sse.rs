@@ -34,7 +34,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::fmt;
 
-mod framer;
+pub mod framer;
 pub use framer::{Event, Framer};
 
 /// The default bound on one line or one event's data (1 MiB).
