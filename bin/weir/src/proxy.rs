@@ -1179,6 +1179,8 @@ async fn read_head(
     };
     let stream_attempt =
         || weir_failover::stream::Attempt::new(upstream.name.clone(), upstream.idle_timeout);
+    // What was wrong with a malformed body's framing, when that is what failed it.
+    let mut detail = None;
     let failure = if sse {
         parts.headers.remove(header::CONTENT_LENGTH);
         let call = &attempt.call;
@@ -1220,7 +1222,14 @@ async fn read_head(
         loop {
             match tokio::time::timeout(upstream.idle_timeout, body.frame()).await {
                 Err(_) => break Failure::StreamStalled,
-                Ok(Some(Err(_))) => break Failure::StreamBroken,
+                Ok(Some(Err(e))) => {
+                    detail = malformed(&*e);
+                    break if detail.is_some() {
+                        Failure::MalformedAnswer
+                    } else {
+                        Failure::StreamBroken
+                    };
+                }
                 Ok(None) => {
                     parts.headers.remove(header::CONTENT_LENGTH);
                     let whole = concat(prefix);
@@ -1253,6 +1262,13 @@ async fn read_head(
         settle.failure(failure.as_str());
     }
     let (kind, what) = match failure {
+        Failure::MalformedAnswer if detail.is_some() => (
+            ErrorKind::BadGateway,
+            format!(
+                "sent a malformed response: {}",
+                detail.unwrap_or_default()
+            ),
+        ),
         Failure::FirstTokenTimeout => (
             ErrorKind::GatewayTimeout,
             format!("sent no first token within {first_token:?}"),
@@ -1288,6 +1304,18 @@ async fn read_head(
         .code(failure.as_str()),
     );
     Head::Failed(answer, failure)
+}
+
+/// What was malformed, when `error` (or an error it wraps) is a malformed upstream response.
+fn malformed(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut at = Some(error);
+    while let Some(e) = at {
+        if let Some(client) = e.downcast_ref::<weir_client::Error>() {
+            return client.is_malformed().then(|| client.to_string());
+        }
+        at = e.source();
+    }
+    None
 }
 
 /// At most `max` characters of `text`, with `…` when it was cut.
@@ -1403,6 +1431,17 @@ fn client_failure(
             "could not be reached",
             Failure::Connect,
         )
+    } else if let Some(e) = client.filter(|e| e.is_malformed()) {
+        // A broken server, not a broken network: say what was wrong.
+        let body = ErrorBody::new(
+            ErrorKind::BadGateway,
+            format!(
+                "The upstream provider `{}` sent a malformed response: {e}.",
+                upstream.name
+            ),
+        )
+        .code("malformed_answer");
+        return (error(body), Failure::MalformedAnswer);
     } else {
         // Reset or closed before the headers: as good as a failed connection.
         (

@@ -8,7 +8,10 @@ enum Kind {
     Timeout,
     Request,
     Response,
+    /// A malformed response: framing or head against RFC 9112.
     Protocol(&'static str),
+    /// The connection ended before (or inside) a response.
+    Closed(&'static str),
     TlsRoots,
 }
 
@@ -85,6 +88,13 @@ impl Error {
     }
 
     /// The response head did not parse.
+    pub(crate) fn closed(what: &'static str) -> Self {
+        Self {
+            kind: Kind::Closed(what),
+            source: None,
+        }
+    }
+
     pub(crate) fn protocol_source(source: BoxError) -> Self {
         Self {
             kind: Kind::Protocol("the response head is malformed"),
@@ -109,6 +119,12 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         self.kind == Kind::Timeout
     }
+
+    /// Whether the upstream's response was malformed (its head, or its body's framing): not a
+    /// network failure, a broken server. [`Display`](fmt::Display) says what was wrong.
+    pub fn is_malformed(&self) -> bool {
+        matches!(self.kind, Kind::Protocol(_))
+    }
 }
 
 impl fmt::Debug for Error {
@@ -129,7 +145,7 @@ impl fmt::Display for Error {
             Kind::Timeout => "the upstream sent no response headers in time",
             Kind::Request => "the upstream request failed",
             Kind::Response => "reading the upstream response failed",
-            Kind::Protocol(what) => what,
+            Kind::Protocol(what) | Kind::Closed(what) => what,
             Kind::TlsRoots => "could not load the TLS trust roots",
         })
     }

@@ -34,6 +34,11 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// The longest chunk-size or trailer line accepted.
 const MAX_LINE: usize = 4096;
+/// The most interim (1xx) responses before the final one.
+const MAX_INFORMATIONAL: usize = 8;
+/// The most trailer lines, and their bytes together (hyper's limits).
+const MAX_TRAILERS: usize = 100;
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// The smallest and the largest read.
 const MIN_READ: usize = 2048;
 const MAX_READ: usize = 16 * 1024;
@@ -250,6 +255,7 @@ impl Conn {
 
     /// Reads the response head (skipping 1xx heads).
     pub(crate) async fn read_head(&mut self, sent: Sent) -> Result<(Response<()>, Framing), Error> {
+        let mut informational = 0;
         loop {
             let parsed = loop {
                 if let Some(parsed) = parse_head(&self.buf)? {
@@ -262,7 +268,7 @@ impl Conn {
                     .await
                     .map_err(Error::response_io)?;
                 if n == 0 {
-                    return Err(Error::protocol(
+                    return Err(Error::closed(
                         "the upstream closed the connection before a response",
                     ));
                 }
@@ -270,7 +276,17 @@ impl Conn {
             let (response, length) = parsed;
             self.buf.advance(length);
             let status = response.status();
-            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                // weir never asks to upgrade a connection it sends requests on.
+                return Err(Error::protocol(
+                    "the upstream switched protocols (101) on a request that did not ask to",
+                ));
+            }
+            if status.is_informational() {
+                informational += 1;
+                if informational > MAX_INFORMATIONAL {
+                    return Err(Error::protocol("the upstream sent too many 1xx responses"));
+                }
                 continue;
             }
             let framing = framing(&response, sent.head_request)?;
@@ -296,8 +312,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, Error> {
     };
     let status = parsed
         .code
+        .filter(|c| (100..=599).contains(c))
         .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or_else(|| Error::protocol("the response status is invalid"))?;
+        .ok_or_else(|| Error::protocol("the response status is not between 100 and 599"))?;
     let mut map = HeaderMap::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -373,6 +390,11 @@ fn framing(response: &Response<()>, head_request: bool) -> Result<Framing, Error
         .iter()
         .next_back()
     {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            // Both: the transfer coding wins (RFC 9112 6.3), and a server that sends both
+            // is not trusted with another request on this connection.
+            reusable = false;
+        }
         let last = te
             .to_str()
             .ok()
@@ -402,10 +424,9 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.to_str().unwrap_or("x").split(',') {
-            let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| Error::protocol("the response content-length is invalid"))?;
+            // Digits only: Rust's integer parse would take a sign.
+            let n = digits(part.trim().as_bytes(), 10)
+                .ok_or_else(|| Error::protocol("the response content-length is invalid"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Error::protocol(
                     "the response has conflicting content-lengths",
@@ -421,6 +442,8 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
 pub(crate) struct Decoder {
     kind: Kind,
     reusable: bool,
+    trailers: usize,
+    trailer_bytes: usize,
 }
 
 impl Decoder {
@@ -428,6 +451,8 @@ impl Decoder {
         Self {
             kind: framing.kind,
             reusable: framing.reusable,
+            trailers: 0,
+            trailer_bytes: 0,
         }
     }
 
@@ -435,9 +460,11 @@ impl Decoder {
         self.kind == Kind::Done
     }
 
-    /// Whether the connection may serve another request once the body has ended.
-    pub(crate) fn reusable(&self) -> bool {
-        self.reusable && self.kind == Kind::Done
+    /// Whether the connection may serve another request once the body has ended: it must
+    /// be clean, with nothing read beyond the response (bytes a server sends after its answer
+    /// would be read as the next one's).
+    pub(crate) fn reusable(&self, conn: &Conn) -> bool {
+        self.reusable && self.kind == Kind::Done && conn.buf.is_empty()
     }
 
     /// Bytes known to be still to come, for a `content-length` body.
@@ -479,7 +506,7 @@ impl Decoder {
                     self.kind = Kind::Done;
                     return Poll::Ready(None);
                 }
-                return Poll::Ready(Some(Err(Error::protocol(
+                return Poll::Ready(Some(Err(Error::closed(
                     "the upstream closed the connection before the end of the body",
                 ))));
             }
@@ -544,6 +571,14 @@ impl Decoder {
                     if line.is_empty() {
                         self.kind = Kind::Done;
                         return Ok(None);
+                    }
+                    self.trailers += 1;
+                    self.trailer_bytes += line.len() + 2;
+                    if self.trailers > MAX_TRAILERS || self.trailer_bytes > MAX_TRAILER_BYTES {
+                        return Err(Error::protocol("the response has too many trailers"));
+                    }
+                    if !is_field_line(&line) {
+                        return Err(Error::protocol("a response trailer is malformed"));
                     }
                 }
             }
@@ -614,12 +649,12 @@ struct LineAt {
 
 fn line_at(bytes: &[u8]) -> Result<Option<LineAt>, Error> {
     match memchr::memchr(b'\n', bytes) {
+        // Chunked framing ends its lines with CRLF, never a bare LF (as hyper insists).
+        Some(end) if end == 0 || bytes[end - 1] != b'\r' => {
+            Err(Error::protocol("a chunk line does not end with CRLF"))
+        }
         Some(end) => Ok(Some(LineAt {
-            content: if end > 0 && bytes[end - 1] == b'\r' {
-                end - 1
-            } else {
-                end
-            },
+            content: end - 1,
             len: end + 1,
         })),
         None if bytes.len() > MAX_LINE => Err(Error::protocol("a chunk line is too long")),
@@ -627,31 +662,61 @@ fn line_at(bytes: &[u8]) -> Result<Option<LineAt>, Error> {
     }
 }
 
-/// A chunk-size line's size (extensions after `;` ignored).
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let size = line.split(|&b| b == b';').next().unwrap_or_default();
-    std::str::from_utf8(size)
-        .ok()
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && s.len() <= 16)
-        .and_then(|s| u64::from_str_radix(s, 16).ok())
-        .ok_or_else(|| Error::protocol("a chunk size is invalid"))
+/// The number `bytes` spells in `radix` (digits only: no sign, no space), if it fits a `u64`.
+fn digits(bytes: &[u8], radix: u32) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |n, &b| {
+        let d = char::from(b).to_digit(radix)?;
+        n.checked_mul(u64::from(radix))?.checked_add(u64::from(d))
+    })
 }
 
-/// Takes one line (without its `\n` or `\r\n`) off the front of `buf`.
-fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
-    match memchr::memchr(b'\n', buf) {
-        Some(end) => {
-            let mut line = buf.split_to(end + 1).freeze();
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
-            }
-            Ok(Some(line))
-        }
-        None if buf.len() > MAX_LINE => Err(Error::protocol("a chunk line is too long")),
-        None => Ok(None),
+/// A chunk-size line's size: hex digits, then optional spaces or tabs, then optional
+/// extensions after `;` (ignored), as RFC 9112 7.1 and hyper read it.
+fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+    let invalid = || Error::protocol("a chunk size is invalid");
+    let end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let size = digits(&line[..end], 16).ok_or_else(invalid)?;
+    let rest = &line[end..];
+    let rest = &rest[rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count()..];
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(invalid());
     }
+    if rest.contains(&b'\r') {
+        return Err(invalid());
+    }
+    Ok(size)
+}
+
+/// A trailer line: `name: value`, the name a token.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = memchr::memchr(b':', line) else {
+        return false;
+    };
+    let name = &line[..colon];
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && !line.contains(&b'\r')
+}
+
+/// Takes one line (without its `\r\n`) off the front of `buf`.
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, Error> {
+    let Some(at) = line_at(buf)? else {
+        return Ok(None);
+    };
+    let mut line = buf.split_to(at.len).freeze();
+    line.truncate(at.content);
+    Ok(Some(line))
 }
 
 #[cfg(test)]

@@ -359,7 +359,7 @@ where
         if let Kind::Http1 { decoder, conn } = &mut self.kind {
             if decoder.is_end() {
                 if let Some(driven) = conn.take() {
-                    if decoder.reusable() {
+                    if decoder.reusable(&driven.conn.conn) {
                         driven.pool.checkin_http1(driven.key, driven.conn);
                     }
                 }

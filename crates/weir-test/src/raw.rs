@@ -52,6 +52,9 @@ pub struct RawRequest {
 #[derive(Debug)]
 struct Shared {
     script: Mutex<(Vec<u8>, End)>,
+    /// Bytes sent after a whole answer, after a pause: a server that says more than it was
+    /// asked.
+    after: Mutex<Option<(Duration, Vec<u8>)>>,
     requests: Mutex<Vec<RawRequest>>,
     connections: AtomicU64,
 }
@@ -73,6 +76,7 @@ impl RawUpstream {
         let addr = listener.local_addr().expect("a bound listener");
         let shared = Arc::new(Shared {
             script: Mutex::new((wire, end)),
+            after: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
         });
@@ -93,6 +97,12 @@ impl RawUpstream {
     /// Answers from now on with `wire`, ended as `end`.
     pub fn set(&self, wire: Vec<u8>, end: End) {
         *self.shared.script.lock().expect("script lock") = (wire, end);
+    }
+
+    /// After each whole answer, `extra` bytes on the same connection `delay` later (zero: in
+    /// the same write).
+    pub fn set_after(&self, delay: Duration, extra: Vec<u8>) {
+        *self.shared.after.lock().expect("after lock") = Some((delay, extra));
     }
 
     /// Only the way answers end changes.
@@ -178,8 +188,23 @@ async fn serve(mut stream: TcpStream, shared: &Shared) {
         let upto = |n: usize| &wire[..n.min(wire.len())];
         match end {
             End::Whole => {
+                let after = shared.after.lock().expect("after lock").clone();
+                let mut wire = wire;
+                let late = match after {
+                    Some((delay, extra)) if delay.is_zero() => {
+                        wire.extend_from_slice(&extra);
+                        None
+                    }
+                    other => other,
+                };
                 if stream.write_all(&wire).await.is_err() {
                     return;
+                }
+                if let Some((delay, extra)) = late {
+                    tokio::time::sleep(delay).await;
+                    if stream.write_all(&extra).await.is_err() {
+                        return;
+                    }
                 }
             }
             End::CloseAt(n) => {
