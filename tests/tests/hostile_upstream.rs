@@ -134,10 +134,7 @@ async fn a_chunk_size_is_hex_digits_only() {
 
 #[tokio::test(start_paused = true)]
 async fn content_length_with_chunked_is_chunked_and_the_connection_is_not_reused() {
-    let mut wire = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"
-    )
-    .into_bytes();
+    let mut wire = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
     wire.extend_from_slice(&chunked(&[ANSWER]));
     let upstream = RawUpstream::start(wire, End::Whole).await;
     let weir = weir_over(&upstream).await;
@@ -163,7 +160,7 @@ async fn a_head_that_is_not_an_answer_is_malformed() {
             "status",
         ),
         (
-            format!("HTTP/1.1 600 Odd\r\ncontent-length: 0\r\n\r\n"),
+            "HTTP/1.1 600 Odd\r\ncontent-length: 0\r\n\r\n".to_owned(),
             "status",
         ),
         ("HTTP/1.1 100 Continue\r\n\r\n".repeat(20), "too many 1xx"),
@@ -199,9 +196,7 @@ async fn trailers_are_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn bytes_after_an_answer_never_become_the_next_answer() {
-    let injected = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{{\"injected\":true}}"
-    );
+    let injected = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{\"injected\":true}".to_owned();
     for delay in [Duration::ZERO, Duration::from_millis(5)] {
         let upstream =
             RawUpstream::start(with_length(&ANSWER.len().to_string(), ANSWER), End::Whole).await;
