@@ -33,8 +33,13 @@
 //! ```
 
 pub mod decompress;
+#[cfg(test)]
+mod differential;
 mod error;
 mod future;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod pool;
 

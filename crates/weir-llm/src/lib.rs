@@ -16,6 +16,9 @@ pub mod chunk;
 pub mod continuation;
 pub mod error;
 pub mod failure;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod request;
 pub mod scan;
 pub mod sse;

@@ -47,6 +47,8 @@ pub struct Event<'a> {
     data: Option<Range<usize>>,
     data_lines: u32,
     name: Option<Range<usize>>,
+    /// A byte-order mark opens the event (the stream's first line).
+    bom: bool,
 }
 
 impl<'a> Event<'a> {
@@ -84,13 +86,17 @@ impl<'a> Event<'a> {
             1 => self.data().map(std::borrow::Cow::Borrowed),
             _ => {
                 let mut joined = Vec::new();
-                for_each_line(self.raw(), |line| {
+                let mut first = true;
+                let raw = self.raw();
+                let raw = if self.bom { &raw[BOM.len()..] } else { raw };
+                for_each_line(raw, |line| {
                     if let Line::Field {
                         name: b"data",
                         value,
                     } = parse_line(line)
                     {
-                        if !joined.is_empty() {
+                        // Lines are joined by `\n`, empty ones too (found by fuzzing).
+                        if !std::mem::take(&mut first) {
                             joined.push(b'\n');
                         }
                         joined.extend_from_slice(value);
@@ -147,6 +153,7 @@ struct Building {
     data: Option<Range<usize>>,
     data_lines: u32,
     name: Option<Range<usize>>,
+    bom: bool,
 }
 
 impl Building {
@@ -292,6 +299,7 @@ impl Framer {
                             data: b.data,
                             data_lines: b.data_lines,
                             name: b.name,
+                            bom: b.bom,
                         });
                     }
                     boundary = next;
@@ -306,6 +314,7 @@ impl Framer {
                     if !b.started {
                         b.started = true;
                         b.start = pos;
+                        b.bom = start != pos;
                     }
                     // An empty value may be a static `&[]` (a field without a colon).
                     let offset = |part: &[u8]| match part.is_empty() {
@@ -393,6 +402,8 @@ mod tests {
     fn multi_line_data_is_joined_on_request() {
         let (_, data) = frame_all(&[b"event: x\ndata: a\nda", b"ta: b\n\n"]);
         assert_eq!(data, [b"a\nb".to_vec()]);
+        let (_, data) = frame_all(&[b"data:\ndata: b\ndata:\n\n"]);
+        assert_eq!(data, [b"\nb\n".to_vec()], "empty lines are joined too");
     }
 
     #[test]
