@@ -412,6 +412,31 @@ targets = [{{ provider = "mock", model = "m" }}]
     (mock, weir)
 }
 
+/// `[[providers]]` for a loopback upstream: plain HTTP allowed, health probes off, `extra`
+/// lines added.
+pub fn provider(name: &str, base_url: &str, extra: &str) -> String {
+    format!(
+        "\n[[providers]]\nname = \"{name}\"\nbase_url = \"{base_url}\"\nallow_http = true\nhealth = {{ probe = \"off\" }}\n{extra}\n"
+    )
+}
+
+/// `[[routes]]` for `model` over `targets` (a TOML array), `extra` lines added.
+pub fn route(model: &str, targets: &str, extra: &str) -> String {
+    format!("\n[[routes]]\nmodel = \"{model}\"\ntargets = {targets}\n{extra}\n")
+}
+
+/// weir on loopback ports, every client accepted, with `sections` (providers, routes, tables)
+/// after `[server]`.
+pub async fn weir_with(sections: &[String]) -> weir::Running {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nauth = \"off\"\n{}",
+        sections.concat()
+    );
+    let config = weir::config::parse("test.toml".as_ref(), &text, &|_| None)
+        .unwrap_or_else(|e| panic!("the test config is valid: {e}\n{text}"));
+    weir::start(&config).await.expect("weir starts")
+}
+
 /// A route over two mock providers, `primary` then `backup`.
 pub mod two {
     use bytes::Bytes;

@@ -42,37 +42,23 @@ async fn setup(continuation: &str) -> Setup {
     let wire = sse_response(&chat_answer("chatcmpl-primary", "m", &tokens(), None));
     let primary = RawUpstream::start(wire.clone(), End::Whole).await;
     let backup = MockUpstream::start().await;
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-auth = "off"
-
-[[providers]]
-name = "primary"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-breaker = {{ consecutive_failures = 0, error_rate = 0 }}
-
-[[providers]]
-name = "backup"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-
-[[routes]]
-model = "gpt-test"
-targets = [{{ provider = "primary", model = "m" }},
-           {{ provider = "backup", model = "m@chunks={CHUNKS},word={WORD}", continuation = "{continuation}" }}]
-retry_budget = {{ ratio = 10, per_second = 1000 }}
-"#,
-        primary.base_url(),
-        backup.base_url()
-    );
-    let config = weir::config::parse("cut.toml".as_ref(), &text, &|_| None).unwrap();
-    let weir = weir::start(&config).await.unwrap();
+    let weir = weir_e2e::weir_with(&[
+        weir_e2e::provider(
+            "primary",
+            &primary.base_url(),
+            "breaker = { consecutive_failures = 0, error_rate = 0 }",
+        ),
+        weir_e2e::provider("backup", &backup.base_url(), ""),
+        weir_e2e::route(
+            "gpt-test",
+            &format!(
+                r#"[{{ provider = "primary", model = "m" }},
+           {{ provider = "backup", model = "m@chunks={CHUNKS},word={WORD}", continuation = "{continuation}" }}]"#
+            ),
+            "retry_budget = { ratio = 10, per_second = 1000 }",
+        ),
+    ])
+    .await;
     Setup {
         primary,
         backup,

@@ -28,37 +28,20 @@ fn answer_events() -> Vec<String> {
 
 /// weir over the raw upstream `primary`, and a mock `backup` when given.
 async fn weir_over(primary: &RawUpstream, backup: Option<&MockUpstream>) -> weir::Running {
-    let mut text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-auth = "off"
-
-[[providers]]
-name = "primary"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-idle_timeout = "5s"
-"#,
-        primary.base_url()
-    );
+    let mut sections = vec![weir_e2e::provider(
+        "primary",
+        &primary.base_url(),
+        "idle_timeout = \"5s\"",
+    )];
     let targets = match backup {
         Some(backup) => {
-            text.push_str(&format!(
-                "\n[[providers]]\nname = \"backup\"\nbase_url = \"{}\"\nallow_http = true\nhealth = {{ probe = \"off\" }}\n",
-                backup.base_url()
-            ));
+            sections.push(weir_e2e::provider("backup", &backup.base_url(), ""));
             r#"[{ provider = "primary", model = "m" }, { provider = "backup", model = "m@chunks=3" }]"#
         }
         None => r#"[{ provider = "primary", model = "m" }]"#,
     };
-    text.push_str(&format!(
-        "\n[[routes]]\nmodel = \"gpt-test\"\ntargets = {targets}\n"
-    ));
-    let config = weir::config::parse("ends.toml".as_ref(), &text, &|_| None).unwrap();
-    weir::start(&config).await.unwrap()
+    sections.push(weir_e2e::route("gpt-test", targets, ""));
+    weir_e2e::weir_with(&sections).await
 }
 
 struct Got {

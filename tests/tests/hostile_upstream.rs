@@ -11,28 +11,15 @@ use std::time::Duration;
 use weir_test::raw::{chunked, End, RawUpstream};
 
 async fn weir_over(upstream: &RawUpstream) -> weir::Running {
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-auth = "off"
-
-[[providers]]
-name = "hostile"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-breaker = {{ consecutive_failures = 0, error_rate = 0 }}
-
-[[routes]]
-model = "gpt-test"
-targets = [{{ provider = "hostile", model = "m" }}]
-"#,
-        upstream.base_url()
-    );
-    let config = weir::config::parse("hostile.toml".as_ref(), &text, &|_| None).unwrap();
-    weir::start(&config).await.unwrap()
+    weir_e2e::weir_with(&[
+        weir_e2e::provider(
+            "hostile",
+            &upstream.base_url(),
+            "breaker = { consecutive_failures = 0, error_rate = 0 }",
+        ),
+        weir_e2e::route("gpt-test", r#"[{ provider = "hostile", model = "m" }]"#, ""),
+    ])
+    .await
 }
 
 struct Got {

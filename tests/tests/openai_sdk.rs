@@ -67,44 +67,27 @@ async fn cut_setup() -> (
     let primary = RawUpstream::start(wire.clone(), End::Whole).await;
     let backup = weir_test::MockUpstream::start().await;
     let route = |name: &str, continuation: &str| {
-        format!(
-            r#"
-[[routes]]
-model = "{name}"
-targets = [{{ provider = "primary", model = "m" }},
-           {{ provider = "backup", model = "m@chunks=3,word=wörld", continuation = "{continuation}" }}]
-retry_budget = {{ ratio = 10, per_second = 1000 }}
-"#
+        weir_e2e::route(
+            name,
+            &format!(
+                r#"[{{ provider = "primary", model = "m" }},
+           {{ provider = "backup", model = "m@chunks=3,word=wörld", continuation = "{continuation}" }}]"#
+            ),
+            "retry_budget = { ratio = 10, per_second = 1000 }",
         )
     };
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-auth = "off"
-
-[[providers]]
-name = "primary"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-breaker = {{ consecutive_failures = 0, error_rate = 0 }}
-
-[[providers]]
-name = "backup"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-{}{}{}"#,
-        primary.base_url(),
-        backup.base_url(),
+    let weir = weir_e2e::weir_with(&[
+        weir_e2e::provider(
+            "primary",
+            &primary.base_url(),
+            "breaker = { consecutive_failures = 0, error_rate = 0 }",
+        ),
+        weir_e2e::provider("backup", &backup.base_url(), ""),
         route("gpt-replay", "replay"),
         route("gpt-prefill", "prefill"),
         route("gpt-none", "none"),
-    );
-    let config = weir::config::parse("sdk-cut.toml".as_ref(), &text, &|_| None).unwrap();
-    let weir = weir::start(&config).await.unwrap();
+    ])
+    .await;
     (primary, backup, weir, wire)
 }
 

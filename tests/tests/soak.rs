@@ -61,49 +61,27 @@ async fn streams_cut_at_random_bytes_are_never_wrong_and_whole() {
     let primary = RawUpstream::start(wire.clone(), End::Whole).await;
     let backup = MockUpstream::start().await;
     let route = |name: &str, continuation: &str| {
-        format!(
-            r#"
-[[routes]]
-model = "{name}"
-targets = [{{ provider = "primary", model = "m" }},
-           {{ provider = "backup", model = "m@chunks={CHUNKS},word={WORD}", continuation = "{continuation}" }}]
-retry_budget = {{ ratio = 10, per_second = 100000 }}
-first_token_timeout = "1s"
-"#
+        weir_e2e::route(
+            name,
+            &format!(
+                r#"[{{ provider = "primary", model = "m" }},
+           {{ provider = "backup", model = "m@chunks={CHUNKS},word={WORD}", continuation = "{continuation}" }}]"#
+            ),
+            "retry_budget = { ratio = 10, per_second = 100000 }\nfirst_token_timeout = \"1s\"",
         )
     };
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-auth = "off"
-[telemetry]
-access_log = false
-log_level = "error"
-
-[[providers]]
-name = "primary"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-breaker = {{ consecutive_failures = 0, error_rate = 0 }}
-idle_timeout = "300ms"
-response_timeout = "1s"
-
-[[providers]]
-name = "backup"
-base_url = "{}"
-allow_http = true
-health = {{ probe = "off" }}
-{}{}"#,
-        primary.base_url(),
-        backup.base_url(),
+    let weir = weir_e2e::weir_with(&[
+        "[telemetry]\naccess_log = false\nlog_level = \"error\"\n".to_owned(),
+        weir_e2e::provider(
+            "primary",
+            &primary.base_url(),
+            "breaker = { consecutive_failures = 0, error_rate = 0 }\nidle_timeout = \"300ms\"\nresponse_timeout = \"1s\"",
+        ),
+        weir_e2e::provider("backup", &backup.base_url(), ""),
         route("gpt-replay", "replay"),
         route("gpt-prefill", "prefill"),
-    );
-    let config = weir::config::parse("soak.toml".as_ref(), &text, &|_| None).unwrap();
-    let weir = weir::start(&config).await.unwrap();
+    ])
+    .await;
     let url = format!("http://{}/v1/chat/completions", weir.addr());
     let counts = Arc::new(Counts::default());
     let next = Arc::new(AtomicU64::new(0));
