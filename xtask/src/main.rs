@@ -201,7 +201,8 @@ fn deps(root: &Path) -> Result {
     let packages = meta["packages"]
         .as_array()
         .ok_or("no packages in cargo metadata")?;
-    let shared = ["weir-llm", "weir-test"];
+    // The vocabulary, the layers' shared primitives, and test support (dev only).
+    let shared = ["weir-llm", "weir-util", "weir-test"];
     let is_layer =
         |name: &str| name.starts_with("weir-") && !shared.contains(&name) && name != "weir-e2e";
     let mut broken = Vec::new();

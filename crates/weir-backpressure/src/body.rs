@@ -5,14 +5,14 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use weir_util::body::Local;
 
 pin_project! {
     /// The response body: the inner body holding the call's permit until it ends, fails or is
     /// dropped; or the 503 of a shed call.
     pub struct ResponseBody<B> {
         #[pin]
-        inner: Option<B>,
-        shed: Option<Bytes>,
+        inner: Local<B>,
         permit: Option<Permit>,
     }
 }
@@ -20,7 +20,7 @@ pin_project! {
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")
-            .field("shed", &self.shed.is_some())
+            .field("shed", &self.inner.get_ref().is_none())
             .field("holds_permit", &self.permit.is_some())
             .finish_non_exhaustive()
     }
@@ -34,23 +34,21 @@ impl<B> ResponseBody<B> {
         // An empty body ends here: nothing will poll it to its end.
         let permit = (!inner.is_end_stream()).then_some(permit);
         Self {
-            inner: Some(inner),
-            shed: None,
+            inner: Local::inner(inner),
             permit,
         }
     }
 
     pub(crate) fn shed(body: Bytes) -> Self {
         Self {
-            inner: None,
-            shed: Some(body),
+            inner: Local::answer(body),
             permit: None,
         }
     }
 
     /// The inner body, pinned (`None` for a shed answer).
     pub fn inner_pin_mut(self: Pin<&mut Self>) -> Option<Pin<&mut B>> {
-        self.project().inner.as_pin_mut()
+        self.project().inner.inner_pin_mut()
     }
 
     /// Whether this body still holds its permit (false once it ended, failed, or for a shed
@@ -73,9 +71,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let Some(mut inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(this.shed.take().map(|b| Ok(Frame::data(b))));
-        };
+        let mut inner = this.inner;
         let frame = ready!(inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
@@ -100,17 +96,10 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Some(inner) => inner.is_end_stream(),
-            None => self.shed.is_none(),
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.inner, &self.shed) {
-            (Some(inner), _) => inner.size_hint(),
-            (None, Some(b)) => SizeHint::with_exact(b.len() as u64),
-            (None, None) => SizeHint::with_exact(0),
-        }
+        self.inner.size_hint()
     }
 }

@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use weir_util::body::Local;
 
 /// Reports one call's outcome to the breaker exactly once; a guard dropped unsettled reports
 /// "ignored" (which also frees a half-open probe slot).
@@ -126,8 +127,7 @@ pin_project! {
     /// settled), or the 503 answered by a breaker in shed mode.
     pub struct ResponseBody<B, E: ClassifyEos> {
         #[pin]
-        inner: Option<B>,
-        shed: Option<Bytes>,
+        inner: Local<B>,
         settle: Option<(Arc<Slot>, E)>,
     }
 
@@ -143,7 +143,7 @@ pin_project! {
 impl<B, E: ClassifyEos> std::fmt::Debug for ResponseBody<B, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")
-            .field("shed", &self.shed.is_some())
+            .field("shed", &self.inner.get_ref().is_none())
             .field("settled", &self.settle.is_none())
             .finish_non_exhaustive()
     }
@@ -153,8 +153,7 @@ impl<B: Body, E: ClassifyEos> ResponseBody<B, E> {
     pub(crate) fn inner(inner: B, settle: Option<(Arc<Slot>, E)>) -> Self {
         let ended = inner.is_end_stream();
         let mut body = Self {
-            inner: Some(inner),
-            shed: None,
+            inner: Local::inner(inner),
             settle,
         };
         if ended {
@@ -168,8 +167,7 @@ impl<B: Body, E: ClassifyEos> ResponseBody<B, E> {
 
     pub(crate) fn shed(data: Bytes) -> Self {
         Self {
-            inner: None,
-            shed: Some(data),
+            inner: Local::answer(data),
             settle: None,
         }
     }
@@ -189,15 +187,8 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
-            return Poll::Ready(this.shed.take().map(|d| Ok(Frame::data(d))));
-        };
-        let polled = ready!(inner.poll_frame(cx));
-        let ended = this
-            .inner
-            .as_ref()
-            .as_pin_ref()
-            .is_some_and(|inner| inner.is_end_stream());
+        let polled = ready!(this.inner.as_mut().poll_frame(cx));
+        let ended = this.inner.is_end_stream();
         let settle = this.settle;
         match polled {
             Some(Ok(frame)) => {
@@ -229,16 +220,10 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Some(inner) => inner.is_end_stream(),
-            None => self.shed.is_none(),
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Some(inner) => inner.size_hint(),
-            None => SizeHint::with_exact(self.shed.as_ref().map_or(0, |d| d.len() as u64)),
-        }
+        self.inner.size_hint()
     }
 }

@@ -146,65 +146,7 @@ impl Jitter for XorShift {
     }
 }
 
-const BUCKETS: usize = 10;
-
-/// Success and failure counts over a sliding window of [`BUCKETS`] buckets.
-#[derive(Clone, Debug)]
-struct Window {
-    width: Duration,
-    buckets: [(u32, u32); BUCKETS],
-    /// The bucket `current` covers `[start, start + width)`.
-    start: Instant,
-    current: usize,
-}
-
-impl Window {
-    fn new(window: Duration, now: Instant) -> Self {
-        let width = (window / BUCKETS as u32).max(Duration::from_millis(1));
-        Self {
-            width,
-            buckets: [(0, 0); BUCKETS],
-            start: now,
-            current: 0,
-        }
-    }
-
-    fn advance(&mut self, now: Instant) {
-        let mut steps = 0;
-        while now >= self.start + self.width && steps <= BUCKETS {
-            self.current = (self.current + 1) % BUCKETS;
-            self.buckets[self.current] = (0, 0);
-            self.start += self.width;
-            steps += 1;
-        }
-        if now >= self.start + self.width {
-            // Idle for longer than the window: everything has aged out.
-            self.buckets = [(0, 0); BUCKETS];
-            self.start = now;
-        }
-    }
-
-    fn record(&mut self, now: Instant, failed: bool) {
-        self.advance(now);
-        let bucket = &mut self.buckets[self.current];
-        if failed {
-            bucket.1 += 1;
-        } else {
-            bucket.0 += 1;
-        }
-    }
-
-    fn totals(&self) -> (u32, u32) {
-        self.buckets
-            .iter()
-            .fold((0, 0), |(s, f), (bs, bf)| (s + bs, f + bf))
-    }
-
-    fn clear(&mut self, now: Instant) {
-        self.buckets = [(0, 0); BUCKETS];
-        self.start = now;
-    }
-}
+use weir_util::Window;
 
 /// The state machine. See the [module docs](self).
 pub struct Policy {
@@ -269,16 +211,15 @@ impl Policy {
 
     /// The failure rate over the window, and the calls it is over.
     pub fn failure_rate(&mut self, now: Instant) -> (f64, u32) {
-        self.window.advance(now);
-        let (s, f) = self.window.totals();
+        let (s, f) = self.window.totals(now);
         let total = s + f;
         (
             if total == 0 {
                 0.0
             } else {
-                f64::from(f) / f64::from(total)
+                f as f64 / total as f64
             },
-            total,
+            u32::try_from(total).unwrap_or(u32::MAX),
         )
     }
 
@@ -358,11 +299,11 @@ impl Policy {
             (State::Open { .. } | State::HalfOpen, _) => {}
             (State::Closed, Outcome::Success) => {
                 self.consecutive = 0;
-                self.window.record(now, false);
+                self.window.record(now, 1, 0);
             }
             (State::Closed, Outcome::Failure) => {
                 self.consecutive += 1;
-                self.window.record(now, true);
+                self.window.record(now, 0, 1);
                 if self.should_trip(now) {
                     self.trip(now);
                 }

@@ -6,34 +6,25 @@
 use std::time::Duration;
 use tokio::time::Instant;
 
-const BUCKETS: usize = 10;
-
 /// See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct RetryBudget {
     ratio: f64,
     floor_per_second: f64,
     window: Duration,
-    width: Duration,
-    /// (requests, retries) per bucket.
-    buckets: [(u64, u64); BUCKETS],
-    start: Instant,
-    current: usize,
+    /// Requests and retries.
+    counts: weir_util::Window,
 }
 
 impl RetryBudget {
     /// Retries up to `ratio` of requests over `window`, plus `floor_per_second` retries per
     /// second of the window.
     pub fn new(ratio: f64, floor_per_second: f64, window: Duration, now: Instant) -> Self {
-        let width = (window / BUCKETS as u32).max(Duration::from_millis(1));
         Self {
             ratio,
             floor_per_second,
             window,
-            width,
-            buckets: [(0, 0); BUCKETS],
-            start: now,
-            current: 0,
+            counts: weir_util::Window::new(window, now),
         }
     }
 
@@ -42,37 +33,18 @@ impl RetryBudget {
         Self::new(0.2, 1.0, Duration::from_secs(10), now)
     }
 
-    fn advance(&mut self, now: Instant) {
-        let mut steps = 0;
-        while now >= self.start + self.width && steps <= BUCKETS {
-            self.current = (self.current + 1) % BUCKETS;
-            self.buckets[self.current] = (0, 0);
-            self.start += self.width;
-            steps += 1;
-        }
-        if now >= self.start + self.width {
-            self.buckets = [(0, 0); BUCKETS];
-            self.start = now;
-        }
-    }
-
     /// A new request (each one earns a share of a retry).
     pub fn deposit(&mut self, now: Instant) {
-        self.advance(now);
-        self.buckets[self.current].0 += 1;
+        self.counts.record(now, 1, 0);
     }
 
     /// Takes one retry from the budget; false (and nothing taken) when it is spent.
     pub fn withdraw(&mut self, now: Instant) -> bool {
-        self.advance(now);
-        let (requests, retries) = self
-            .buckets
-            .iter()
-            .fold((0, 0), |(q, r), (bq, br)| (q + bq, r + br));
+        let (requests, retries) = self.counts.totals(now);
         let allowed =
             self.ratio * requests as f64 + self.floor_per_second * self.window.as_secs_f64();
         if (retries as f64) < allowed {
-            self.buckets[self.current].1 += 1;
+            self.counts.record(now, 0, 1);
             true
         } else {
             false
