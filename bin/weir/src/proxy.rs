@@ -28,8 +28,7 @@ use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
 /// failures.
 pub(crate) type Guarded = weir_ratelimit::RateLimit<
     Backpressure<CircuitBreaker<Decoded, LlmClassifier>>,
-    ProviderKey,
-    Full<Bytes>,
+    weir_ratelimit::Keyed<(), ProviderKey>,
     EstimateCost,
 >;
 
@@ -151,10 +150,12 @@ impl Upstream {
         };
         let service = weir_ratelimit::RateLimit::new(
             service,
-            rate_limiter
-                .clone()
-                .unwrap_or_else(|| weir_ratelimit::Limiter::builder().build()),
-            ProviderKey(rate_limiter.is_some()),
+            weir_ratelimit::Keyed::new(
+                rate_limiter
+                    .clone()
+                    .unwrap_or_else(|| weir_ratelimit::Limiter::builder().build()),
+                ProviderKey(rate_limiter.is_some()),
+            ),
             EstimateCost,
             mode,
         )
@@ -1026,8 +1027,13 @@ impl Judge<Arc<Call>> for LlmJudge {
                 }
                 Ok(response)
                     if response
-                        .headers()
-                        .contains_key(weir_backpressure::SHED_HEADER) =>
+                        .extensions()
+                        .get::<weir_backpressure::Shed>()
+                        .is_some()
+                        || response
+                            .extensions()
+                            .get::<weir_ratelimit::Limited>()
+                            .is_some() =>
                 {
                     // weir's own limit for this provider is full: nothing went upstream.
                     let (parts, body) = response.into_parts();

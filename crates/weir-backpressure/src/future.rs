@@ -53,13 +53,13 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
     }
 }
 
-/// The header that marks a shed answer, with the reason (`queue_full` or `timed_out`): a
-/// router or a metrics layer can tell the gateway's own 503 from an upstream's.
+/// The header that tells a client why it was shed (`queue_full` or `timed_out`).
 pub const SHED_HEADER: &str = "x-weir-shed";
 
 /// The answer to a shed call: a 503 OpenAI-style error with `Retry-After` (whole seconds,
 /// rounded up, at least 1) and the reason in `x-weir-shed`; `body` makes the body type from
-/// the JSON bytes.
+/// the JSON bytes. The [`Shed`] reason is also in the response's extensions, for the layers
+/// around (a router tells the gateway's own 503 from an upstream's by it).
 pub fn shed_response<B>(
     shed: Shed,
     retry_after: Duration,
@@ -80,6 +80,7 @@ pub fn shed_response<B>(
     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     headers.insert(SHED_HEADER, HeaderValue::from_static(shed.as_str()));
+    response.extensions_mut().insert(shed);
     response
 }
 

@@ -5,19 +5,40 @@ use crate::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use weir_llm::stream::Meter;
+use weir_util::body::Local;
+
+/// Where the answer's usage is read from.
+#[derive(Debug)]
+enum Usage {
+    /// The stream's watch reports it (a `weir_llm::stream::Meter` in the response's
+    /// extensions): nothing is scanned here.
+    Meter(Meter),
+    /// Scanned here, frame by frame.
+    Scan(UsageScan),
+}
+
+impl Usage {
+    fn total(&self) -> Option<u32> {
+        match self {
+            Self::Meter(meter) => meter
+                .usage()
+                .map(|u| u32::try_from(u.total).unwrap_or(u32::MAX)),
+            Self::Scan(scan) => scan.total(),
+        }
+    }
+}
 
 pin_project! {
-    /// The response body: the inner body, watched for its usage so that the token charge is
-    /// settled when it ends; or the 429 this layer answered.
+    /// The response body: the inner body, whose usage settles the token charge when it ends;
+    /// or the 429 this layer answered.
     pub struct ResponseBody<B, K: Key> {
         #[pin]
-        inner: Option<B>,
-        local: Option<Bytes>,
+        inner: Local<B>,
         charge: Option<Charge<K>>,
-        usage: UsageScan,
+        usage: Usage,
     }
 
     impl<B, K: Key> PinnedDrop for ResponseBody<B, K> {
@@ -28,8 +49,8 @@ pin_project! {
     }
 }
 
-/// Settles with the usage seen, if any (otherwise the estimate stands).
-fn settle<K: Key>(charge: &mut Option<Charge<K>>, usage: &UsageScan) {
+/// Settles with the usage the answer reported, if any (otherwise the estimate stands).
+fn settle<K: Key>(charge: &mut Option<Charge<K>>, usage: &Usage) {
     if let (Some(used), Some(charge)) = (usage.total(), charge.take()) {
         charge.settle(used);
     }
@@ -38,35 +59,36 @@ fn settle<K: Key>(charge: &mut Option<Charge<K>>, usage: &UsageScan) {
 impl<B, K: Key> std::fmt::Debug for ResponseBody<B, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")
-            .field("refused", &self.local.is_some())
+            .field("refused", &self.inner.get_ref().is_none())
             .field("usage", &self.usage.total())
             .finish_non_exhaustive()
     }
 }
 
 impl<B, K: Key> ResponseBody<B, K> {
-    pub(crate) fn new(inner: B, charge: Option<Charge<K>>) -> Self {
+    pub(crate) fn new(inner: B, charge: Option<Charge<K>>, meter: Option<Meter>) -> Self {
         Self {
-            inner: Some(inner),
-            local: None,
+            inner: Local::inner(inner),
             charge,
-            usage: UsageScan::default(),
+            usage: match meter {
+                Some(meter) => Usage::Meter(meter),
+                None => Usage::Scan(UsageScan::default()),
+            },
         }
-    }
-
-    /// The inner body, pinned (`None` for a 429 this layer answered).
-    pub fn inner_pin_mut(self: Pin<&mut Self>) -> Option<Pin<&mut B>> {
-        self.project().inner.as_pin_mut()
     }
 
     /// The body of a 429 this layer answered.
     pub fn local(body: Bytes) -> Self {
         Self {
-            inner: None,
-            local: Some(body),
+            inner: Local::answer(body),
             charge: None,
-            usage: UsageScan::default(),
+            usage: Usage::Scan(UsageScan::default()),
         }
+    }
+
+    /// The inner body (`None` for a 429 this layer answered).
+    pub fn get_ref(&self) -> Option<&B> {
+        self.inner.get_ref()
     }
 }
 
@@ -84,16 +106,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(this.local.take().map(|b| Ok(Frame::data(b))));
-        };
-        let frame = ready!(inner.poll_frame(cx));
+        let frame = ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    if this.charge.is_some() {
-                        this.usage.observe(data);
-                    }
+                if let (Some(data), Usage::Scan(scan), Some(_)) =
+                    (f.data_ref(), &mut *this.usage, &this.charge)
+                {
+                    scan.observe(data);
                 }
             }
             Some(Err(_)) | None => settle(this.charge, this.usage),
@@ -102,17 +121,10 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Some(inner) => inner.is_end_stream(),
-            None => self.local.is_none(),
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.inner, &self.local) {
-            (Some(inner), _) => inner.size_hint(),
-            (None, Some(b)) => SizeHint::with_exact(b.len() as u64),
-            (None, None) => SizeHint::with_exact(0),
-        }
+        self.inner.size_hint()
     }
 }

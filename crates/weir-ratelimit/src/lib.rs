@@ -7,12 +7,16 @@
 //!   one overflow bucket: a flood of fresh keys cannot grow memory without bound.
 //! - Tokens are charged up front from the request's estimate ([`LlmCost`]: the prompt's
 //!   estimate plus `max_tokens`), and the [`Charge`] is settled from the real usage when the
-//!   answer ends (the layer reads `"total_tokens"` from the answer as it passes).
+//!   answer ends: from the `weir_llm::stream::Meter` a stream's watch put in the response's
+//!   extensions when there is one, else by reading `"total_tokens"` as the answer passes.
 //! - [`RateLimit`] (via [`RateLimitLayer`]) picks the key with a [`KeyExtractor`] (global,
-//!   header, request extension, peer IP behind trusted proxies, model, or a function), and in
+//!   header, request extension, peer IP behind trusted proxies, model, or a function), or the
+//!   limiter itself with a [`Scope`] (a limiter of its own per client or per route), and in
 //!   [`Mode::Reject`] answers a call over its limit at once with a 429 OpenAI-style error and
-//!   `Retry-After`; in [`Mode::Wait`] the call waits its turn (first come first served per
-//!   key) up to a deadline. Every answer carries OpenAI's `x-ratelimit-*` headers and the IETF
+//!   `Retry-After` (marked [`Limited`] in its extensions, so that a limit around it gives its
+//!   own charge back); in [`Mode::Wait`] the call waits its turn (first come first served per
+//!   key) up to a deadline, holding nothing of the inner service's meanwhile (a concurrency
+//!   slot reserved by its readiness is given back, and taken again once the call fits). Every answer carries OpenAI's `x-ratelimit-*` headers and the IETF
 //!   `RateLimit-Policy` / `RateLimit` fields, streams included (decided at admission).
 //! - Time comes from tokio's clock ([`TokioClock`]), so limits follow paused time in tests.
 //!
@@ -61,20 +65,26 @@
 mod body;
 mod clock;
 mod cost;
+mod future;
 mod headers;
 mod key;
+mod layer;
 mod limiter;
+mod scope;
 mod service;
 
 pub use body::ResponseBody;
 pub use clock::TokioClock;
 pub use cost::{Cost, Fixed, LlmCost, UsageScan};
+pub use future::ResponseFuture;
 pub use headers::write as write_headers;
 pub use key::{Extension, Global, Header, KeyExtractor, KeyFn, Model, PeerIp};
+pub use layer::RateLimitLayer;
 pub use limiter::{
     Charge, Counts, Key, Limiter, LimiterBuilder, Rate, Refusal, Slot, Standing, Standings, Store,
 };
-pub use service::{refusal_response, Mode, RateLimit, RateLimitLayer, LIMITED_HEADER};
+pub use scope::{Keyed, Scope};
+pub use service::{refusal_response, Limited, Mode, RateLimit};
 
 /// The error type of the service and its body: the inner error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

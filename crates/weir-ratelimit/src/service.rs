@@ -1,13 +1,12 @@
 use crate::body::ResponseBody;
 use crate::cost::{Cost, LlmCost};
+use crate::future::ResponseFuture;
 use crate::headers;
-use crate::key::KeyExtractor;
 use crate::limiter::{Charge, Limiter, Refusal, Standings};
+use crate::scope::Scope;
 use crate::BoxError;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -27,9 +26,18 @@ pub enum Mode {
     },
 }
 
-/// The header that marks a 429 this layer answered (its value: `requests`, `tokens` or
-/// `too_large`), so that a router can tell it from an upstream's.
-pub const LIMITED_HEADER: &str = "x-weir-ratelimit";
+/// In the extensions of a 429 that a rate limit answered itself (not an upstream's): why.
+/// Layers around it read it (a rate limit outside gives its own charge back; a router reads a
+/// provider's local 429 as "this target is full", not as the provider's answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limited(Refusal);
+
+impl Limited {
+    /// Why the call was refused.
+    pub fn refusal(&self) -> Refusal {
+        self.0
+    }
+}
 
 /// The 429 for `refusal`, with the rate-limit headers; `body` makes the body type.
 pub fn refusal_response<B>(
@@ -69,51 +77,27 @@ pub fn refusal_response<B>(
             HeaderValue::from(headers::seconds(wait).max(1)),
         );
     }
-    h.insert(LIMITED_HEADER, HeaderValue::from_static(refusal.as_str()));
     headers::write(h, standings);
+    response.extensions_mut().insert(Limited(refusal));
     response
 }
 
 /// Rate limits around `S`. See the [crate docs](crate).
-pub struct RateLimit<S, X: KeyExtractor<B>, B, C = LlmCost> {
+#[derive(Clone, Debug)]
+pub struct RateLimit<S, P, C = LlmCost> {
     inner: S,
-    limiter: Limiter<X::Key>,
-    extract: X,
+    scope: P,
     cost: C,
     mode: Mode,
     headers: bool,
 }
 
-impl<S: Clone, X: KeyExtractor<B>, B, C: Clone> Clone for RateLimit<S, X, B, C> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            limiter: self.limiter.clone(),
-            extract: self.extract.clone(),
-            cost: self.cost.clone(),
-            mode: self.mode,
-            headers: self.headers,
-        }
-    }
-}
-
-impl<S: std::fmt::Debug, X: KeyExtractor<B>, B, C> std::fmt::Debug for RateLimit<S, X, B, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimit")
-            .field("inner", &self.inner)
-            .field("limiter", &self.limiter)
-            .field("mode", &self.mode)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, X: KeyExtractor<B>, B, C> RateLimit<S, X, B, C> {
-    /// Wraps `inner`.
-    pub fn new(inner: S, limiter: Limiter<X::Key>, extract: X, cost: C, mode: Mode) -> Self {
+impl<S, P, C> RateLimit<S, P, C> {
+    /// Wraps `inner`: each request counts against the limiter `scope` picks for it.
+    pub fn new(inner: S, scope: P, cost: C, mode: Mode) -> Self {
         Self {
             inner,
-            limiter,
-            extract,
+            scope,
             cost,
             mode,
             headers: true,
@@ -127,13 +111,26 @@ impl<S, X: KeyExtractor<B>, B, C> RateLimit<S, X, B, C> {
         self
     }
 
-    /// The limiter.
-    pub fn limiter(&self) -> &Limiter<X::Key> {
-        &self.limiter
+    /// The scope (its limiters).
+    pub fn scope(&self) -> &P {
+        &self.scope
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Waits, first come first served for `key`, until a call fits or `max_wait` would pass.
 pub(crate) async fn admit_waiting<K: crate::Key>(
@@ -172,127 +169,76 @@ pub(crate) async fn admit_waiting<K: crate::Key>(
     }
 }
 
-impl<S, X, B, C, RB> tower_service::Service<Request<B>> for RateLimit<S, X, B, C>
+impl<S, P, C, B, RB> tower_service::Service<Request<B>> for RateLimit<S, P, C>
 where
     S: tower_service::Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
-    X: KeyExtractor<B>,
+    P: Scope<B>,
     C: Cost<B>,
     B: Send + 'static,
-    RB: http_body::Body<Data = Bytes>,
+    RB: http_body::Body<Data = Bytes> + Send + 'static,
 {
-    type Response = Response<ResponseBody<RB, X::Key>>;
+    type Response = Response<ResponseBody<RB, P::Key>>;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Self::Response, BoxError>>;
+    type Future = ResponseFuture<S::Future, RB, P::Key>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The service made ready is the one that takes the call, maybe after a wait.
+        // The service made ready is the one that takes the call.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let Some(key) = self.extract.key(&request) else {
-            let future = inner.call(request);
-            return Box::pin(async move {
-                let response = future.await.map_err(Into::into)?;
-                Ok(response.map(|body| ResponseBody::new(body, None)))
-            });
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let Some((limiter, key)) = self.scope.select(&request) else {
+            return ResponseFuture::calling(ready.call(request), None, None);
         };
         let tokens = self.cost.estimate(&request);
-        let limiter = self.limiter.clone();
-        let mode = self.mode;
-        let write_headers = self.headers;
-        Box::pin(async move {
-            let admitted = match mode {
-                Mode::Reject => limiter.check(key, tokens),
-                Mode::Wait { max_wait } => admit_waiting(&limiter, key, tokens, max_wait).await,
-            };
-            let (charge, standings) = match admitted {
+        let refused = match limiter.check(key.clone(), tokens) {
+            Ok((charge, standings)) => {
+                let standings = self.headers.then_some(standings);
+                return ResponseFuture::calling(ready.call(request), Some(charge), standings);
+            }
+            Err(refused) => refused,
+        };
+        let Mode::Wait { max_wait } = self.mode else {
+            return ResponseFuture::refused(refusal_response(
+                refused.0,
+                &refused.1,
+                ResponseBody::local,
+            ));
+        };
+        if refused.0.retry_after().is_none_or(|wait| wait > max_wait) {
+            return ResponseFuture::refused(refusal_response(
+                refused.0,
+                &refused.1,
+                ResponseBody::local,
+            ));
+        }
+        // Waiting for a turn holds nothing of the inner service's: the reservation made in
+        // `poll_ready` (a concurrency slot, say) is given back, and taken again once the
+        // call fits.
+        drop(ready);
+        let mut inner = self.inner.clone();
+        let limiter = limiter.clone();
+        let headers = self.headers;
+        ResponseFuture::waiting(Box::pin(async move {
+            let (charge, standings) = match admit_waiting(&limiter, key, tokens, max_wait).await {
                 Ok(admitted) => admitted,
                 Err((refusal, standings)) => {
                     return Ok(refusal_response(refusal, &standings, ResponseBody::local));
                 }
             };
-            let mut response = inner.call(request).await.map_err(Into::into)?;
-            if write_headers {
-                headers::write(response.headers_mut(), &standings);
-            }
-            Ok(response.map(|body| ResponseBody::new(body, Some(charge))))
-        })
-    }
-}
-
-/// Applies [`RateLimit`].
-pub struct RateLimitLayer<X: KeyExtractor<B>, B, C = LlmCost> {
-    limiter: Limiter<X::Key>,
-    extract: X,
-    cost: C,
-    mode: Mode,
-}
-
-impl<X: KeyExtractor<B>, B, C: Clone> Clone for RateLimitLayer<X, B, C> {
-    fn clone(&self) -> Self {
-        Self {
-            limiter: self.limiter.clone(),
-            extract: self.extract.clone(),
-            cost: self.cost.clone(),
-            mode: self.mode,
-        }
-    }
-}
-
-impl<X: KeyExtractor<B>, B, C> std::fmt::Debug for RateLimitLayer<X, B, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateLimitLayer")
-            .field("limiter", &self.limiter)
-            .field("mode", &self.mode)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<X: KeyExtractor<B>, B> RateLimitLayer<X, B, LlmCost> {
-    /// Limits by `extract`'s key, costing requests with [`LlmCost`], in [`Mode::Reject`].
-    pub fn new(limiter: Limiter<X::Key>, extract: X) -> Self {
-        Self {
-            limiter,
-            extract,
-            cost: LlmCost::default(),
-            mode: Mode::Reject,
-        }
-    }
-}
-
-impl<X: KeyExtractor<B>, B, C> RateLimitLayer<X, B, C> {
-    /// How requests are costed in tokens.
-    pub fn cost<C2>(self, cost: C2) -> RateLimitLayer<X, B, C2> {
-        RateLimitLayer {
-            limiter: self.limiter,
-            extract: self.extract,
-            cost,
-            mode: self.mode,
-        }
-    }
-
-    /// Reject or wait.
-    pub fn mode(mut self, mode: Mode) -> Self {
-        self.mode = mode;
-        self
-    }
-}
-
-impl<S, X: KeyExtractor<B>, B, C: Clone> tower_layer::Layer<S> for RateLimitLayer<X, B, C> {
-    type Service = RateLimit<S, X, B, C>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(
-            inner,
-            self.limiter.clone(),
-            self.extract.clone(),
-            self.cost.clone(),
-            self.mode,
-        )
+            std::future::poll_fn(|cx| inner.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
+            let response = inner.call(request).await.map_err(Into::into)?;
+            Ok(crate::future::admitted(
+                response,
+                Some(charge),
+                headers.then_some(standings),
+            ))
+        }))
     }
 }

@@ -56,8 +56,7 @@ async fn burst_plus_one_is_refused_with_the_time_until_a_request_fits() {
     let limiter = Limiter::builder().requests(Rate::per_minute(n(2))).build();
     let mut service = RateLimit::new(
         upstream("{}"),
-        limiter,
-        Global,
+        crate::Keyed::new(limiter, Global),
         crate::LlmCost::default(),
         Mode::Reject,
     );
@@ -95,8 +94,7 @@ async fn keys_are_isolated() {
     let limiter = Limiter::builder().requests(Rate::per_minute(n(1))).build();
     let mut service = RateLimit::new(
         upstream("{}"),
-        limiter.clone(),
-        Header("x-user".parse().unwrap()),
+        crate::Keyed::new(limiter.clone(), Header("x-user".parse().unwrap())),
         crate::LlmCost::default(),
         Mode::Reject,
     );
@@ -124,8 +122,7 @@ async fn a_token_charge_is_settled_from_the_real_usage_at_the_end_of_the_answer(
                   data: [DONE]\n\n";
     let mut service = RateLimit::new(
         upstream(answer),
-        limiter.clone(),
-        Global,
+        crate::Keyed::new(limiter.clone(), Global),
         cost(600),
         Mode::Reject,
     );
@@ -153,8 +150,7 @@ async fn a_token_charge_is_settled_from_the_real_usage_at_the_end_of_the_answer(
     let heavy = "{\"usage\":{\"total_tokens\":900}}";
     let mut service = RateLimit::new(
         upstream(heavy),
-        limiter.clone(),
-        Global,
+        crate::Keyed::new(limiter.clone(), Global),
         cost(100),
         Mode::Reject,
     );
@@ -203,8 +199,7 @@ async fn wait_mode_admits_in_order_within_the_deadline() {
         .build();
     let service = RateLimit::new(
         upstream("{}"),
-        limiter.clone(),
-        Global,
+        crate::Keyed::new(limiter.clone(), Global),
         crate::LlmCost::default(),
         Mode::Wait {
             max_wait: Duration::from_secs(10),
@@ -234,8 +229,7 @@ async fn wait_mode_admits_in_order_within_the_deadline() {
     // A call that would have to wait past its deadline is refused at once.
     let short = RateLimit::new(
         upstream("{}"),
-        limiter.clone(),
-        Global,
+        crate::Keyed::new(limiter.clone(), Global),
         crate::LlmCost::default(),
         Mode::Wait {
             max_wait: Duration::from_millis(500),
@@ -271,4 +265,41 @@ async fn pruning_and_the_cap_bound_memory_under_100000_distinct_keys() {
     // And new keys get their own buckets again.
     assert!(limiter.check(123_456, 0).is_ok());
     assert_eq!(limiter.counts().keys, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_waiting_for_its_turn_holds_no_slot_of_the_inner_service() {
+    // One request a second per user; behind the limit, one call at a time.
+    let limiter = Limiter::builder()
+        .requests(Rate::per_minute(n(60)).burst(n(1)))
+        .build();
+    let slots = tower::limit::ConcurrencyLimit::new(upstream("{}"), 1);
+    let service = RateLimit::new(
+        slots,
+        crate::Keyed::new(limiter, Header("x-user".parse().unwrap())),
+        crate::LlmCost::default(),
+        Mode::Wait {
+            max_wait: Duration::from_secs(10),
+        },
+    );
+    assert_eq!(
+        service.clone().oneshot(user("a")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    // `a` must wait a second for its next call...
+    let started = Instant::now();
+    let waiting = tokio::spawn(service.clone().oneshot(user("a")));
+    tokio::task::yield_now().await;
+    // ...and meanwhile `b` gets the only slot at once.
+    let b = service.clone().oneshot(user("b")).await.unwrap();
+    assert_eq!(
+        (b.status(), started.elapsed()),
+        (StatusCode::OK, Duration::ZERO)
+    );
+    drop(b);
+    let a = waiting.await.unwrap().unwrap();
+    assert_eq!(
+        (a.status(), started.elapsed()),
+        (StatusCode::OK, Duration::from_secs(1))
+    );
 }
