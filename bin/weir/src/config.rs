@@ -1592,9 +1592,17 @@ fn client_keys(
     Ok(keys)
 }
 
+/// SHA-256 of a client key.
+pub(crate) fn key_hash(key: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
 /// The `hash` of a client key for `[[keys]]`: `sha256:` and 64 hex digits.
 pub fn hash_key(key: &str) -> String {
-    let hash = crate::proxy::key_hash(key.as_bytes());
+    let hash = key_hash(key.as_bytes());
     let mut out = String::from("sha256:");
     for byte in hash {
         out.push_str(&format!("{byte:02x}"));

@@ -7,7 +7,7 @@
 //! probe traffic is bounded; the tasks end when weir drains.
 
 use crate::config::Probe;
-use crate::proxy::{Gateway, Upstream};
+use crate::gateway::{Gateway, Upstream};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};

@@ -1,7 +1,7 @@
 //! weir: a streaming gateway for LLM APIs.
 //!
 //! This crate is the binary's library: the TOML [`config`], the OpenAI-compatible
-//! [`proxy`](Gateway), the [`server`] with its admin listener and graceful drain, and
+//! [`Gateway`] (the request path as one tower stack), the [`server`] with its admin listener and graceful drain, and
 //! [`telemetry`] setup. `main.rs` only parses arguments, handles signals and calls [`start`].
 //!
 //! ```no_run
@@ -13,18 +13,16 @@
 //! # Ok(()) }
 //! ```
 
-mod body;
 pub mod config;
 mod drain;
+mod gateway;
 mod headers;
 mod health;
-mod proxy;
 pub mod server;
 pub mod telemetry;
 mod ws;
 
-pub use body::{ResponseBody, StreamFailed};
-pub use proxy::Gateway;
+pub use gateway::{Body, Gateway, ResponseBody, StreamFailed};
 pub use server::{ReloadError, Reloader, Running};
 
 use std::sync::Arc;

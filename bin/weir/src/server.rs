@@ -1,7 +1,6 @@
 //! Listeners: the public API and the admin endpoints, with graceful drain.
 
-use crate::body::ResponseBody;
-use crate::proxy::Gateway;
+use crate::gateway::{Gateway, ResponseBody};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -268,7 +267,7 @@ struct Shared {
     current: Arc<Current>,
     health: Arc<Health>,
     /// One health-probe task per provider that probes, with the provider it probes.
-    probes: std::sync::Mutex<Vec<(Arc<crate::proxy::Upstream>, JoinHandle<()>)>>,
+    probes: std::sync::Mutex<Vec<(Arc<crate::gateway::Upstream>, JoinHandle<()>)>>,
     /// `[server]` as weir started: what a reload cannot change.
     started: crate::config::Server,
     /// `[telemetry]` as weir started (the subscriber and exporter are set up once).
@@ -542,10 +541,11 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<ResponseBody>;
+    type Response = Response<crate::gateway::Body>;
     type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Response<crate::gateway::Body>, Infallible>> + Send>,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -559,7 +559,7 @@ where
         // hyper keeps the service future for as long as the connection lives; boxing the
         // handler leaves a pointer there, and frees the handler's state as soon as the
         // response head is ready (2.7 KiB per open stream).
-        Box::pin(async move { Ok(gateway.handle(request).await) })
+        Box::pin(async move { tower::ServiceExt::oneshot(gateway.stack(), request).await })
     }
 }
 

@@ -20,9 +20,9 @@
 //! cuts it after `client_stall_timeout`. A drain lets completions finish, then closes with
 //! 1001.
 
-use crate::body::ResponseBody;
 use crate::config::WebSocket as Config;
 use crate::drain::{Minter, Token};
+use crate::gateway::ResponseBody;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -180,7 +180,7 @@ fn refuse(
     message: &str,
     code: &'static str,
 ) -> Response<ResponseBody> {
-    let mut response = crate::proxy::error(ErrorBody::new(kind, message.to_owned()).code(code));
+    let mut response = crate::gateway::error(ErrorBody::new(kind, message.to_owned()).code(code));
     *response.status_mut() = status;
     response
 }
@@ -275,8 +275,8 @@ pub(crate) fn upgrade(
             carried.insert(header::AUTHORIZATION, value);
         }
     }
-    if ctx.current.get().authenticate(&carried).is_err() {
-        return crate::proxy::unauthorized();
+    if !ctx.current.get().authenticates(&carried) {
+        return crate::gateway::unauthorized();
     }
     let Some(token) = ctx
         .minter

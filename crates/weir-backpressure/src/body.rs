@@ -39,6 +39,12 @@ impl<B> ResponseBody<B> {
         }
     }
 
+    /// A body of `data` alone, holding no permit: an answer made in front of the limit (an
+    /// error a layer around the limit answers with, in this body's type).
+    pub fn local(data: Bytes) -> Self {
+        Self::shed(data)
+    }
+
     pub(crate) fn shed(body: Bytes) -> Self {
         Self {
             inner: Local::answer(body),

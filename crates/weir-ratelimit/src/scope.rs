@@ -12,8 +12,10 @@ pub trait Scope<B>: Clone + Send + Sync + 'static {
     /// The key type of the limiters.
     type Key: Key;
 
-    /// The limiter and the key that `request` counts against.
-    fn select<'a>(&'a self, request: &Request<B>) -> Option<(&'a Limiter<Self::Key>, Self::Key)>;
+    /// The limiter and the key that `request` counts against (borrowed from the scope, or
+    /// from the request: a client identity in its extensions may carry its own limiter).
+    fn select<'a>(&'a self, request: &'a Request<B>)
+        -> Option<(&'a Limiter<Self::Key>, Self::Key)>;
 }
 
 /// One limiter, keyed by an extractor.
@@ -51,7 +53,7 @@ where
 {
     type Key = K;
 
-    fn select<'a>(&'a self, request: &Request<B>) -> Option<(&'a Limiter<K>, K)> {
+    fn select<'a>(&'a self, request: &'a Request<B>) -> Option<(&'a Limiter<K>, K)> {
         Some((&self.limiter, self.extract.key(request)?))
     }
 }

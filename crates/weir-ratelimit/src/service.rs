@@ -191,54 +191,60 @@ where
         // The service made ready is the one that takes the call.
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
-        let Some((limiter, key)) = self.scope.select(&request) else {
-            return ResponseFuture::calling(ready.call(request), None, None);
+        let wait = match self.mode {
+            Mode::Wait { max_wait } => Some(max_wait),
+            Mode::Reject => None,
         };
-        let tokens = self.cost.estimate(&request);
-        let refused = match limiter.check(key.clone(), tokens) {
-            Ok((charge, standings)) => {
-                let standings = self.headers.then_some(standings);
-                return ResponseFuture::calling(ready.call(request), Some(charge), standings);
-            }
-            Err(refused) => refused,
-        };
-        let Mode::Wait { max_wait } = self.mode else {
-            return ResponseFuture::refused(refusal_response(
-                refused.0,
-                &refused.1,
-                ResponseBody::local,
-            ));
-        };
-        if refused.0.retry_after().is_none_or(|wait| wait > max_wait) {
-            return ResponseFuture::refused(refusal_response(
-                refused.0,
-                &refused.1,
-                ResponseBody::local,
-            ));
-        }
-        // Waiting for a turn holds nothing of the inner service's: the reservation made in
-        // `poll_ready` (a concurrency slot, say) is given back, and taken again once the
-        // call fits.
-        drop(ready);
-        let mut inner = self.inner.clone();
-        let limiter = limiter.clone();
-        let headers = self.headers;
-        ResponseFuture::waiting(Box::pin(async move {
-            let (charge, standings) = match admit_waiting(&limiter, key, tokens, max_wait).await {
-                Ok(admitted) => admitted,
+        // Decided before the request moves on (the limiter may be borrowed from it).
+        let decision = self.scope.select(&request).map(|(limiter, key)| {
+            let tokens = self.cost.estimate(&request);
+            match limiter.check(key.clone(), tokens) {
+                Ok(admitted) => Ok(admitted),
                 Err((refusal, standings)) => {
-                    return Ok(refusal_response(refusal, &standings, ResponseBody::local));
+                    // Only a wait that fits takes the limiter along.
+                    let waiting = wait
+                        .filter(|max| refusal.retry_after().is_some_and(|w| w <= *max))
+                        .map(|max| (limiter.clone(), key, tokens, max));
+                    Err((refusal, standings, waiting))
                 }
-            };
-            std::future::poll_fn(|cx| inner.poll_ready(cx))
-                .await
-                .map_err(Into::into)?;
-            let response = inner.call(request).await.map_err(Into::into)?;
-            Ok(crate::future::admitted(
-                response,
-                Some(charge),
-                headers.then_some(standings),
-            ))
-        }))
+            }
+        });
+        match decision {
+            None => ResponseFuture::calling(ready.call(request), None, None),
+            Some(Ok((charge, standings))) => {
+                let standings = self.headers.then_some(standings);
+                ResponseFuture::calling(ready.call(request), Some(charge), standings)
+            }
+            Some(Err((refusal, standings, None))) => {
+                ResponseFuture::refused(refusal_response(refusal, &standings, ResponseBody::local))
+            }
+            Some(Err((_, _, Some((limiter, key, tokens, max_wait))))) => {
+                // Waiting for a turn holds nothing of the inner service's: the reservation
+                // made in `poll_ready` (a concurrency slot, say) is given back, and taken
+                // again once the call fits.
+                drop(ready);
+                let mut inner = self.inner.clone();
+                let headers = self.headers;
+                ResponseFuture::waiting(Box::pin(async move {
+                    let (charge, standings) = match admit_waiting(&limiter, key, tokens, max_wait)
+                        .await
+                    {
+                        Ok(admitted) => admitted,
+                        Err((refusal, standings)) => {
+                            return Ok(refusal_response(refusal, &standings, ResponseBody::local));
+                        }
+                    };
+                    std::future::poll_fn(|cx| inner.poll_ready(cx))
+                        .await
+                        .map_err(Into::into)?;
+                    let response = inner.call(request).await.map_err(Into::into)?;
+                    Ok(crate::future::admitted(
+                        response,
+                        Some(charge),
+                        headers.then_some(standings),
+                    ))
+                }))
+            }
+        }
     }
 }

@@ -1,11 +1,9 @@
-//! The body weir answers with: a small JSON body (an error, a whole answer), or a committed
-//! stream (`weir_failover::StreamBody`, which forwards whole events only, ends a complete
-//! answer cleanly whatever the transport does next, tells the client in band when a stream is
-//! cut, and continues a cut answer on the route's other targets).
-//!
-//! What the binary adds around it: the server-wide concurrency permit, held to the end of the
-//! stream, and the client-side rate-limit charges, settled from the usage the stream's watch
-//! metered.
+//! The body of an answer, as the router gives it: a small JSON body (an error, a whole
+//! answer), or a committed stream (`weir_failover::StreamBody`, which forwards whole events
+//! only, ends a complete answer cleanly whatever the transport does next, tells the client in
+//! band when a stream is cut, and continues a cut answer on the route's other targets). The
+//! layers around the router wrap it (the server's concurrency permit, the client-side rate
+//! limits' charges), each holding its part to the end of the body.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -14,13 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use weir_failover::stream::{Ended, OnEnd};
-use weir_llm::stream::{ChatWatch, Meter, Opaque};
+use weir_llm::stream::{ChatWatch, Opaque};
 
 pub use weir_failover::stream::StreamFailed;
 
 /// The upstream's body as the provider's rate limit, concurrency limit and breaker hand it
 /// over.
-pub(crate) type Upstream = weir_ratelimit::ResponseBody<
+pub(crate) type UpstreamBody = weir_ratelimit::ResponseBody<
     weir_backpressure::ResponseBody<
         weir_breaker::ResponseBody<
             weir_client::decompress::DecompressBody<
@@ -33,10 +31,10 @@ pub(crate) type Upstream = weir_ratelimit::ResponseBody<
 >;
 
 /// A committed chat stream.
-pub(crate) type ChatStream = weir_failover::StreamBody<Upstream, ChatWatch, AttemptEnd>;
+pub(crate) type ChatStream = weir_failover::StreamBody<UpstreamBody, ChatWatch, AttemptEnd>;
 
 /// A whole answer too large to hold back, passed on as it comes.
-pub(crate) type OpaqueStream = weir_failover::StreamBody<Upstream, Opaque, AttemptEnd>;
+pub(crate) type OpaqueStream = weir_failover::StreamBody<UpstreamBody, Opaque, AttemptEnd>;
 
 /// How an attempt's stream ended, for its provider: the breaker hears a failure only this
 /// body saw (a stall, an unreadable event, the provider's own error event, a cut before the
@@ -68,19 +66,15 @@ impl OnEnd<Opaque> for AttemptEnd {
             if let Some(settle) = &self.settle {
                 settle.failure(failure.as_str());
             }
-            crate::proxy::span_failed(&self.span, failure);
+            super::call::span_failed(&self.span, failure);
         }
     }
 }
 
-/// The body type of every weir response.
+/// The body of an answer. See the [module docs](self).
 #[derive(Debug)]
 pub struct ResponseBody {
     kind: Kind,
-    /// The server-wide concurrency permit, released with the body.
-    permit: Option<weir_backpressure::Permit>,
-    /// The client-side rate-limit charges, settled from the answer's usage.
-    billing: Option<Box<Billing>>,
 }
 
 #[derive(Debug)]
@@ -97,11 +91,7 @@ impl ResponseBody {
     }
 
     fn of(kind: Kind) -> Self {
-        Self {
-            kind,
-            permit: None,
-            billing: None,
-        }
+        Self { kind }
     }
 
     pub(crate) fn chat(stream: ChatStream) -> Self {
@@ -126,54 +116,6 @@ impl ResponseBody {
             _ => None,
         }
     }
-
-    /// Holds the server-wide permit to the end of a streamed answer (a complete answer needs
-    /// it no longer).
-    pub(crate) fn hold(&mut self, permit: weir_backpressure::Permit) {
-        if !matches!(self.kind, Kind::Full(_)) {
-            self.permit = Some(permit);
-        }
-    }
-
-    /// Attaches the call's rate-limit charges: a complete answer settles them now, a stream
-    /// when it ends, from the usage its watch metered.
-    pub(crate) fn bill(&mut self, mut billing: Billing) {
-        match &self.kind {
-            Kind::Full(Some(data)) => billing.usage.observe(data),
-            Kind::Full(None) => {}
-            Kind::Chat(stream) => billing.meter = Some(stream.watch().meter().clone()),
-            Kind::Opaque(_) => {}
-        }
-        self.billing = Some(Box::new(billing));
-    }
-}
-
-/// A call's client-side rate-limit charges, settled when the answer is dropped from the usage
-/// it reported (without one, the estimates stand).
-#[derive(Debug, Default)]
-pub(crate) struct Billing {
-    /// A key's, a route's and the server's (the three scopes), in one allocation.
-    pub(crate) charges: [Option<weir_ratelimit::Charge<()>>; 3],
-    /// The usage of a whole answer.
-    pub(crate) usage: weir_ratelimit::UsageScan,
-    /// A stream's meter.
-    meter: Option<Meter>,
-}
-
-impl Drop for Billing {
-    fn drop(&mut self) {
-        let used = match &self.meter {
-            Some(meter) => meter
-                .usage()
-                .map(|u| u32::try_from(u.total).unwrap_or(u32::MAX)),
-            None => self.usage.total(),
-        };
-        if let Some(used) = used {
-            for charge in self.charges.iter_mut().filter_map(Option::take) {
-                charge.settle(used);
-            }
-        }
-    }
 }
 
 impl Body for ResponseBody {
@@ -184,20 +126,10 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamFailed>>> {
-        let this = &mut *self;
-        match &mut this.kind {
+        match &mut self.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Chat(stream) => Pin::new(stream.as_mut()).poll_frame(cx),
-            Kind::Opaque(stream) => {
-                let polled = Pin::new(stream.as_mut()).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(billing)) = (&polled, &mut this.billing)
-                {
-                    if let Some(data) = frame.data_ref() {
-                        billing.usage.observe(data);
-                    }
-                }
-                polled
-            }
+            Kind::Opaque(stream) => Pin::new(stream.as_mut()).poll_frame(cx),
         }
     }
 

@@ -1,0 +1,203 @@
+//! Request classification: a call's body read once (bounded: 413 above the limit, before
+//! reading it when `Content-Length` says so), copied out of hyper's buffer, and read as an
+//! [`LlmRequest`]; its model matched to a route the client's key may use (else 404). What the
+//! layers inside need travels in the request's extensions ([`Classified`]), and the request
+//! itself goes on without its body.
+
+use super::auth::Identity;
+use super::call::{operation, Call};
+use super::errors::{error, model_not_found, Local};
+use super::front::{Asked, RequestId};
+use super::route::{Classified, Route};
+use crate::config::Continuation;
+use crate::headers;
+use bytes::Bytes;
+use http::{header, Request, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::ServiceExt;
+use weir_llm::{Endpoint, ErrorBody, ErrorKind, LlmRequest};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The routes by the model name clients ask for.
+pub(crate) type Routes = HashMap<String, Arc<Route>>;
+
+/// Applies [`Classify`].
+#[derive(Clone, Debug)]
+pub(crate) struct ClassifyLayer {
+    routes: Arc<Routes>,
+    max_request_bytes: usize,
+}
+
+impl ClassifyLayer {
+    pub(crate) fn new(routes: Arc<Routes>, max_request_bytes: usize) -> Self {
+        Self {
+            routes,
+            max_request_bytes,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ClassifyLayer {
+    type Service = Classify<S>;
+
+    fn layer(&self, inner: S) -> Classify<S> {
+        Classify {
+            inner,
+            routes: self.routes.clone(),
+            max_request_bytes: self.max_request_bytes,
+        }
+    }
+}
+
+/// See the [module docs](self).
+#[derive(Clone, Debug)]
+pub(crate) struct Classify<S> {
+    inner: S,
+    routes: Arc<Routes>,
+    max_request_bytes: usize,
+}
+
+type Classifying<T, E> = Pin<Box<dyn Future<Output = Result<Response<T>, E>> + Send>>;
+
+impl<S, B, T> tower::Service<Request<B>> for Classify<S>
+where
+    S: tower::Service<Request<()>, Response = Response<T>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    T: Local + Send + 'static,
+{
+    type Response = Response<T>;
+    type Error = S::Error;
+    type Future = Classifying<T, S::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        // Made ready in the call, once the request is read.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let routes = self.routes.clone();
+        let max = self.max_request_bytes;
+        // hyper keeps the service future for as long as the connection lives; boxing it
+        // leaves a pointer there, and frees the request's state as soon as the head is ready.
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let classified = match parts.extensions.get::<Asked>() {
+                Some(Asked::Call(endpoint)) => {
+                    match classify(*endpoint, &mut parts, body, &routes, max).await {
+                        Ok(call) => call,
+                        Err(answer) => return Ok(answer),
+                    }
+                }
+                _ => Classified::Models,
+            };
+            let mut inner_request = Request::from_parts(parts, ());
+            inner_request.extensions_mut().insert(classified);
+            inner.oneshot(inner_request).await
+        })
+    }
+}
+
+/// Reads and checks a call: its route and its [`Call`], or the error answer.
+async fn classify<B, T: Local>(
+    endpoint: Endpoint,
+    parts: &mut http::request::Parts,
+    body: B,
+    routes: &Routes,
+    max: usize,
+) -> Result<Classified, Response<T>>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let too_large = || {
+        error(
+            ErrorBody::new(
+                ErrorKind::PayloadTooLarge,
+                format!("Request body is larger than the limit of {max} bytes."),
+            )
+            .code("request_too_large"),
+        )
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let body = match Limited::new(body, max).collect().await {
+        // A copy: the collected bytes are slices of hyper's read buffer.
+        Ok(collected) => Bytes::copy_from_slice(&collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => return Err(too_large()),
+        Err(_) => {
+            return Err(error(ErrorBody::new(
+                ErrorKind::InvalidRequest,
+                "The request body could not be read.",
+            )))
+        }
+    };
+    let llm = match LlmRequest::parse(endpoint, &body) {
+        Ok(llm) => llm,
+        Err(invalid) => {
+            let mut body = ErrorBody::new(ErrorKind::InvalidRequest, invalid.message().to_owned());
+            if let Some(param) = invalid.param() {
+                body = body.param(param);
+            }
+            return Err(error(body));
+        }
+    };
+    let allowed = parts
+        .extensions
+        .get::<Identity>()
+        .is_none_or(|Identity(key)| key.allows(llm.model()));
+    let Some(route) = routes.get(llm.model()).filter(|_| allowed) else {
+        return Err(model_not_found(llm.model()));
+    };
+    let tally = parts
+        .extensions
+        .remove::<weir_metrics::Tally>()
+        .unwrap_or_default();
+    tally.labels(weir_metrics::Labels {
+        route: route.name.clone(),
+        ..Default::default()
+    });
+    tally.operation(operation(endpoint));
+    tally.input_estimate(llm.prompt_token_estimate());
+    let id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_else(|| http::HeaderValue::from_static("-"));
+    // Own copies of what the call keeps: the originals are slices of hyper's read buffer,
+    // and while a slice lives hyper cannot reuse that buffer (it takes a second one).
+    let call = Arc::new(Call {
+        endpoint,
+        headers: headers::forwardable_client_headers(&parts.headers),
+        id,
+        body,
+        tally,
+        span: tracing::Span::current(),
+        failed: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        resumable: endpoint == Endpoint::ChatCompletions
+            && llm.stream()
+            && route.targets.len() > 1
+            && route
+                .targets
+                .iter()
+                .any(|t| t.continuation != Continuation::None),
+        llm,
+    });
+    // The client's own headers go no further than the call's copy.
+    parts.headers = http::HeaderMap::new();
+    Ok(Classified::Call(call, route.clone()))
+}

@@ -1,0 +1,266 @@
+//! Reading an upstream's 2xx answer to its commit point: a stream to its first content event
+//! (through its watch), a whole answer to its end.
+
+use super::answer::{AttemptEnd, ResponseBody};
+use super::call::Attempt;
+use super::errors::error;
+use super::errors::shorten;
+use super::provider::{provider_value, Upstream};
+use crate::headers::{self, X_WEIR_PROVIDER};
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::Response;
+use http_body_util::BodyExt;
+use std::time::Duration;
+use tokio::time::Instant;
+use weir_llm::stream::{ChatWatch, Opaque, Watch};
+use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure};
+
+/// A 2xx answer read up to its commit point.
+pub(crate) enum Head {
+    /// The client gets it: the first event (or the whole non-streaming answer) is here.
+    Committed(Response<ResponseBody>),
+    /// It failed before the client saw anything: the answer to give if nothing better comes.
+    Failed(Response<ResponseBody>, Failure),
+}
+
+/// The largest non-streaming answer held back until complete (beyond it, it streams).
+const WHOLE_ANSWER_LIMIT: usize = 8 << 20;
+
+/// Whether a response is an event stream weir can read (identity-encoded `text/event-stream`).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    !headers.contains_key(header::CONTENT_ENCODING)
+        && headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// Reads a 2xx answer to its commit point. A stream commits at its first content event
+/// (within `first_token`); one that breaks, stays silent or opens with an in-band error
+/// before that has shown the client nothing, so it can be retried elsewhere, and so can a
+/// streamed request answered with something that is not an event stream. A non-streaming
+/// answer commits when it is complete.
+pub(crate) async fn read_head(
+    response: Response<super::answer::UpstreamBody>,
+    upstream: &Upstream,
+    first_token: Duration,
+    attempt: &Attempt,
+) -> Head {
+    let (mut parts, mut body) = response.into_parts();
+    let settle = parts.extensions.remove::<weir_breaker::Settle>();
+    let sse = is_event_stream(&parts.headers);
+    let streamed = attempt.call.llm.stream();
+    let shown = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| shorten(v, 64))
+        .unwrap_or_else(|| "none".into());
+    let encoding = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| shorten(v, 32));
+    parts.headers = headers::client_response_headers(&parts.headers);
+    parts
+        .headers
+        .insert(X_WEIR_PROVIDER.clone(), provider_value(upstream));
+    let end = AttemptEnd {
+        settle: settle.clone(),
+        span: attempt.span.clone(),
+        malformed: upstream.malformed.clone(),
+    };
+    let stream_attempt =
+        || weir_failover::stream::Attempt::new(upstream.name.clone(), upstream.idle_timeout);
+    // What was wrong with a malformed body's framing, when that is what failed it.
+    let mut detail = None;
+    let failure = if sse {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let call = &attempt.call;
+        let mut watch = ChatWatch::new(upstream.max_event_bytes)
+            .client_wants_usage(call.llm.include_usage())
+            .strip_usage(
+                call.endpoint == Endpoint::ChatCompletions && call.llm.can_ask_for_usage(),
+            );
+        if call.resumable {
+            watch = watch.with_transcript();
+        }
+        match first_event(&mut body, &mut watch, first_token).await {
+            Ok(prefix) => {
+                if watch.told() {
+                    // Its error event came with its first tokens: the breaker hears it now,
+                    // before the clean end that follows.
+                    if let Some(settle) = &settle {
+                        settle.failure("in-band error event");
+                    }
+                }
+                parts.extensions.insert(watch.meter().clone());
+                let mut stream_attempt = stream_attempt().on_end(end);
+                if let Some((how, _)) = attempt.resuming {
+                    stream_attempt = stream_attempt.continuing(how);
+                }
+                let stream = weir_failover::StreamBody::new(body, prefix, watch, stream_attempt);
+                return Head::Committed(Response::from_parts(parts, ResponseBody::chat(stream)));
+            }
+            Err(failure) => failure,
+        }
+    } else if streamed {
+        // Asked for a stream, answered with something else: nothing the client could read
+        // as one, nothing weir could watch.
+        tracing::warn!(provider = %upstream.name, content_type = %shown, ?encoding, "a streamed request was not answered with an event stream");
+        Failure::MalformedAnswer
+    } else {
+        let mut prefix = Vec::new();
+        let mut total = 0;
+        loop {
+            match tokio::time::timeout(upstream.idle_timeout, body.frame()).await {
+                Err(_) => break Failure::StreamStalled,
+                Ok(Some(Err(e))) => {
+                    detail = malformed(&*e);
+                    break if detail.is_some() {
+                        Failure::MalformedAnswer
+                    } else {
+                        Failure::StreamBroken
+                    };
+                }
+                Ok(None) => {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    let whole = concat(prefix);
+                    return Head::Committed(Response::from_parts(parts, ResponseBody::full(whole)));
+                }
+                Ok(Some(Ok(frame))) => {
+                    let Ok(bytes) = frame.into_data() else {
+                        continue;
+                    };
+                    total += bytes.len();
+                    prefix.push(bytes);
+                    if total > WHOLE_ANSWER_LIMIT {
+                        let stream = weir_failover::StreamBody::new(
+                            body,
+                            Some(concat(prefix)),
+                            Opaque::default(),
+                            stream_attempt().on_end(end),
+                        );
+                        return Head::Committed(Response::from_parts(
+                            parts,
+                            ResponseBody::opaque(stream),
+                        ));
+                    }
+                }
+            }
+        }
+    };
+    // Only weir sees these; a broken stream the breaker has counted already.
+    if let Some(settle) = &settle {
+        settle.failure(failure.as_str());
+    }
+    let (kind, what) = match failure {
+        Failure::MalformedAnswer if detail.is_some() => (
+            ErrorKind::BadGateway,
+            format!(
+                "sent a malformed response: {}",
+                detail.unwrap_or_default()
+            ),
+        ),
+        Failure::FirstTokenTimeout => (
+            ErrorKind::GatewayTimeout,
+            format!("sent no first token within {first_token:?}"),
+        ),
+        Failure::MalformedAnswer if !sse => (
+            ErrorKind::BadGateway,
+            match encoding {
+                Some(encoding) => format!(
+                    "answered a streamed request with a `{encoding}`-encoded `{shown}` body instead of an event stream"
+                ),
+                None => format!(
+                    "answered a streamed request with `content-type: {shown}` instead of an event stream (`text/event-stream`)"
+                ),
+            },
+        ),
+        Failure::MalformedAnswer => (
+            ErrorKind::BadGateway,
+            format!(
+                "sent an event larger than {} bytes before its first token",
+                upstream.max_event_bytes
+            ),
+        ),
+        _ => (
+            ErrorKind::BadGateway,
+            "failed before its first token".to_owned(),
+        ),
+    };
+    let answer = error(
+        ErrorBody::new(
+            kind,
+            format!("The upstream provider `{}` {what}.", upstream.name),
+        )
+        .code(failure.as_str()),
+    );
+    Head::Failed(answer, failure)
+}
+
+/// What was malformed, when `error` (or an error it wraps) is a malformed upstream response.
+fn malformed(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut at = Some(error);
+    while let Some(e) = at {
+        if let Some(client) = e.downcast_ref::<weir_client::Error>() {
+            return client.is_malformed().then(|| client.to_string());
+        }
+        at = e.source();
+    }
+    None
+}
+
+/// Reads a stream through its watch up to its first content event (within `first_token`):
+/// the whole events read, or why there were none (broken, silent, an event too large, or an
+/// opening in-band error).
+async fn first_event(
+    body: &mut super::answer::UpstreamBody,
+    watch: &mut ChatWatch,
+    first_token: Duration,
+) -> Result<Option<Bytes>, Failure> {
+    let deadline = Instant::now() + first_token;
+    let mut prefix = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(Failure::FirstTokenTimeout),
+            Ok(None | Some(Err(_))) => {
+                watch.ended();
+                if watch.is_complete() {
+                    // A whole (empty) answer, ended by `[DONE]` alone.
+                    prefix.extend(watch.finish());
+                    return Ok(Some(concat(prefix)));
+                }
+                return Err(Failure::StreamBroken);
+            }
+            Ok(Some(Ok(frame))) => {
+                let Ok(bytes) = frame.into_data() else {
+                    continue;
+                };
+                let out = watch.push(bytes).map_err(|_| Failure::MalformedAnswer)?;
+                prefix.extend(out);
+                if watch.meter().content_events() > 0 || watch.is_done() {
+                    return Ok(Some(concat(prefix)));
+                }
+                if watch.told() {
+                    // The provider's first word was an error: still nothing shown.
+                    return Err(Failure::StreamBroken);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn concat(parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.into_iter().next().expect("one part"),
+        _ => {
+            let mut whole = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for part in parts {
+                whole.extend_from_slice(&part);
+            }
+            whole.freeze()
+        }
+    }
+}

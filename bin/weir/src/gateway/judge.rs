@@ -1,0 +1,342 @@
+//! The LLM half of the failover router: each target's request (and continuation request),
+//! and each answer read to its commit point and classified.
+
+use super::answer::ResponseBody;
+use super::call::{span_failed, Attempt, Call};
+use super::errors::error;
+use super::head::{read_head, Head};
+use super::provider::{provider_value, TokenEstimate, Upstream};
+use super::target::RouteTarget;
+use crate::config::Continuation;
+use crate::headers::{self, X_REQUEST_ID, X_WEIR_PROVIDER};
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_failover::router::{Cut, Judge, Judged, Resumer};
+use weir_llm::continuation;
+use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
+
+/// The LLM half of the failover router: each target's request (and continuation request),
+/// and each answer read to its commit point and classified.
+#[derive(Clone, Debug)]
+pub(crate) struct LlmJudge {
+    pub(crate) targets: Arc<[RouteTarget]>,
+    pub(crate) first_token: Duration,
+}
+
+type Judging = Pin<Box<dyn std::future::Future<Output = Judged<Response<ResponseBody>>> + Send>>;
+
+impl Judge<Arc<Call>> for LlmJudge {
+    type Request = Request<Full<Bytes>>;
+    type Response = Response<super::answer::UpstreamBody>;
+    type Answer = Response<ResponseBody>;
+    type Future = Judging;
+    type Attempt = Attempt;
+
+    fn request(&self, target: usize, call: &Arc<Call>) -> (Request<Full<Bytes>>, Attempt) {
+        let target = &self.targets[target];
+        let mut request = outgoing_request(
+            target,
+            call.endpoint,
+            &call.headers,
+            &call.id,
+            &call.llm,
+            &call.body,
+        );
+        call.tally.sent();
+        let span = call.attempt_span(target, request.headers_mut());
+        let attempt = Attempt {
+            call: call.clone(),
+            span,
+            resuming: None,
+        };
+        (request, attempt)
+    }
+
+    /// A replay (the same request) or a prefill (the partial answer as a final assistant
+    /// message), as the target's `continuation` says.
+    fn resume(
+        &self,
+        target: usize,
+        call: &Arc<Call>,
+        cut: &Cut,
+    ) -> Option<(Request<Full<Bytes>>, Attempt)> {
+        let t = &self.targets[target];
+        let original = || call.llm.upstream_body(&call.body, &t.model, true);
+        let (body, how) = match t.continuation {
+            Continuation::None => return None,
+            Continuation::Prefill => (
+                continuation::prefill_request(&original(), &cut.answer.delivered)?,
+                weir_llm::stream::Continuation::Prefill,
+            ),
+            Continuation::Replay => (original(), weir_llm::stream::Continuation::Replay),
+        };
+        let mut request = outgoing_request(
+            t,
+            call.endpoint,
+            &call.headers,
+            &call.id,
+            &call.llm,
+            &call.body,
+        );
+        *request.body_mut() = Full::new(body);
+        let span = call.attempt_span(t, request.headers_mut());
+        tracing::info!(
+            from = %self.targets[cut.from].upstream.name,
+            to = %t.upstream.name,
+            failure = %cut.failure,
+            "stream cut after its first token; continuing elsewhere"
+        );
+        let attempt = Attempt {
+            call: call.clone(),
+            span,
+            resuming: Some((how, cut.from)),
+        };
+        Some((request, attempt))
+    }
+
+    fn committed(
+        &self,
+        _target: usize,
+        call: &Arc<Call>,
+        answer: &mut Response<ResponseBody>,
+        resumer: impl FnOnce() -> Resumer<Response<ResponseBody>>,
+    ) {
+        if !call.resumable {
+            return;
+        }
+        if let Some(stream) = answer.body_mut().chat_mut() {
+            let resumer =
+                resumer().map(|answer: Response<ResponseBody>| answer.into_body().into_chat());
+            stream.resume_with(resumer);
+        }
+    }
+
+    fn judge(
+        &self,
+        target: usize,
+        attempt: Attempt,
+        result: Result<Response<super::answer::UpstreamBody>, weir_breaker::BoxError>,
+    ) -> Judging {
+        let this = self.targets[target].clone_parts();
+        let first_token = self.first_token;
+        let cut_from = attempt
+            .resuming
+            .map(|(_, from)| self.targets[from].upstream.name.clone());
+        Box::pin(async move {
+            let (upstream, model) = this;
+            if let Ok(response) = &result {
+                attempt
+                    .span
+                    .record("http.response.status_code", response.status().as_u16());
+            }
+            let judged = match result {
+                Ok(response) if response.status().is_success() => {
+                    match read_head(response, &upstream, first_token, &attempt).await {
+                        Head::Committed(response) => Judged::Commit(response),
+                        Head::Failed(answer, failure) => Judged::Failed(answer, Some(failure)),
+                    }
+                }
+                Ok(response)
+                    if response
+                        .extensions()
+                        .get::<weir_backpressure::Shed>()
+                        .is_some()
+                        || response
+                            .extensions()
+                            .get::<weir_ratelimit::Limited>()
+                            .is_some() =>
+                {
+                    // weir's own limit for this provider is full: nothing went upstream.
+                    let (parts, body) = response.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let mut answer = Response::from_parts(parts, ResponseBody::full(body));
+                    answer
+                        .headers_mut()
+                        .insert(X_WEIR_PROVIDER.clone(), provider_value(&upstream));
+                    Judged::Failed(answer, Some(Failure::AtCapacity))
+                }
+                Ok(response) => {
+                    let (answer, failure) = buffered_answer(response, &upstream).await;
+                    Judged::Failed(answer, failure)
+                }
+                Err(e) => {
+                    let (answer, failure) = client_failure(&e, &upstream);
+                    Judged::Failed(answer, Some(failure))
+                }
+            };
+            match &judged {
+                Judged::Failed(_, failure) => {
+                    if attempt.resuming.is_none() {
+                        attempt
+                            .call
+                            .failed
+                            .store(target, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if let Some(failure) = failure {
+                        span_failed(&attempt.span, *failure);
+                    }
+                }
+                Judged::Commit(_) => {
+                    if let Some(from) = cut_from {
+                        let tally = &attempt.call.tally;
+                        tally.failover(
+                            from,
+                            upstream.name.clone(),
+                            weir_metrics::Phase::AfterFirstToken,
+                        );
+                        tally.provider(upstream.name.clone(), model);
+                    }
+                }
+            }
+            judged
+        })
+    }
+}
+
+impl RouteTarget {
+    fn clone_parts(&self) -> (Arc<Upstream>, Arc<str>) {
+        (self.upstream.clone(), self.model.clone())
+    }
+}
+
+/// The request as it goes to `target`: its model, its provider's headers, the request id.
+pub(crate) fn outgoing_request(
+    target: &RouteTarget,
+    endpoint: Endpoint,
+    client_headers: &HeaderMap,
+    id: &HeaderValue,
+    llm: &LlmRequest,
+    body: &Bytes,
+) -> Request<Full<Bytes>> {
+    let upstream = &target.upstream;
+    let mut headers = headers::upstream_request_headers(client_headers, &upstream.headers);
+    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    // Streamed chat: weir asks for usage (its own accounting needs it) and, if the client did
+    // not, drops the usage event on the way back.
+    let ask_usage = endpoint == Endpoint::ChatCompletions;
+    let mut outgoing = Request::new(Full::new(llm.upstream_body(body, &target.model, ask_usage)));
+    *outgoing.method_mut() = Method::POST;
+    *outgoing.uri_mut() = upstream.uri(endpoint);
+    *outgoing.headers_mut() = headers;
+    if upstream.rate_limiter.is_some() {
+        outgoing
+            .extensions_mut()
+            .insert(TokenEstimate(token_estimate(llm)));
+    }
+    outgoing
+}
+
+/// The largest error body weir reads to classify (and pass on) a refusal.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// A non-2xx answer, read whole (bounded) so that its error code can be classified, and kept
+/// so that the client gets it as it was if no other attempt helps.
+pub(crate) async fn buffered_answer(
+    response: Response<super::answer::UpstreamBody>,
+    upstream: &Upstream,
+) -> (Response<ResponseBody>, Option<Failure>) {
+    let (mut parts, body) = response.into_parts();
+    let bytes = match Limited::new(body, ERROR_BODY_LIMIT).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let failure = Failure::from_response(parts.status, &parts.headers, &bytes);
+    let bytes = scrub(bytes, &upstream.secrets);
+    parts.headers = headers::client_response_headers(&parts.headers);
+    parts
+        .headers
+        .insert(X_WEIR_PROVIDER.clone(), provider_value(upstream));
+    (
+        Response::from_parts(parts, ResponseBody::full(bytes)),
+        failure,
+    )
+}
+
+/// No response at all: the failure class, and the answer the client gets if it stays so.
+pub(crate) fn client_failure(
+    failed: &weir_breaker::BoxError,
+    upstream: &Upstream,
+) -> (Response<ResponseBody>, Failure) {
+    tracing::warn!(provider = %upstream.name, error = %failed, "upstream request failed");
+    let client = failed.downcast_ref::<weir_client::Error>();
+    let (kind, code, what, failure) = if client.is_some_and(|e| e.is_timeout()) {
+        (
+            ErrorKind::GatewayTimeout,
+            "upstream_timeout",
+            "did not answer in time",
+            Failure::HeadersTimeout,
+        )
+    } else if client.is_some_and(|e| e.is_connect()) {
+        (
+            ErrorKind::BadGateway,
+            "upstream_connect_error",
+            "could not be reached",
+            Failure::Connect,
+        )
+    } else if let Some(e) = client.filter(|e| e.is_malformed()) {
+        // A broken server, not a broken network: say what was wrong.
+        let body = ErrorBody::new(
+            ErrorKind::BadGateway,
+            format!(
+                "The upstream provider `{}` sent a malformed response: {e}.",
+                upstream.name
+            ),
+        )
+        .code("malformed_answer");
+        return (error(body), Failure::MalformedAnswer);
+    } else {
+        // Reset or closed before the headers: as good as a failed connection.
+        (
+            ErrorKind::BadGateway,
+            "upstream_error",
+            "closed the connection",
+            Failure::Connect,
+        )
+    };
+    let body = ErrorBody::new(
+        kind,
+        format!("The upstream provider `{}` {what}.", upstream.name),
+    )
+    .code(code);
+    (error(body), failure)
+}
+
+/// `body` with every occurrence of a secret replaced by `[redacted]` (a provider that quotes
+/// the key it was sent in its error message must not hand it to the client).
+pub(crate) fn scrub(body: Bytes, secrets: &[Vec<u8>]) -> Bytes {
+    let mut body = body;
+    for secret in secrets {
+        if memchr::memmem::find(&body, secret).is_none() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(body.len());
+        let mut rest: &[u8] = &body;
+        while let Some(at) = memchr::memmem::find(rest, secret) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(b"[redacted]");
+            rest = &rest[at + secret.len()..];
+        }
+        out.extend_from_slice(rest);
+        body = out.into();
+    }
+    body
+}
+
+/// Tokens a request may use: the prompt's estimate plus its answer's cap (or 1,024 for an
+/// uncapped answer; an embedding has none). Settled from the usage at the end.
+pub(crate) fn token_estimate(llm: &LlmRequest) -> u32 {
+    let answer = match llm.endpoint() {
+        Endpoint::Embeddings => 0,
+        _ => llm.max_tokens().unwrap_or(1024),
+    };
+    llm.prompt_token_estimate().saturating_add(answer)
+}

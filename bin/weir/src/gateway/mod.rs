@@ -1,0 +1,300 @@
+//! The gateway: weir's whole request path as one tower stack, built from a configuration.
+//!
+//! [`Gateway::stack`] is the one place where the path is composed; read it to know the order:
+//!
+//! 1. [`front`]: the request id (the client's when reasonable), the head bound (431), the path
+//!    and method (404, 405); an error from anything inside becomes an answer;
+//! 2. [`auth`]: the client key (401), the client's identity from then on;
+//! 3. `weir_backpressure`: the server-wide concurrency limit, held by the answer's body to its
+//!    end (a queue, then a 503); before the body is read, so a queued request holds no body;
+//! 4. [`classify`]: the body read once (413), the request read as an LLM call (400), its model
+//!    matched to a route the key may use (404);
+//! 5. `weir_ratelimit`, three times: the key's limits, the route's, the server's (429), each
+//!    charge settled from the answer's usage;
+//! 6. [`route`]: the route's `weir_failover` router over its targets, each a provider's own
+//!    stack ([`provider`]: rate limit, concurrency limit, breaker, decompression, client), with
+//!    [`judge`] reading each answer to its commit point, and a stream continued elsewhere if it
+//!    is cut.
+//!
+//! The metrics layer sits outside, in the server, since the metrics outlive a reload.
+
+mod answer;
+mod auth;
+mod call;
+mod classify;
+mod errors;
+mod front;
+mod head;
+mod judge;
+mod limits;
+mod provider;
+mod route;
+mod target;
+
+pub use answer::{ResponseBody, StreamFailed};
+pub(crate) use errors::{error, unauthorized};
+pub(crate) use provider::Upstream;
+
+use crate::config::Config;
+use crate::headers::RequestIds;
+use auth::{AuthLayer, ClientKey};
+use bytes::Bytes;
+use classify::{ClassifyLayer, Routes};
+use front::FrontLayer;
+use http::{Request, Response};
+use judge::LlmJudge;
+use limits::{CallCost, KeyScope, RouteScope, ServerScope};
+use provider::{limit_from, rate_limiter, unlimited};
+use route::{Route, Router};
+use std::convert::Infallible;
+use std::sync::Arc;
+use target::RouteTarget;
+use tokio::time::Instant;
+use tower::ServiceBuilder;
+use weir_backpressure::{BackpressureLayer, Limit};
+use weir_failover::router::{Failover, Order, Target};
+use weir_failover::RetryBudget;
+use weir_ratelimit::RateLimitLayer;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every answer of the stack: the router's, inside the client-side limits'
+/// charges, inside the server's concurrency permit.
+pub type Body = weir_backpressure::ResponseBody<
+    weir_ratelimit::ResponseBody<
+        weir_ratelimit::ResponseBody<weir_ratelimit::ResponseBody<ResponseBody, ()>, ()>,
+        (),
+    >,
+>;
+
+/// The gateway: routes, providers and limits, shared by every connection.
+#[derive(Debug)]
+pub struct Gateway {
+    upstreams: Vec<Arc<Upstream>>,
+    routes: Arc<Routes>,
+    router: Router,
+    max_request_bytes: usize,
+    /// Request ids: carried over reloads, so that none is given twice.
+    ids: Arc<RequestIds>,
+    /// The server-wide limit on requests in flight (`[server] max_concurrency`).
+    limit: Option<Limit>,
+    /// The limit the stack applies: the configured one, or none that counts.
+    applied: Limit,
+    /// Rate limits on every client together (`[server] rate_limit`).
+    rate_limiter: Option<weir_ratelimit::Limiter<()>>,
+    /// The client keys (empty: no authentication).
+    keys: Arc<[Arc<ClientKey>]>,
+    /// `[server]` as this gateway was built from (what a reload compares).
+    server: crate::config::Server,
+}
+
+impl Gateway {
+    /// Builds the gateway (and one connection pool per provider) from a validated config.
+    pub fn new(config: &Config) -> Result<Self, weir_client::Error> {
+        Self::build(config, None)
+    }
+
+    /// The gateway for a reloaded `config`, keeping this one's state where it still applies:
+    /// a provider whose settings did not change is kept whole (its connections, breaker,
+    /// limits and probes); a changed one keeps its breaker and limits when their own settings
+    /// did not change; routes, keys and the server keep their rate limiters likewise.
+    /// Requests in flight finish on the gateway they started on.
+    pub fn reloaded(&self, config: &Config) -> Result<Self, weir_client::Error> {
+        Self::build(config, Some(self))
+    }
+
+    /// The request path. See the [module docs](self).
+    pub(crate) fn stack<B>(
+        &self,
+    ) -> impl tower::Service<
+        Request<B>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send,
+    > + Send
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        ServiceBuilder::new()
+            .layer(FrontLayer::new(self.ids.clone()))
+            .layer(AuthLayer::new(self.keys.clone()))
+            .layer(BackpressureLayer::new(self.applied.clone()))
+            .layer(ClassifyLayer::new(
+                self.routes.clone(),
+                self.max_request_bytes,
+            ))
+            .layer(RateLimitLayer::scoped(KeyScope).cost(CallCost))
+            .layer(RateLimitLayer::scoped(RouteScope).cost(CallCost))
+            .layer(RateLimitLayer::scoped(ServerScope(self.rate_limiter.clone())).cost(CallCost))
+            .service(self.router.clone())
+    }
+
+    fn build(config: &Config, previous: Option<&Gateway>) -> Result<Self, weir_client::Error> {
+        let upstreams = config
+            .providers
+            .iter()
+            .map(|p| {
+                let old = previous.and_then(|g| g.upstreams.iter().find(|u| *u.name == *p.name));
+                match old {
+                    Some(old) if old.config == *p => Ok(old.clone()),
+                    old => Upstream::new(p, old.map(|u| &**u)).map(Arc::new),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let routes: Routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let kept = previous
+                    .and_then(|g| g.routes.get(&r.model))
+                    .filter(|old| old.rate_limit == r.rate_limit)
+                    .map(|old| old.limiter.clone());
+                let route = route(config, r, &upstreams, kept);
+                (r.model.clone(), Arc::new(route))
+            })
+            .collect();
+        let data: Vec<serde_json::Value> = config
+            .routes
+            .iter()
+            .map(|r| serde_json::json!({"id": r.model, "object": "model", "created": 0, "owned_by": "weir"}))
+            .collect();
+        let models = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+            .expect("JSON values serialize");
+        let limit = match previous {
+            Some(g) if g.server.concurrency == config.server.concurrency => g.limit.clone(),
+            _ => config.server.concurrency.as_ref().map(limit_from),
+        };
+        Ok(Self {
+            upstreams,
+            routes: Arc::new(routes),
+            router: Router {
+                models: models.into(),
+            },
+            max_request_bytes: config.server.max_request_bytes,
+            ids: previous.map(|g| g.ids.clone()).unwrap_or_default(),
+            applied: limit.clone().unwrap_or_else(unlimited),
+            limit,
+            rate_limiter: match previous {
+                Some(g) if g.server.rate_limit == config.server.rate_limit => {
+                    g.rate_limiter.clone()
+                }
+                _ => config.server.rate_limit.as_ref().map(rate_limiter),
+            },
+            keys: config
+                .keys
+                .iter()
+                .map(|k| {
+                    let kept = previous
+                        .and_then(|g| g.keys.iter().find(|old| *old.name == *k.name))
+                        .filter(|old| old.limits == k.limits)
+                        .map(|old| old.limiter.clone());
+                    Arc::new(ClientKey {
+                        name: k.name.as_str().into(),
+                        hash: k.hash,
+                        models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
+                        limiter: kept.unwrap_or_else(|| k.limits.as_ref().map(rate_limiter)),
+                        limits: k.limits.clone(),
+                    })
+                })
+                .collect(),
+            server: config.server.clone(),
+        })
+    }
+
+    /// The providers, in config order.
+    pub(crate) fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    /// The server-wide concurrency limit, if one is set.
+    pub(crate) fn limit(&self) -> Option<&Limit> {
+        self.limit.as_ref()
+    }
+
+    /// The rate limiters, for metrics: scope, name and limiter.
+    pub(crate) fn rate_limiters(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &str, &weir_ratelimit::Limiter<()>)> {
+        let server = self.rate_limiter.iter().map(|l| ("server", "all", l));
+        let routes = self
+            .routes
+            .iter()
+            .filter_map(|(model, r)| Some(("route", model.as_str(), r.limiter.as_ref()?)));
+        let keys = self
+            .keys
+            .iter()
+            .filter_map(|k| Some(("key", &*k.name, k.limiter.as_ref()?)));
+        server.chain(routes).chain(keys)
+    }
+
+    /// Whether a request's headers carry a valid client key (no keys configured: any).
+    pub(crate) fn authenticates(&self, headers: &http::HeaderMap) -> bool {
+        auth::authenticates(&self.keys, headers)
+    }
+}
+
+/// A route from its config: its targets, and its failover router over their providers.
+fn route(
+    config: &Config,
+    r: &crate::config::Route,
+    upstreams: &[Arc<Upstream>],
+    kept: Option<Option<weir_ratelimit::Limiter<()>>>,
+) -> Route {
+    let targets: Arc<[RouteTarget]> = r
+        .targets
+        .iter()
+        .map(|t| RouteTarget {
+            upstream: upstreams[t.provider].clone(),
+            model: t.model.as_str().into(),
+            continuation: t.continuation,
+            price: config.prices.get(&t.model).copied(),
+        })
+        .collect::<Vec<_>>()
+        .into();
+    let b = r.retry_budget;
+    let router = Failover::builder(
+        r.targets
+            .iter()
+            .map(|t| {
+                Target::new(upstreams[t.provider].service.clone())
+                    .context_window(t.context_window)
+                    .weight(t.weight)
+            })
+            .collect(),
+        LlmJudge {
+            targets: targets.clone(),
+            first_token: r.first_token_timeout,
+        },
+    )
+    .policy(r.retry.clone())
+    .budget(RetryBudget::new(
+        b.ratio,
+        b.per_second,
+        b.window,
+        Instant::now(),
+    ))
+    .deadline(r.request_timeout)
+    .hedge_after(r.hedge_after)
+    // A request waits for a target at its limit as long as its provider says.
+    .queue_timeout(
+        r.targets
+            .iter()
+            .map(|t| upstreams[t.provider].queue_timeout)
+            .max()
+            .unwrap_or_default(),
+    )
+    .order(if r.weighted {
+        Order::Weighted
+    } else {
+        Order::Priority
+    })
+    .build();
+    Route {
+        name: r.model.as_str().into(),
+        limiter: kept.unwrap_or_else(|| r.rate_limit.as_ref().map(rate_limiter)),
+        rate_limit: r.rate_limit.clone(),
+        targets,
+        router,
+    }
+}

@@ -1,0 +1,264 @@
+//! One provider, ready to take requests: its pooled client (compressed answers decoded),
+//! its circuit breaker, its concurrency limit and its published rate limits, as one tower
+//! stack; and what its health probes and admin pages read.
+
+use crate::config::{Health, Provider};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Uri};
+use http_body_util::Full;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+use weir_backpressure::{Backpressure, Limit};
+use weir_breaker::{Breaker, CircuitBreaker, LlmClassifier, Mode};
+use weir_client::{ClientBuilder, HttpClient};
+use weir_llm::Endpoint;
+
+/// A provider's client behind its circuit breaker, its concurrency limit and its rate limit.
+/// The limits are outside the breaker: their own answers (503, 429) are not the provider's
+/// failures.
+pub(crate) type Guarded = weir_ratelimit::RateLimit<
+    Backpressure<CircuitBreaker<Decoded, LlmClassifier>>,
+    weir_ratelimit::Keyed<(), ProviderKey>,
+    EstimateCost,
+>;
+
+/// A provider's client, its answers decoded when a provider compresses them although weir asks
+/// for `identity` (so that every stream can be watched).
+pub(crate) type Decoded = weir_client::Decompress<HttpClient<Full<Bytes>>>;
+
+/// The token estimate of an outgoing request, for the provider's rate limit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenEstimate(pub(crate) u32);
+
+/// Costs an outgoing request at its [`TokenEstimate`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EstimateCost;
+
+impl<B> weir_ratelimit::Cost<B> for EstimateCost {
+    fn estimate(&self, request: &Request<B>) -> u32 {
+        request
+            .extensions()
+            .get::<TokenEstimate>()
+            .map_or(0, |e| e.0)
+    }
+}
+
+/// One bucket per provider, when it has a rate limit; none (no limit) otherwise.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ProviderKey(bool);
+
+impl<B> weir_ratelimit::KeyExtractor<B> for ProviderKey {
+    type Key = ();
+
+    fn key(&self, _: &Request<B>) -> Option<()> {
+        self.0.then_some(())
+    }
+}
+
+/// One provider, ready to take requests.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub(crate) name: Arc<str>,
+    /// Its configuration, to tell on a reload whether it changed.
+    pub(crate) config: Provider,
+    /// The client alone (health probes go around the breaker).
+    pub(crate) client: HttpClient<Full<Bytes>>,
+    /// The client behind the breaker: what requests go through.
+    pub(crate) service: Guarded,
+    pub(crate) breaker: Breaker,
+    /// Requests in flight to this provider (unbounded unless `max_concurrency` is set).
+    pub(crate) limit: Limit,
+    /// The provider's published rate limits, if set.
+    pub(crate) rate_limiter: Option<weir_ratelimit::Limiter<()>>,
+    /// Whether `max_concurrency` is set (else the limit only counts).
+    pub(crate) limited: bool,
+    /// The longest a request waits for this provider's limit.
+    pub(crate) queue_timeout: Duration,
+    pub(crate) health: Health,
+    /// When the next health probe is due.
+    pub(crate) next_probe: Mutex<Option<Instant>>,
+    /// Malformed events dropped from this provider's streams.
+    pub(crate) malformed: Arc<std::sync::atomic::AtomicU64>,
+    /// The full URI of each endpoint under the base URL.
+    pub(crate) uris: [Uri; 3],
+    /// `Authorization` and the configured extra headers, marked sensitive.
+    pub(crate) headers: HeaderMap,
+    /// The secret values sent to this provider (its key, its extra headers' values): scrubbed
+    /// from any upstream answer weir passes on.
+    pub(crate) secrets: Vec<Vec<u8>>,
+    pub(crate) idle_timeout: Duration,
+    /// The largest event of a stream.
+    pub(crate) max_event_bytes: usize,
+    /// `GET {base}/models`, for health probes.
+    pub(crate) models_uri: Uri,
+}
+
+impl Upstream {
+    /// A provider's client and its guards. `previous` (the same provider before a reload)
+    /// lends the state a reload must keep: its breaker, its concurrency limit and its rate
+    /// limiter, each when its own settings did not change.
+    pub(crate) fn new(
+        p: &Provider,
+        previous: Option<&Upstream>,
+    ) -> Result<Self, weir_client::Error> {
+        let client = ClientBuilder::new()
+            .connect_timeout(p.connect_timeout)
+            .response_timeout(p.response_timeout)
+            .pool_idle_timeout(p.pool_idle_timeout)
+            .pool_max_idle_per_host(p.pool_max_idle)
+            .pool_max_per_host(p.max_connections)
+            .http_version(p.http_version)
+            .allow_http(p.allow_http)
+            .tls_roots(p.tls_roots)
+            .add_root_certificates(p.extra_roots.iter().cloned())
+            .build()?;
+        let same = |f: &dyn Fn(&Provider) -> bool| previous.filter(|u| f(&u.config));
+        let breaker = match same(&|old| old.breaker == p.breaker) {
+            Some(old) => old.breaker.clone(),
+            None => Breaker::new(p.breaker.clone()),
+        };
+        // The stream watch in `body` reads every event already: it settles in-band errors.
+        let classifier = LlmClassifier::new()
+            .count_rate_limits(p.breaker_counts_rate_limits)
+            .slow_first_byte(p.slow_first_byte)
+            .in_band_errors(false);
+        let decoded = weir_client::Decompress::new(client.clone());
+        let service = CircuitBreaker::new(decoded, breaker.clone(), classifier, Mode::Wait);
+        let (limit, queue_timeout) = match (
+            &p.concurrency,
+            same(&|old| old.concurrency == p.concurrency),
+        ) {
+            (Some(c), Some(old)) => (old.limit.clone(), c.queue_timeout),
+            (Some(c), None) => (limit_from(c), c.queue_timeout),
+            (None, _) => (unlimited(), Duration::ZERO),
+        };
+        let service = Backpressure::new(service, limit.clone(), weir_backpressure::Mode::Wait);
+        let rate_limiter = match same(&|old| old.rate_limit == p.rate_limit) {
+            Some(old) => old.rate_limiter.clone(),
+            None => p.rate_limit.as_ref().map(rate_limiter),
+        };
+        let mode = match &p.rate_limit {
+            Some(r) if !r.wait.is_zero() => weir_ratelimit::Mode::Wait { max_wait: r.wait },
+            _ => weir_ratelimit::Mode::Reject,
+        };
+        let service = weir_ratelimit::RateLimit::new(
+            service,
+            weir_ratelimit::Keyed::new(
+                rate_limiter
+                    .clone()
+                    .unwrap_or_else(|| weir_ratelimit::Limiter::builder().build()),
+                ProviderKey(rate_limiter.is_some()),
+            ),
+            EstimateCost,
+            mode,
+        )
+        // The provider's budget is weir's business, not the client's.
+        .with_headers(false);
+        let base = p.base_url.to_string();
+        let base = base.trim_end_matches('/');
+        let uri = |e: Endpoint| -> Uri {
+            format!("{base}{}", e.upstream_path())
+                .parse()
+                .expect("a valid base URL plus a fixed path is a valid URI")
+        };
+        let mut headers = HeaderMap::new();
+        let mut secrets: Vec<Vec<u8>> = Vec::new();
+        if let Some(key) = &p.api_key {
+            secrets.push(key.expose().as_bytes().to_vec());
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key"));
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        for (name, secret) in &p.headers {
+            secrets.push(secret.expose().as_bytes().to_vec());
+            let mut value =
+                HeaderValue::from_str(secret.expose()).expect("config validated header values");
+            value.set_sensitive(true);
+            headers.insert(name.clone(), value);
+        }
+        Ok(Self {
+            name: p.name.as_str().into(),
+            config: p.clone(),
+            client,
+            service,
+            breaker,
+            limit,
+            rate_limiter,
+            limited: p.concurrency.is_some(),
+            queue_timeout,
+            health: p.health.clone(),
+            next_probe: Mutex::new(None),
+            malformed: previous.map(|u| u.malformed.clone()).unwrap_or_default(),
+            models_uri: format!("{base}/models")
+                .parse()
+                .expect("a valid base URL plus a fixed path is a valid URI"),
+            uris: [
+                uri(Endpoint::ChatCompletions),
+                uri(Endpoint::Completions),
+                uri(Endpoint::Embeddings),
+            ],
+            headers,
+            // Short values would match ordinary text: a secret has some length.
+            secrets: secrets.into_iter().filter(|s| s.len() >= 8).collect(),
+            idle_timeout: p.idle_timeout,
+            max_event_bytes: p.max_event_bytes,
+        })
+    }
+
+    pub(crate) fn uri(&self, endpoint: Endpoint) -> Uri {
+        self.uris[match endpoint {
+            Endpoint::ChatCompletions => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+        }]
+        .clone()
+    }
+}
+
+/// A concurrency limit from its config.
+pub(crate) fn limit_from(c: &crate::config::Concurrency) -> Limit {
+    let mut builder = Limit::builder(c.max)
+        .max_queue(c.max_queue)
+        .max_wait(c.queue_timeout)
+        .retry_after(Duration::from_secs(1));
+    if let Some(a) = &c.adaptive {
+        builder = builder.adaptive(weir_backpressure::Aimd::new(
+            a.min,
+            c.max,
+            a.first_token_target,
+        ));
+    }
+    builder.build()
+}
+
+/// No limit: as many permits as a semaphore holds, no queue.
+pub(crate) fn unlimited() -> Limit {
+    Limit::builder(tokio::sync::Semaphore::MAX_PERMITS)
+        .max_queue(0)
+        .build()
+}
+
+/// A rate limiter from its config.
+pub(crate) fn rate_limiter(c: &crate::config::RateLimit) -> weir_ratelimit::Limiter<()> {
+    let rate = |(per_minute, burst): (u32, u32)| {
+        let n = |v: u32| std::num::NonZeroU32::new(v).expect("config checked it is above 0");
+        weir_ratelimit::Rate::per_minute(n(per_minute)).burst(n(burst))
+    };
+    let mut builder = weir_ratelimit::Limiter::builder();
+    if let Some(r) = c.requests {
+        builder = builder.requests(rate(r));
+    }
+    if let Some(t) = c.tokens {
+        builder = builder.tokens(rate(t));
+    }
+    builder.build()
+}
+
+/// The provider's name as a header value.
+pub(crate) fn provider_value(upstream: &Upstream) -> HeaderValue {
+    HeaderValue::from_str(&upstream.name).expect("provider names are header-safe")
+}

@@ -1,0 +1,191 @@
+//! The routes, and the innermost service: a call goes to its route's failover router, whose
+//! answer (committed, or the last error) goes back with how many attempts it took.
+
+use super::answer::ResponseBody;
+use super::call::Call;
+use super::errors::{error, json, whole_seconds};
+use super::judge::LlmJudge;
+use super::provider::Guarded;
+use super::target::RouteTarget;
+use crate::headers::{X_WEIR_ATTEMPTS, X_WEIR_PROVIDER};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::ServiceExt;
+use weir_breaker::State;
+use weir_failover::router::{Failover, Routed};
+use weir_llm::{ErrorBody, ErrorKind};
+
+/// A route: what clients ask for, its targets in order, its failover router, and the limits
+/// on every client of it together.
+#[derive(Debug)]
+pub(crate) struct Route {
+    /// The model name clients ask for (the route's label in metrics).
+    pub(crate) name: Arc<str>,
+    pub(crate) limiter: Option<weir_ratelimit::Limiter<()>>,
+    pub(crate) rate_limit: Option<crate::config::RateLimit>,
+    pub(crate) targets: Arc<[RouteTarget]>,
+    pub(crate) router: Failover<Guarded, LlmJudge>,
+}
+
+/// What the classifier made of a request, for the router.
+#[derive(Clone, Debug)]
+pub(crate) enum Classified {
+    /// `GET /v1/models`.
+    Models,
+    /// A call, on its route.
+    Call(Arc<Call>, Arc<Route>),
+}
+
+/// The innermost service. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub(crate) struct Router {
+    /// `GET /v1/models`, as JSON.
+    pub(crate) models: Bytes,
+}
+
+type Answering = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+impl tower::Service<Request<()>> for Router {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Answering;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Answering {
+        let classified = request.extensions().get::<Classified>().cloned();
+        let models = self.models.clone();
+        Box::pin(async move {
+            Ok(match classified {
+                Some(Classified::Call(call, route)) => answer(call, route).await,
+                Some(Classified::Models) | None => json(models),
+            })
+        })
+    }
+}
+
+async fn answer(call: Arc<Call>, route: Arc<Route>) -> Response<ResponseBody> {
+    match route.router.clone().oneshot(call.clone()).await {
+        Ok(Routed {
+            answer,
+            target: Some(served),
+            attempts,
+        }) => {
+            self::served(&call, &route, served, attempts);
+            with_attempts(answer, attempts)
+        }
+        Ok(Routed {
+            answer, attempts, ..
+        }) => {
+            call.tally.attempts(attempts);
+            if let Some(provider) = answer.headers().get(&X_WEIR_PROVIDER) {
+                let target = route
+                    .targets
+                    .iter()
+                    .find(|t| t.upstream.name.as_bytes() == provider.as_bytes());
+                if let Some(t) = target {
+                    call.tally
+                        .provider(t.upstream.name.clone(), t.model.clone());
+                }
+            }
+            with_attempts(answer, attempts)
+        }
+        Err(_) => all_out(call.llm.model(), &route.targets),
+    }
+}
+
+/// `x-weir-attempts`, when the answer took more than one attempt.
+fn with_attempts(mut response: Response<ResponseBody>, attempts: u32) -> Response<ResponseBody> {
+    if attempts > 1 {
+        response
+            .headers_mut()
+            .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
+    }
+    response
+}
+
+/// Every target is out: a 503 that says which and why, with the soonest `Retry-After`.
+fn all_out(model: &str, targets: &[RouteTarget]) -> Response<ResponseBody> {
+    let mut soonest: Option<Duration> = None;
+    let reasons: Vec<String> = targets
+        .iter()
+        .map(|target| {
+            let upstream = &target.upstream;
+            let snapshot = upstream.breaker.snapshot();
+            if let Some(wait) = snapshot.retry_after {
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            }
+            let load = upstream.limit.snapshot();
+            let why = match snapshot.state {
+                State::Open { .. } => "circuit open".to_owned(),
+                State::HalfOpen => "circuit half-open, waiting for a probe".to_owned(),
+                State::Closed if snapshot.retry_after.is_some() => {
+                    "cooling down after a rate limit".to_owned()
+                }
+                State::Closed => {
+                    soonest = Some(soonest.map_or(upstream.limit.retry_after(), |s| {
+                        s.min(upstream.limit.retry_after())
+                    }));
+                    format!(
+                        "at capacity ({} of {} requests in flight, {} waiting)",
+                        load.in_flight, load.limit, load.queued
+                    )
+                }
+            };
+            match snapshot.retry_after {
+                Some(wait) => format!(
+                    "`{}`: {why}, retry in {}s",
+                    upstream.name,
+                    whole_seconds(wait)
+                ),
+                None => format!("`{}`: {why}", upstream.name),
+            }
+        })
+        .collect();
+    let mut response = error(
+        ErrorBody::new(
+            ErrorKind::Unavailable,
+            format!(
+                "No provider can serve the model `{model}` now: {}.",
+                reasons.join("; ")
+            ),
+        )
+        .code("no_healthy_target"),
+    );
+    let retry = soonest.map_or(1, whole_seconds);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    response
+}
+
+/// Target `served` of `call` committed after `attempts`: the labels, price and failover it means.
+fn served(call: &Call, route: &Route, served: usize, attempts: u32) {
+    let target = &route.targets[served];
+    call.tally.labels(weir_metrics::Labels {
+        route: route.name.clone(),
+        provider: target.upstream.name.clone(),
+        model: target.model.clone(),
+    });
+    call.tally.attempts(attempts);
+    if let Some(price) = target.price {
+        call.tally.price(price);
+    }
+    let failed = call.failed.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(from) = route.targets.get(failed).filter(|_| failed != served) {
+        call.tally.failover(
+            from.upstream.name.clone(),
+            target.upstream.name.clone(),
+            weir_metrics::Phase::BeforeFirstToken,
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! One target of a route: a provider, the model name sent to it, how it continues a cut
+//! answer, and the model's price.
+
+use super::provider::Upstream;
+use crate::config::Continuation;
+use std::sync::Arc;
+
+/// One target of a route.
+#[derive(Debug)]
+pub(crate) struct RouteTarget {
+    pub(crate) upstream: Arc<Upstream>,
+    /// The model name sent to it.
+    pub(crate) model: Arc<str>,
+    pub(crate) continuation: Continuation,
+    /// The model's price (`[prices]`), for the cost metric.
+    pub(crate) price: Option<weir_metrics::Price>,
+}
