@@ -14,6 +14,7 @@
 //! ```
 
 pub mod config;
+mod current;
 mod drain;
 mod gateway;
 mod headers;

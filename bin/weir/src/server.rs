@@ -1,5 +1,6 @@
 //! Listeners: the public API and the admin endpoints, with graceful drain.
 
+use crate::current::{Current, GatewayService};
 use crate::gateway::{Gateway, ResponseBody};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -246,21 +247,6 @@ where
     drain.run(deadline, Duration::from_secs(1)).await
 }
 
-/// The gateway new requests are served by; a reload swaps it. A request holds the gateway it
-/// started on (and its stream, the providers) to its end.
-#[derive(Debug)]
-pub(crate) struct Current(std::sync::RwLock<Arc<Gateway>>);
-
-impl Current {
-    pub(crate) fn get(&self) -> Arc<Gateway> {
-        self.0.read().expect("gateway lock").clone()
-    }
-
-    fn set(&self, gateway: Arc<Gateway>) {
-        *self.0.write().expect("gateway lock") = gateway;
-    }
-}
-
 /// What a reload needs, shared by [`Running`] and its [`Reloader`]s.
 #[derive(Debug)]
 struct Shared {
@@ -440,7 +426,7 @@ pub(crate) async fn serve(
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let health = Arc::new(Health::default());
-    let current = Arc::new(Current(std::sync::RwLock::new(gateway)));
+    let current = Arc::new(Current::new(gateway));
     let (stop, stopped) = watch::channel(false);
 
     let public_drain = crate::drain::Drain::new();
@@ -530,37 +516,6 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// The gateway as a tower service: each request goes to the gateway current when it arrives.
-#[derive(Clone, Debug)]
-pub(crate) struct GatewayService(Arc<Current>);
-
-impl<B> tower::Service<Request<B>> for GatewayService
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<crate::gateway::Body>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<Response<crate::gateway::Body>, Infallible>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let gateway = self.0.get();
-        // hyper keeps the service future for as long as the connection lives; boxing the
-        // handler leaves a pointer there, and frees the handler's state as soon as the
-        // response head is ready (2.7 KiB per open stream).
-        Box::pin(async move { tower::ServiceExt::oneshot(gateway.stack(), request).await })
-    }
 }
 
 fn admin(

@@ -48,14 +48,14 @@ pub(crate) const PATH: &str = "/v1/ws";
 
 /// The service each completion goes through: the same as an HTTP request's.
 pub(crate) type Stack =
-    weir_metrics::Metrics<crate::server::GatewayService, weir_metrics::PrometheusRecorder>;
+    weir_metrics::Metrics<crate::current::GatewayService, weir_metrics::PrometheusRecorder>;
 
 /// What every WebSocket connection shares.
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) config: Config,
     pub(crate) stack: Stack,
-    pub(crate) current: Arc<crate::server::Current>,
+    pub(crate) current: Arc<crate::current::Current>,
     pub(crate) minter: Minter,
     pub(crate) stats: Stats,
 }

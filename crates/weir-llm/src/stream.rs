@@ -202,6 +202,20 @@ impl Meter {
         self.0.complete.load(Ordering::Relaxed)
     }
 
+    /// Reads a whole (non-streamed) answer's usage and finish reason, once, for everyone
+    /// who settles or records it.
+    pub fn observe_whole(&self, answer: &[u8]) {
+        let mut usage = crate::scan::UsageScan::default();
+        usage.observe(answer);
+        if let Some(total) = usage.total() {
+            self.set_usage(usage.prompt(), usage.completion(), total);
+        }
+        if let Some(reason) = crate::scan::finish_reason(answer) {
+            self.set_finish(finish_name(reason));
+        }
+        self.0.complete.store(true, Ordering::Relaxed);
+    }
+
     fn set_usage(&self, prompt: Option<u32>, completion: Option<u32>, total: u32) {
         let store = |cell: &AtomicU64, v: Option<u32>| {
             if let Some(v) = v {

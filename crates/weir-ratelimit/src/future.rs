@@ -1,13 +1,14 @@
 use crate::body::ResponseBody;
 use crate::headers;
 use crate::limiter::{Charge, Key, Standings};
-use crate::service::Limited;
+use crate::refusal::Limited;
 use crate::BoxError;
 use http::Response;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use weir_llm::stream::Meter;
 
 type Waiting<RB, K> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<RB, K>>, BoxError>> + Send>>;
@@ -30,6 +31,7 @@ pin_project! {
             future: F,
             charge: Option<Charge<K>>,
             standings: Option<Standings>,
+            meter: Option<Meter>,
         },
         Refused {
             response: Option<Response<ResponseBody<RB, K>>>,
@@ -51,12 +53,14 @@ impl<F, RB, K: Key> ResponseFuture<F, RB, K> {
         future: F,
         charge: Option<Charge<K>>,
         standings: Option<Standings>,
+        meter: Option<Meter>,
     ) -> Self {
         Self {
             state: State::Calling {
                 future,
                 charge,
                 standings,
+                meter,
             },
         }
     }
@@ -77,12 +81,14 @@ impl<F, RB, K: Key> ResponseFuture<F, RB, K> {
 }
 
 /// An admitted call's answer: the charge rides on its body (settled from the usage it
-/// reports), and its headers show where the limit stands. A 429 that a limit further in
-/// answered gives this charge back and keeps that limit's headers.
+/// reports: the meter the response or the request carried, else a scan of its own), and its
+/// headers show where the limit stands. A 429 that a limit further in answered gives this
+/// charge back and keeps that limit's headers.
 pub(crate) fn admitted<RB, K: Key>(
     mut response: Response<RB>,
     mut charge: Option<Charge<K>>,
     standings: Option<Standings>,
+    meter: Option<Meter>,
 ) -> Response<ResponseBody<RB, K>> {
     if response.extensions().get::<Limited>().is_some() {
         if let Some(charge) = charge.take() {
@@ -91,10 +97,10 @@ pub(crate) fn admitted<RB, K: Key>(
     } else if let Some(standings) = standings {
         headers::write(response.headers_mut(), &standings);
     }
-    let meter = response
-        .extensions()
-        .get::<weir_llm::stream::Meter>()
-        .cloned();
+    let meter = match charge {
+        None => None,
+        Some(_) => response.extensions().get::<Meter>().cloned().or(meter),
+    };
     response.map(|body| ResponseBody::new(body, charge, meter))
 }
 
@@ -112,9 +118,15 @@ where
                 future,
                 charge,
                 standings,
+                meter,
             } => {
                 let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                Poll::Ready(Ok(admitted(response, charge.take(), standings.take())))
+                Poll::Ready(Ok(admitted(
+                    response,
+                    charge.take(),
+                    standings.take(),
+                    meter.take(),
+                )))
             }
             StateProj::Refused { response } => {
                 Poll::Ready(Ok(response.take().expect("polled after completion")))

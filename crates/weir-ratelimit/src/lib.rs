@@ -70,6 +70,7 @@ mod headers;
 mod key;
 mod layer;
 mod limiter;
+mod refusal;
 mod scope;
 mod service;
 
@@ -83,8 +84,9 @@ pub use layer::RateLimitLayer;
 pub use limiter::{
     Charge, Counts, Key, Limiter, LimiterBuilder, Rate, Refusal, Slot, Standing, Standings, Store,
 };
+pub use refusal::{refusal_response, Limited};
 pub use scope::{Keyed, Scope};
-pub use service::{refusal_response, Limited, Mode, RateLimit};
+pub use service::{Mode, RateLimit};
 
 /// The error type of the service and its body: the inner error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,16 +1,15 @@
 use crate::body::ResponseBody;
 use crate::cost::{Cost, LlmCost};
 use crate::future::ResponseFuture;
-use crate::headers;
 use crate::limiter::{Charge, Limiter, Refusal, Standings};
+use crate::refusal::refusal_response;
 use crate::scope::Scope;
 use crate::BoxError;
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response};
+use http::{Request, Response};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
-use weir_llm::{ErrorBody, ErrorKind};
 
 /// What the service does with a call over its limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,62 +23,6 @@ pub enum Mode {
         /// The longest a call waits.
         max_wait: Duration,
     },
-}
-
-/// In the extensions of a 429 that a rate limit answered itself (not an upstream's): why.
-/// Layers around it read it (a rate limit outside gives its own charge back; a router reads a
-/// provider's local 429 as "this target is full", not as the provider's answer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limited(Refusal);
-
-impl Limited {
-    /// Why the call was refused.
-    pub fn refusal(&self) -> Refusal {
-        self.0
-    }
-}
-
-/// The 429 for `refusal`, with the rate-limit headers; `body` makes the body type.
-pub fn refusal_response<B>(
-    refusal: Refusal,
-    standings: &Standings,
-    body: impl FnOnce(Bytes) -> B,
-) -> Response<B> {
-    let error = match refusal {
-        Refusal::Requests { .. } => ErrorBody::new(
-            ErrorKind::RateLimited,
-            "Rate limit reached for requests per minute; retry after the time in Retry-After.",
-        )
-        .code("rate_limit_exceeded"),
-        Refusal::Tokens { .. } => ErrorBody::new(
-            ErrorKind::RateLimited,
-            "Rate limit reached for tokens per minute; retry after the time in Retry-After.",
-        )
-        .code("rate_limit_exceeded"),
-        Refusal::TooLarge { tokens, burst } => ErrorBody::new(
-            ErrorKind::RateLimited,
-            format!(
-                "Request too large: it may use up to {tokens} tokens, and the limit is {burst} tokens per minute. Send a shorter prompt or a lower max_tokens."
-            ),
-        )
-        .code("request_too_large"),
-    };
-    let mut response = Response::new(body(error.to_json()));
-    *response.status_mut() = error.status();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Some(wait) = refusal.retry_after() {
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(headers::seconds(wait).max(1)),
-        );
-    }
-    headers::write(h, standings);
-    response.extensions_mut().insert(Limited(refusal));
-    response
 }
 
 /// Rate limits around `S`. See the [crate docs](crate).
@@ -195,11 +138,19 @@ where
             Mode::Wait { max_wait } => Some(max_wait),
             Mode::Reject => None,
         };
+        // A watch further in that meters the answer's usage (its meter in the request's
+        // extensions) spares this layer a scan of its own.
+        let meter = || {
+            request
+                .extensions()
+                .get::<weir_llm::stream::Meter>()
+                .cloned()
+        };
         // Decided before the request moves on (the limiter may be borrowed from it).
         let decision = self.scope.select(&request).map(|(limiter, key)| {
             let tokens = self.cost.estimate(&request);
             match limiter.check(key.clone(), tokens) {
-                Ok(admitted) => Ok(admitted),
+                Ok(admitted) => Ok((admitted, meter())),
                 Err((refusal, standings)) => {
                     // Only a wait that fits takes the limiter along.
                     let waiting = wait
@@ -210,10 +161,10 @@ where
             }
         });
         match decision {
-            None => ResponseFuture::calling(ready.call(request), None, None),
-            Some(Ok((charge, standings))) => {
+            None => ResponseFuture::calling(ready.call(request), None, None, None),
+            Some(Ok(((charge, standings), meter))) => {
                 let standings = self.headers.then_some(standings);
-                ResponseFuture::calling(ready.call(request), Some(charge), standings)
+                ResponseFuture::calling(ready.call(request), Some(charge), standings, meter)
             }
             Some(Err((refusal, standings, None))) => {
                 ResponseFuture::refused(refusal_response(refusal, &standings, ResponseBody::local))
@@ -225,6 +176,10 @@ where
                 drop(ready);
                 let mut inner = self.inner.clone();
                 let headers = self.headers;
+                let meter = request
+                    .extensions()
+                    .get::<weir_llm::stream::Meter>()
+                    .cloned();
                 ResponseFuture::waiting(Box::pin(async move {
                     let (charge, standings) = match admit_waiting(&limiter, key, tokens, max_wait)
                         .await
@@ -242,6 +197,7 @@ where
                         response,
                         Some(charge),
                         headers.then_some(standings),
+                        meter,
                     ))
                 }))
             }

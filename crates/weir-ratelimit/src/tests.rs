@@ -303,3 +303,83 @@ async fn a_call_waiting_for_its_turn_holds_no_slot_of_the_inner_service() {
         (StatusCode::OK, Duration::from_secs(1))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_meter_from_the_stream_watch_settles_the_charge_without_a_scan() {
+    // The answer's bytes say 900 tokens; the meter its watch filled says 100, and wins: the
+    // layer reads no bytes.
+    let meter = weir_llm::stream::Meter::default();
+    meter.observe_whole(
+        br#"{"usage":{"prompt_tokens":40,"completion_tokens":60,"total_tokens":100}}"#,
+    );
+    for in_request in [false, true] {
+        let limiter = Limiter::builder().tokens(Rate::per_minute(n(1000))).build();
+        let carried = meter.clone();
+        let inner = tower::service_fn(move |_: Request<()>| {
+            let mut response = Response::new(Full::new(Bytes::from_static(
+                br#"{"usage":{"total_tokens":900}}"#,
+            )));
+            if !in_request {
+                response.extensions_mut().insert(carried.clone());
+            }
+            std::future::ready(Ok::<_, Infallible>(response))
+        });
+        let mut service = RateLimit::new(
+            inner,
+            crate::Keyed::new(limiter.clone(), Global),
+            crate::cost::Fixed(600),
+            Mode::Reject,
+        );
+        let mut request = user("a");
+        if in_request {
+            request.extensions_mut().insert(meter.clone());
+        }
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        let (_charge, standings) = limiter.check((), 500).unwrap();
+        assert_eq!(
+            standings.tokens.unwrap().remaining,
+            400,
+            "settled to the metered 100 (meter in the {})",
+            if in_request { "request" } else { "response" }
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_further_in_gives_this_limits_charge_back() {
+    let outer = Limiter::builder().requests(Rate::per_minute(n(10))).build();
+    let inner_limiter = Limiter::builder().requests(Rate::per_minute(n(1))).build();
+    let inner = RateLimit::new(
+        upstream("{}"),
+        crate::Keyed::new(inner_limiter, Global),
+        crate::LlmCost::default(),
+        Mode::Reject,
+    );
+    let mut service = RateLimit::new(
+        inner,
+        crate::Keyed::new(outer.clone(), Global),
+        crate::LlmCost::default(),
+        Mode::Reject,
+    );
+    for status in [
+        StatusCode::OK,
+        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(user("a"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+        assert!(
+            response.extensions().get::<crate::Limited>().is_some() == (status != StatusCode::OK)
+        );
+    }
+    // Only the admitted call is still charged to the outer limit.
+    let (_, standings) = outer.check((), 0).unwrap();
+    assert_eq!(standings.requests.unwrap().remaining, 8);
+}

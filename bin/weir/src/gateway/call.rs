@@ -22,6 +22,9 @@ pub(crate) struct Call {
     pub(crate) failed: std::sync::atomic::AtomicUsize,
     /// A streamed chat answer that another target of the route may continue if it is cut.
     pub(crate) resumable: bool,
+    /// What the answer's watch learns (usage, events, finish reason), for everyone who
+    /// settles or records it.
+    pub(crate) meter: weir_llm::stream::Meter,
 }
 
 impl Call {

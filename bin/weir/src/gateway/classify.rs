@@ -196,6 +196,7 @@ where
                 .iter()
                 .any(|t| t.continuation != Continuation::None),
         llm,
+        meter: Default::default(),
     });
     // The client's own headers go no further than the call's copy.
     parts.headers = http::HeaderMap::new();

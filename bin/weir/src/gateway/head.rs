@@ -85,6 +85,11 @@ pub(crate) async fn read_head(
         if call.resumable {
             watch = watch.with_transcript();
         }
+        if attempt.resuming.is_none() {
+            // The call's own stream meters into the call's meter; a continuation's first
+            // events go through the original stream's watch, which meters them there.
+            watch = watch.with_meter(call.meter.clone());
+        }
         match first_event(&mut body, &mut watch, first_token).await {
             Ok(prefix) => {
                 if watch.told() {
@@ -126,6 +131,9 @@ pub(crate) async fn read_head(
                 Ok(None) => {
                     parts.headers.remove(header::CONTENT_LENGTH);
                     let whole = concat(prefix);
+                    // Read once, for every layer that settles or records usage.
+                    attempt.call.meter.observe_whole(&whole);
+                    parts.extensions.insert(attempt.call.meter.clone());
                     return Head::Committed(Response::from_parts(parts, ResponseBody::full(whole)));
                 }
                 Ok(Some(Ok(frame))) => {

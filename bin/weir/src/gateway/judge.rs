@@ -10,7 +10,6 @@ use super::target::RouteTarget;
 use crate::config::Continuation;
 use crate::headers::{self, X_REQUEST_ID, X_WEIR_PROVIDER};
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use std::pin::Pin;
@@ -39,14 +38,7 @@ impl Judge<Arc<Call>> for LlmJudge {
 
     fn request(&self, target: usize, call: &Arc<Call>) -> (Request<Full<Bytes>>, Attempt) {
         let target = &self.targets[target];
-        let mut request = outgoing_request(
-            target,
-            call.endpoint,
-            &call.headers,
-            &call.id,
-            &call.llm,
-            &call.body,
-        );
+        let mut request = outgoing_request(target, call);
         call.tally.sent();
         let span = call.attempt_span(target, request.headers_mut());
         let attempt = Attempt {
@@ -75,14 +67,7 @@ impl Judge<Arc<Call>> for LlmJudge {
             ),
             Continuation::Replay => (original(), weir_llm::stream::Continuation::Replay),
         };
-        let mut request = outgoing_request(
-            t,
-            call.endpoint,
-            &call.headers,
-            &call.id,
-            &call.llm,
-            &call.body,
-        );
+        let mut request = outgoing_request(t, call);
         *request.body_mut() = Full::new(body);
         let span = call.attempt_span(t, request.headers_mut());
         tracing::info!(
@@ -208,18 +193,13 @@ impl RouteTarget {
     }
 }
 
-/// The request as it goes to `target`: its model, its provider's headers, the request id.
-pub(crate) fn outgoing_request(
-    target: &RouteTarget,
-    endpoint: Endpoint,
-    client_headers: &HeaderMap,
-    id: &HeaderValue,
-    llm: &LlmRequest,
-    body: &Bytes,
-) -> Request<Full<Bytes>> {
+/// The request of `call` as it goes to `target`: its model, its provider's headers, the
+/// request id.
+pub(crate) fn outgoing_request(target: &RouteTarget, call: &Call) -> Request<Full<Bytes>> {
+    let (endpoint, llm, body) = (call.endpoint, &call.llm, &call.body);
     let upstream = &target.upstream;
-    let mut headers = headers::upstream_request_headers(client_headers, &upstream.headers);
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
+    let mut headers = headers::upstream_request_headers(&call.headers, &upstream.headers);
+    headers.insert(X_REQUEST_ID.clone(), call.id.clone());
     // Streamed chat: weir asks for usage (its own accounting needs it) and, if the client did
     // not, drops the usage event on the way back.
     let ask_usage = endpoint == Endpoint::ChatCompletions;
@@ -228,9 +208,11 @@ pub(crate) fn outgoing_request(
     *outgoing.uri_mut() = upstream.uri(endpoint);
     *outgoing.headers_mut() = headers;
     if upstream.rate_limiter.is_some() {
-        outgoing
-            .extensions_mut()
-            .insert(TokenEstimate(token_estimate(llm)));
+        // The provider's limit charges the estimate, and settles from the usage the call's
+        // watch meters (no scan of its own).
+        let extensions = outgoing.extensions_mut();
+        extensions.insert(TokenEstimate(token_estimate(llm)));
+        extensions.insert(call.meter.clone());
     }
     outgoing
 }
