@@ -53,8 +53,13 @@ fn main() -> ExitCode {
     };
     let config = match weir::config::load(&config_path) {
         Ok(config) => config,
-        Err(e) => {
+        Err(e) if e.problems().len() == 1 => {
             eprintln!("weir: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => {
+            let count = e.problems().len();
+            eprintln!("weir: invalid configuration, {count} problems:\n{e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };

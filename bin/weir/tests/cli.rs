@@ -110,6 +110,33 @@ fn check_refuses_a_bad_config_with_file_line_and_key() {
 }
 
 #[test]
+fn check_lists_every_mistake_in_file_order_with_key_paths() {
+    let dir = temp_dir("several");
+    let text = CONFIG
+        .replace("BASE", "http://127.0.0.1:1/v1")
+        .replace("auth = \"off\"", "auth = \"off\"\ndrain_timeout = 30")
+        .replace(
+            "allow_http = true",
+            "allow_http = true\nrespone_timeout = \"5s\"",
+        )
+        .replace("provider = \"mock\"", "provider = \"mokc\"");
+    let path = write_config(&dir, &text);
+    let out = weir().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display();
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            "weir: invalid configuration, 3 problems:".to_owned(),
+            format!("{file}:5:17: server.drain_timeout: expected a duration such as \"30s\", found the number 30"),
+            format!("{file}:11:1: providers[0].respone_timeout: unknown key (did you mean `response_timeout`?)"),
+            format!("{file}:15:25: routes[0].targets[0].provider: no provider is named `mokc`"),
+        ]
+    );
+}
+
+#[test]
 fn missing_env_var_is_named_at_start() {
     let dir = temp_dir("env");
     let text = CONFIG.replace("BASE", "http://127.0.0.1:1/v1").replace(

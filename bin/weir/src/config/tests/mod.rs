@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 const GOOD: &str = r#"[server]
 auth = "off"
@@ -548,5 +549,10 @@ fn bad_telemetry_and_prices_name_key_and_line() {
         "{message}"
     );
     let message = error(&prices("\"meta/llama\" = { input = 1.0, outptu = 2.0 }"));
-    assert!(message.contains("unknown field `outptu`"), "{message}");
+    assert!(
+        message.contains("prices.\"meta/llama\".outptu: unknown key (did you mean `output`?)"),
+        "{message}"
+    );
 }
+
+mod problems;

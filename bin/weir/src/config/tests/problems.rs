@@ -1,0 +1,145 @@
+//! How problems are reported: all of them, in file order, in words.
+
+use super::*;
+
+#[test]
+fn every_problem_in_one_run_in_file_order_with_key_paths() {
+    // The mistakes a first config has: a number where a duration goes, a typo in a key, a
+    // provider name that does not exist, a typo in a choice, a wrong type in a nested table.
+    let text = GOOD
+        .replace("drain_timeout = \"5s\"", "drain_timeout = 30")
+        .replace("response_timeout = \"30s\"", "respone_timeout = \"30s\"")
+        .replace("provider = \"local\"", "provider = \"locl\"")
+        .replace(
+            "strategy = \"failover\"",
+            "strategy = \"failovr\"\nretry = { backoff = 5 }",
+        );
+    let problems: Vec<String> = load(&text)
+        .unwrap_err()
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "weir.toml:5:17: server.drain_timeout: expected a duration such as \"30s\", found the number 30",
+            "weir.toml:12:1: providers[0].respone_timeout: unknown key (did you mean `response_timeout`?)",
+            "weir.toml:21:12: routes[0].strategy: `failovr` is not one of \"failover\", \"weighted\" (did you mean \"failover\"?)",
+            "weir.toml:22:21: routes[0].retry.backoff: expected a duration such as \"30s\", found the number 5",
+            "weir.toml:27:25: routes[1].targets[0].provider: no provider is named `locl`",
+        ]
+    );
+}
+
+#[test]
+fn types_are_named_in_words_and_numbers_read_as_toml_writes_them() {
+    let with = |from: &str, to: &str| error(&GOOD.replace(from, to));
+    let message = with("drain_timeout = \"5s\"", "max_request_bytes = \"4MB\"");
+    assert!(
+        message.ends_with(
+            "server.max_request_bytes: expected a whole number, found the string \"4MB\""
+        ),
+        "{message}"
+    );
+    let message = with("drain_timeout = \"5s\"", "max_request_bytes = -1");
+    assert!(
+        message.ends_with("server.max_request_bytes: must be 0 or more"),
+        "{message}"
+    );
+    let message = with("drain_timeout = \"5s\"", "listen_timeout = true");
+    assert!(
+        message.contains("server.listen_timeout: unknown key"),
+        "{message}"
+    );
+    let message = with(
+        "allow_http = true",
+        "allow_http = true\npool_max_idle = 1.5",
+    );
+    assert!(
+        message
+            .ends_with("providers[1].pool_max_idle: expected a whole number, found the number 1.5"),
+        "{message}"
+    );
+    let message = with(
+        "targets = [{ provider = \"openai\", model = \"gpt-4.1-2025-04-14\" }]",
+        "targets = \"openai\"",
+    );
+    assert!(
+        message.contains("routes[0].targets: expected a list of tables"),
+        "{message}"
+    );
+
+    let config = load(&GOOD.replace(
+        "drain_timeout = \"5s\"",
+        "max_request_bytes = 1_048_576\nmax_concurrency = 0x10",
+    ))
+    .unwrap();
+    assert_eq!(config.server.max_request_bytes, 1 << 20);
+    assert_eq!(config.server.concurrency.unwrap().max, 16);
+}
+
+#[test]
+fn a_long_or_secret_value_is_not_echoed() {
+    let secret = "sk-proj-0123456789abcdefghijklmnopqrstuvwxyz";
+    let message = error(&GOOD.replace(
+        "allow_http = true",
+        &format!("allow_http = true\nheaders = \"{secret}\""),
+    ));
+    assert!(
+        message.contains("providers[1].headers: expected a table, found a string"),
+        "{message}"
+    );
+    assert!(!message.contains(secret), "{message}");
+    let long = "m".repeat(5000);
+    let message = error(&GOOD.replace("provider = \"local\"", &format!("provider = \"{long}\"")));
+    assert!(message.len() < 300, "{} bytes", message.len());
+}
+
+#[test]
+fn syntax_errors_are_all_reported_and_columns_count_characters() {
+    let text = "[server]\nlisten = \"127.0.0.1:8080\nadmin_listen = = 3\n[[providers]]\nname = \n";
+    let problems = load(text).unwrap_err();
+    let lines: Vec<usize> = problems.problems().iter().map(|p| p.line()).collect();
+    assert!(
+        lines.len() >= 2 && lines.windows(2).all(|w| w[0] <= w[1]),
+        "{problems}"
+    );
+
+    let text = GOOD.replace("model = \"llama\"", "model = \"llamá\"\nweigth = 2");
+    let message = error(&text);
+    assert!(
+        message.contains("routes[1].weigth: unknown key"),
+        "{message}"
+    );
+    let text = GOOD.replace("\"meta/llama\"", "\"méta/llama\", weigth = 2");
+    let message = error(&text);
+    assert!(
+        message.starts_with(
+            "weir.toml:26:56: routes[1].targets[0].weigth: unknown key (did you mean `weight`?)"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_sections_and_keys_are_named() {
+    let problems = load("[[providers]]\nname = \"a\"\n")
+        .unwrap_err()
+        .to_string();
+    for needed in [
+        "server: a [server] table with `listen` and `admin_listen` is required",
+        "providers[0].base_url: is required",
+        "routes: at least one [[routes]] entry is needed",
+    ] {
+        assert!(problems.contains(needed), "{needed}: {problems}");
+    }
+    let message = error(&GOOD.replace(
+        "targets = [{ provider = \"local\", model = \"meta/llama\" }]",
+        "",
+    ));
+    assert!(
+        message.contains("routes[1].targets: is required"),
+        "{message}"
+    );
+}
