@@ -55,6 +55,42 @@
 //! ));
 //! # }
 //! ```
+//!
+//! In an axum app it is one `.layer(...)`; the metrics page is an ordinary route:
+//!
+//! ```
+//! use axum::{body::Body, routing::{get, post}, Router};
+//! use http::Request;
+//! use http_body_util::BodyExt;
+//! use std::sync::Arc;
+//! use tower::ServiceExt;
+//! use weir_metrics::{MetricsLayer, PrometheusRecorder};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let recorder = Arc::new(PrometheusRecorder::new());
+//! let page = recorder.clone();
+//! let app = Router::new()
+//!     .route("/v1/chat/completions", post(|| async {
+//!         ([("content-type", "text/event-stream")],
+//!          "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: [DONE]\n\n")
+//!     }))
+//!     .layer(MetricsLayer::new(recorder.clone()))
+//!     .route("/metrics", get(move || async move {
+//!         let mut text = String::new();
+//!         page.render(&mut text);
+//!         text
+//!     }));
+//!
+//! let call = Request::post("/v1/chat/completions").body(Body::empty()).unwrap();
+//! let answer = app.clone().oneshot(call).await.unwrap();
+//! answer.into_body().collect().await.unwrap();
+//! let page = app.oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+//! let page = page.into_body().collect().await.unwrap().to_bytes();
+//! let page = std::str::from_utf8(&page).unwrap();
+//! assert!(page.contains(r#"status="200",outcome="ok"} 1"#), "{page}");
+//! # }
+//! ```
 
 mod body;
 pub mod histogram;
