@@ -22,6 +22,10 @@ const MOCK: &str = "127.0.0.1:18091";
 const WEIR: &str = "127.0.0.1:18080";
 const WEIR_ADMIN: &str = "127.0.0.1:18090";
 const NGINX: &str = "127.0.0.1:18081";
+const HAPROXY: &str = "127.0.0.1:18082";
+/// The proxies measured, and where each listens.
+pub(crate) const BENCH_PROXIES: &[(&str, &str)] =
+    &[("weir", WEIR), ("nginx", NGINX), ("haproxy", HAPROXY)];
 pub(crate) const PATH: &str = "/v1/chat/completions";
 /// SHA-256 of `bench-client`, the key the load generator sends.
 const BENCH_KEY_SHA256: &str = "a013b77f3ea807afb0a918c3131aee8af7c5716ba3f66f9030e61baf9bc26f5d";
@@ -75,6 +79,10 @@ impl Proc {
         tokio::time::timeout(Duration::from_secs(30), wait)
             .await
             .map_err(|_| format!("{} did not say `{needle}` within 30 s", self.name))?
+    }
+
+    pub(crate) async fn wait(&mut self) {
+        let _ = self.child.wait().await;
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -199,7 +207,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result {
             Err("bench failed".into())
         };
     }
-    run_cmd_build(root)?;
+    build(root)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -207,7 +215,8 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result {
     runtime.block_on(bench(root, options))
 }
 
-fn run_cmd_build(root: &Path) -> Result {
+/// The release binaries the bench runs.
+pub(crate) fn build(root: &Path) -> Result {
     crate::run(cargo().current_dir(root).args([
         "build",
         "--release",
@@ -218,7 +227,7 @@ fn run_cmd_build(root: &Path) -> Result {
     ]))
 }
 
-fn bench_config(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn bench_config(dir: &Path) -> Result<PathBuf> {
     let path = dir.join("weir-bench.toml");
     let text = format!(
         r#"# written by cargo xtask bench
@@ -264,7 +273,7 @@ limits = {{ requests_per_minute = 4000000000, tokens_per_minute = 4000000000 }}
     Ok(path)
 }
 
-fn nginx_config(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn nginx_config(dir: &Path) -> Result<PathBuf> {
     let path = dir.join("nginx.conf");
     let d = dir.display();
     let text = format!(
@@ -301,6 +310,32 @@ http {{
     Ok(path)
 }
 
+/// HAProxy as a streaming reverse proxy: one thread, keep-alive to the mock.
+pub(crate) fn haproxy_config(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("haproxy.cfg");
+    let text = format!(
+        r#"# written by cargo xtask bench: HAProxy as a streaming reverse proxy, for comparison
+global
+    maxconn 9700
+    nbthread 1
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    option http-keep-alive
+frontend bench
+    bind {HAPROXY} backlog 4096
+    default_backend mock
+backend mock
+    http-reuse always
+    server mock {MOCK}
+"#
+    );
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -320,11 +355,7 @@ async fn bench(root: &Path, options: Options) -> Result {
     let dir = std::env::temp_dir().join(format!("weir-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let bin = root.join("target/release");
-    let mut mock = Proc::spawn(
-        "weir-mock",
-        pinned(0, &bin.join("weir-mock")).args(["--listen", MOCK, "--threads", "1"]),
-    )?;
-    mock.wait_line("listening on").await?;
+    let mut mock = start_mock(&bin).await?;
     let mut weir = start_weir(&bin, &dir).await?;
 
     let have_nginx = options.nginx && Command::new("nginx").arg("-v").output().is_ok();
@@ -339,6 +370,18 @@ async fn bench(root: &Path, options: Options) -> Result {
             .arg(dir.join("nginx-error.log"));
         let proc = Proc::spawn("nginx", &mut cmd)?;
         wait_port(NGINX.parse().expect("an address")).await?;
+        Some(proc)
+    } else {
+        None
+    };
+
+    let have_haproxy = options.nginx && Command::new("haproxy").arg("-v").output().is_ok();
+    let mut haproxy = if have_haproxy {
+        let conf = haproxy_config(&dir)?;
+        let mut cmd = pinned(1, Path::new("haproxy"));
+        cmd.arg("-db").arg("-f").arg(&conf);
+        let proc = Proc::spawn("haproxy", &mut cmd)?;
+        wait_port(HAPROXY.parse().expect("an address")).await?;
         Some(proc)
     } else {
         None
@@ -364,9 +407,20 @@ async fn bench(root: &Path, options: Options) -> Result {
         });
     }
 
+    if let Some(haproxy) = &haproxy {
+        targets.push(Target {
+            name: "haproxy",
+            addr: HAPROXY.parse().expect("an address"),
+            pid: Some(haproxy.pid()),
+        });
+    }
+
     println!("weir bench: proxies pinned to core 1, mock upstream and load generator on core 0");
     if !have_nginx && options.nginx {
         println!("(nginx not installed: `apt-get install nginx-light` to compare against it)");
+    }
+    if !have_haproxy && options.nginx {
+        println!("(HAProxy not installed: `apt-get install haproxy` to compare against it)");
     }
     let run = |section: &str| options.only.as_deref().is_none_or(|only| only == section);
     if run("limiter") {
@@ -382,7 +436,8 @@ async fn bench(root: &Path, options: Options) -> Result {
         } else {
             (20_000, 32)
         };
-        throughput(&targets, streams, clients).await?;
+        throughput(&targets, streams, clients, Work::Stream).await?;
+        throughput(&targets, streams, clients, Work::Whole).await?;
     }
     if run("streams") {
         for n in &options.streams {
@@ -414,9 +469,22 @@ async fn bench(root: &Path, options: Options) -> Result {
     if let Some(nginx) = &mut nginx {
         nginx.terminate();
     }
+    if let Some(haproxy) = &mut haproxy {
+        haproxy.terminate();
+    }
     mock.terminate();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The mock upstream on core 0, once it listens.
+pub(crate) async fn start_mock(bin: &Path) -> Result<Proc> {
+    let mut mock = Proc::spawn(
+        "weir-mock",
+        pinned(0, &bin.join("weir-mock")).args(["--listen", MOCK, "--threads", "1"]),
+    )?;
+    mock.wait_line("listening on").await?;
+    Ok(mock)
 }
 
 /// weir on core 1 with the bench config, once it says it serves.
@@ -433,7 +501,13 @@ async fn start_weir(bin: &Path, dir: &Path) -> Result<Proc> {
 }
 
 async fn wait_port(addr: SocketAddr) -> Result {
-    for _ in 0..100 {
+    wait_port_for(addr, Duration::from_secs(5)).await
+}
+
+/// Waits until something listens on `addr`.
+pub(crate) async fn wait_port_for(addr: SocketAddr, within: Duration) -> Result {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }
@@ -536,13 +610,27 @@ async fn ttft(targets: &[Target], n: usize) -> Result {
 
 /// Streams per second with `clients` concurrent keep-alive clients, and the proxy's CPU time
 /// per stream.
-async fn throughput(targets: &[Target], streams: usize, clients: usize) -> Result {
-    println!("\nthroughput, 20-chunk streams, {clients} concurrent clients, {streams} streams per target");
+/// What a throughput run asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// A 20-chunk stream.
+    Stream,
+    /// The same answer whole (`"stream": false`).
+    Whole,
+}
+
+async fn throughput(targets: &[Target], requests: usize, clients: usize, work: Work) -> Result {
+    let what = match work {
+        Work::Stream => "20-chunk streams",
+        Work::Whole => "whole (non-streamed) answers of the same 20 chunks",
+    };
+    println!("\nthroughput, {what}, {clients} concurrent clients, {requests} per target");
     println!(
-        "  {:<8} {:>12} {:>10} {:>16}",
-        "target", "streams/s", "vs direct", "CPU/stream µs"
+        "  {:<8} {:>12} {:>10} {:>16} {:>10}",
+        "target", "requests/s", "vs direct", "CPU/request µs", "÷ nginx"
     );
     let mut direct = 0.0;
+    let mut nginx = None;
     for t in targets {
         let done = Arc::new(AtomicUsize::new(0));
         let cpu_before = t.pid.map(cpu_ns);
@@ -552,10 +640,16 @@ async fn throughput(targets: &[Target], streams: usize, clients: usize) -> Resul
             let done = done.clone();
             let addr = t.addr;
             tasks.push(tokio::spawn(async move {
-                let body = request_body();
+                let body = match work {
+                    Work::Stream => request_body(),
+                    Work::Whole => whole_body(),
+                };
                 let mut conn = Conn::open(addr).await?;
-                while done.fetch_add(1, Ordering::Relaxed) < streams {
-                    conn.stream(PATH, &body, "chunks=20").await?;
+                while done.fetch_add(1, Ordering::Relaxed) < requests {
+                    match work {
+                        Work::Stream => drop(conn.stream(PATH, &body, "chunks=20").await?),
+                        Work::Whole => drop(conn.whole(PATH, &body, "chunks=20").await?),
+                    }
                 }
                 Ok::<(), String>(())
             }));
@@ -564,26 +658,40 @@ async fn throughput(targets: &[Target], streams: usize, clients: usize) -> Resul
             task.await.map_err(|e| e.to_string())??;
         }
         let elapsed = start.elapsed().as_secs_f64();
-        let rate = streams as f64 / elapsed;
+        let rate = requests as f64 / elapsed;
         let cpu = match (t.pid, cpu_before) {
-            (Some(pid), Some(before)) => format!(
-                "{:.1}",
-                (cpu_ns(pid) - before) as f64 / streams as f64 / 1e3
-            ),
-            _ => "-".into(),
+            (Some(pid), Some(before)) => {
+                Some((cpu_ns(pid) - before) as f64 / requests as f64 / 1e3)
+            }
+            _ => None,
         };
         if t.name == "direct" {
             direct = rate;
         }
+        if t.name == "nginx" {
+            nginx = cpu;
+        }
+        let ratio = match (cpu, nginx) {
+            (Some(mine), Some(theirs)) => format!("{:.2}x", mine / theirs),
+            _ => "-".into(),
+        };
         println!(
-            "  {:<8} {:>12.0} {:>9.2}x {:>16}",
+            "  {:<8} {:>12.0} {:>9.2}x {:>16} {:>10}",
             t.name,
             rate,
             rate / direct,
-            cpu
+            cpu.map_or("-".into(), |c| format!("{c:.1}")),
+            ratio
         );
     }
     Ok(())
+}
+
+/// The bench's request for a whole answer.
+pub(crate) fn whole_body() -> Bytes {
+    Bytes::from_static(
+        br#"{"model":"bench","messages":[{"role":"user","content":"Write twenty tokens."}]}"#,
+    )
 }
 
 /// Streams done in a run, and their times to first token (sorted).

@@ -77,6 +77,26 @@ impl Conn {
         ttft.ok_or_else(|| "no data".to_owned())
     }
 
+    /// Sends one request for a whole (non-streamed) answer and reads it to the end; returns
+    /// its bytes.
+    pub(crate) async fn whole(&mut self, path: &str, body: &Bytes, mock: &str) -> Result<usize> {
+        self.ready().await?;
+        let response = self
+            .sender
+            .send_request(self.request(path, body, mock))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(body.to_bytes().len())
+    }
+
     /// Sends a streaming request and returns once its first frame arrived, handing back the
     /// body so the caller can hold the stream open.
     pub(crate) async fn open_stream(
