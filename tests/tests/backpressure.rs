@@ -140,7 +140,7 @@ async fn a_provider_at_its_limit_sends_the_request_to_the_next_target() {
     assert_eq!(again.provider.as_deref(), Some("primary"));
     let text = metrics(&setup.weir).await;
     assert_eq!(
-        sample(&text, r#"weir_breaker_state{provider="primary"}"#),
+        sample(&text, r#"weir_breaker_state{provider="primary",model="m"}"#),
         0.0
     );
     assert_eq!(

@@ -120,7 +120,8 @@ async fn traffic_trips_the_breaker_and_a_route_with_no_target_left_answers_503()
     assert_eq!(error["code"], "no_healthy_target");
     let message = error["message"].as_str().unwrap();
     assert!(
-        message.contains("`gpt-test`") && message.contains("`mock`: circuit open"),
+        message.contains("`gpt-test`")
+            && message.contains("`mock` (`mock-upstream`): circuit open"),
         "{message}"
     );
     assert_eq!(

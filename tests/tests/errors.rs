@@ -131,16 +131,18 @@ async fn upstream_errors_pass_through_with_their_status_once_retries_are_spent()
         }
         seen = log.len();
     }
-    // The provider asked for 3 s: weir keeps its only target out until then, and says so.
+    // The provider asked for 3 s: weir keeps its only target out until then, and says so as
+    // the rate limit it is (a 429 clients back off on, not a 503).
     let response = h.chat_stream("chunks=2").await;
-    assert_eq!(response.status(), 503);
+    assert_eq!(response.status(), 429);
     assert_eq!(header(response.headers(), "retry-after"), Some("3"));
     let error = assert_openai_error(&read(response).await);
-    assert_eq!(error["code"], "no_healthy_target");
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    assert_eq!(error["type"], "rate_limit_error");
     assert!(error["message"]
         .as_str()
         .unwrap()
-        .contains("`mock`: cooling down after a rate limit"));
+        .contains("`mock` (`mock-upstream`): rate limited by the provider, cooling down"));
     assert_eq!(
         h.mock.requests().len(),
         seen,
@@ -176,16 +178,29 @@ async fn unreachable_upstream_is_502() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn silent_upstream_is_504_after_the_response_timeout() {
+async fn a_silent_upstream_is_504_at_the_stream_deadline_or_the_response_timeout() {
+    // A stream's start has one deadline, headers included: `first_token_timeout` (60 s by
+    // default for a route with one target), whatever `response_timeout` says.
     let h = Harness::with_provider(r#"response_timeout = "5s""#).await;
     let started = tokio::time::Instant::now();
     let response = h.chat_stream("fault=silent").await;
     assert_eq!(response.status(), 504);
-    assert_eq!(started.elapsed().as_secs(), 5);
+    assert_eq!(started.elapsed().as_secs(), 60);
     assert_eq!(
         assert_openai_error(&read(response).await)["code"],
         "upstream_timeout"
     );
+    // A whole answer is `response_timeout`'s.
+    let started = tokio::time::Instant::now();
+    let response = h
+        .post(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-test"}"#,
+            &[("x-mock", "fault=silent")],
+        )
+        .await;
+    assert_eq!(response.status(), 504);
+    assert_eq!(started.elapsed().as_secs(), 5);
 }
 
 #[tokio::test]

@@ -216,7 +216,7 @@ async fn a_provider_at_its_published_limit_sends_the_request_to_the_next_target(
     assert!(text.contains(
         r#"weir_ratelimit_rejections_total{scope="provider",name="primary",reason="requests"} 1"#
     ));
-    assert!(text.contains(r#"weir_breaker_state{provider="primary"} 0"#));
+    assert!(text.contains(r#"weir_breaker_state{provider="primary",model="m"} 0"#));
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `x-weir-attempts`: how many upstream attempts the answer took.
 pub(crate) static X_WEIR_ATTEMPTS: HeaderName = HeaderName::from_static("x-weir-attempts");
+/// `false` on an error weir answers after it retried or failed over already: the official
+/// openai SDKs then do not retry on top (one retry layer, not two).
+pub(crate) static X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 /// `x-weir-provider`: which provider served the answer.
 pub(crate) static X_WEIR_PROVIDER: HeaderName = HeaderName::from_static("x-weir-provider");
 

@@ -1,115 +1,211 @@
 //! Active health probes, and the providers page of the admin listener.
 //!
-//! One task per provider probes on its interval (`GET {base}/models`, or a one-token chat
-//! completion), around the breaker, with a timeout, and reports to the provider's breaker: a
-//! provider that fails `unhealthy_after` probes in a row is taken out, and one that answers
-//! `healthy_after` probes is put back, traffic or not. One probe at a time per provider, so
-//! probe traffic is bounded; the tasks end when weir drains.
+//! Two kinds of probe, each on the provider's `interval`, around the breakers, with a timeout:
+//!
+//! - one per provider asks whether its endpoint answers (`GET {base}/models`, or a one-token
+//!   completion with `probe = "completion"`): any answer but a 5xx is healthy, a 5xx or a
+//!   failed connection is not. It reports to the endpoint breaker, shared by the provider's
+//!   models, so it can take a provider out but never vouches for one model;
+//! - one per deployment (a model a route targets), only while that model's breaker is open or
+//!   half-open: a one-token chat completion to that model, healthy when it answers 2xx. It is
+//!   what closes the model's breaker, so a model is back within one interval of recovering.
+//!
+//! A probe that fails because the connection closed under it (a pooled connection the
+//! provider had closed) is tried once more on a fresh connection before it counts. One probe
+//! at a time per provider and per deployment; the tasks end when weir drains.
 
 use crate::config::Probe;
-use crate::gateway::{Gateway, Upstream};
+use crate::gateway::{Deployment, Gateway, Upstream};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
 use std::sync::Arc;
+use std::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::ServiceExt;
+use weir_breaker::{Breaker, State};
 use weir_llm::Endpoint;
 
-/// Starts the probe task of a provider, if it has probes on.
+/// Starts the endpoint probe task of a provider, if it has probes on.
 pub(crate) fn spawn_probe(upstream: &Arc<Upstream>) -> Option<JoinHandle<()>> {
-    (upstream.health.probe != Probe::Off).then(|| tokio::spawn(probe_loop(upstream.clone())))
+    (upstream.health.probe != Probe::Off).then(|| {
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            probe_loop(&upstream.endpoint, &upstream.next_probe, &upstream, || {
+                let upstream = upstream.clone();
+                async move { endpoint_probe(&upstream).await }
+            })
+            .await
+        })
+    })
 }
 
-async fn probe_loop(upstream: Arc<Upstream>) {
+/// Starts the probe task of a deployment, if its provider has probes on: it probes only while
+/// the model's breaker is not closed.
+pub(crate) fn spawn_model_probe(deployment: &Arc<Deployment>) -> Option<JoinHandle<()>> {
+    let upstream = deployment.upstream.clone();
+    (upstream.health.probe != Probe::Off).then(|| {
+        let deployment = deployment.clone();
+        tokio::spawn(async move {
+            let d = &deployment;
+            probe_loop(&d.breaker, &d.next_probe, &d.upstream, || async move {
+                if d.breaker.state() == State::Closed {
+                    return None;
+                }
+                let request = completion(&d.upstream, &d.model);
+                Some(send(&d.upstream, request, |s| s.is_success()).await)
+            })
+            .await
+        })
+    })
+}
+
+/// Probes every interval and reports to `breaker`; `probe` answers `None` when there is
+/// nothing to probe this time.
+async fn probe_loop<F, P>(
+    breaker: &Breaker,
+    next_probe: &Mutex<Option<Instant>>,
+    upstream: &Upstream,
+    probe: P,
+) where
+    P: Fn() -> F,
+    F: std::future::Future<Output = Option<Result<(), String>>>,
+{
     let interval = upstream.health.interval;
     let mut next = Instant::now() + interval;
     loop {
-        *upstream.next_probe.lock().expect("probe lock") = Some(next);
+        *next_probe.lock().expect("probe lock") = Some(next);
         tokio::time::sleep_until(next).await;
-        let result = tokio::time::timeout(upstream.health.timeout, probe_once(&upstream)).await;
-        match result {
-            Ok(Ok(())) => upstream.breaker.probe_result(true, None),
-            Ok(Err(why)) => {
+        match tokio::time::timeout(upstream.health.timeout, probe()).await {
+            Ok(None) => {}
+            Ok(Some(Ok(()))) => breaker.probe_result(true, None),
+            Ok(Some(Err(why))) => {
                 tracing::debug!(provider = %upstream.name, %why, "health probe failed");
-                upstream.breaker.probe_result(false, Some(&why));
+                breaker.probe_result(false, Some(&why));
             }
-            Err(_) => upstream
-                .breaker
-                .probe_result(false, Some("health probe timed out")),
+            Err(_) => breaker.probe_result(false, Some("health probe timed out")),
         }
         // The next probe is an interval after this one was due, never in a burst.
         next = (next + interval).max(Instant::now());
     }
 }
 
-async fn probe_once(upstream: &Upstream) -> Result<(), String> {
-    let mut request = match &upstream.health.probe {
-        Probe::Completion(model) => {
-            let body = serde_json::json!({
-                "model": model,
-                "max_tokens": 1,
-                "messages": [{"role": "user", "content": "ping"}],
-            });
-            let mut request = Request::new(Full::new(Bytes::from(body.to_string())));
-            *request.method_mut() = Method::POST;
-            *request.uri_mut() = upstream.uri(Endpoint::ChatCompletions);
-            request.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            request
-        }
+/// Whether the provider's endpoint answers at all.
+async fn endpoint_probe(upstream: &Upstream) -> Option<Result<(), String>> {
+    let request = match &upstream.health.probe {
+        Probe::Completion(model) => completion(upstream, model),
         Probe::Models | Probe::Off => {
             let mut request = Request::new(Full::new(Bytes::new()));
             *request.uri_mut() = upstream.models_uri.clone();
             request
         }
     };
+    // A provider-wide outage answers 5xx; a missing `/models` (404) or a key it refuses
+    // still shows an endpoint that answers.
+    Some(send(upstream, request, |s| !s.is_server_error()).await)
+}
+
+/// A one-token chat completion to `model`.
+fn completion(upstream: &Upstream, model: &str) -> Request<Full<Bytes>> {
+    let body = serde_json::json!({
+        "model": model,
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": "ping"}],
+    });
+    let mut request = Request::new(Full::new(Bytes::from(body.to_string())));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = upstream.uri(Endpoint::ChatCompletions);
+    request.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    request
+}
+
+/// Sends a probe with the provider's headers; healthy when `healthy` says so of its status.
+/// A connection that closed under it is tried once more, fresh.
+async fn send(
+    upstream: &Upstream,
+    mut request: Request<Full<Bytes>>,
+    healthy: fn(http::StatusCode) -> bool,
+) -> Result<(), String> {
     for (name, value) in &upstream.headers {
         request.headers_mut().insert(name.clone(), value.clone());
     }
-    let response = upstream
-        .client
-        .clone()
-        .oneshot(request)
-        .await
-        .map_err(|e| format!("health probe: {e}"))?;
+    let again = {
+        let mut again = Request::new(request.body().clone());
+        *again.method_mut() = request.method().clone();
+        *again.uri_mut() = request.uri().clone();
+        *again.headers_mut() = request.headers().clone();
+        again.extensions_mut().insert(weir_client::FreshConnection);
+        again
+    };
+    let response = match upstream.client.clone().oneshot(request).await {
+        Err(e) if e.is_closed_before_response() => {
+            tracing::debug!(provider = %upstream.name, error = %e, "health probe: the connection closed under it; once more on a fresh one");
+            upstream.client.clone().oneshot(again).await
+        }
+        other => other,
+    }
+    .map_err(|e| format!("health probe: {e}"))?;
     let status = response.status();
     // Read the (small) answer to its end, so the connection goes back to the pool.
     let _ = response.into_body().collect().await;
-    if status.is_success() {
+    if healthy(status) {
         Ok(())
     } else {
         Err(format!("health probe answered {status}"))
     }
 }
 
-/// `GET /admin/providers`: each provider's breaker and probe state, as JSON.
+/// `GET /admin/providers`: each provider's endpoint breaker and probe, and each of its
+/// models' breakers, as JSON.
 pub(crate) fn providers_json(gateway: &Gateway) -> Bytes {
     let now = Instant::now();
+    let next = |at: &Mutex<Option<Instant>>| {
+        at.lock()
+            .expect("probe lock")
+            .map(|at| at.saturating_duration_since(now).as_secs_f64())
+    };
+    let breaker = |s: weir_breaker::Snapshot| {
+        serde_json::json!({
+            "state": s.state.as_str(),
+            "failure_rate": s.failure_rate,
+            "calls_in_window": s.calls,
+            "transitions": s.transitions,
+            "last_error": s.last_failure,
+            "retry_after_seconds": s.retry_after.map(|d| d.as_secs_f64()),
+        })
+    };
     let providers: Vec<serde_json::Value> = gateway
         .upstreams()
         .iter()
         .map(|u| {
-            let s = u.breaker.snapshot();
-            let next_probe = *u.next_probe.lock().expect("probe lock");
-            serde_json::json!({
-                "name": &*u.name,
-                "state": s.state.as_str(),
-                "failure_rate": s.failure_rate,
-                "calls_in_window": s.calls,
-                "transitions": s.transitions,
-                "last_error": s.last_failure,
-                "retry_after_seconds": s.retry_after.map(|d| d.as_secs_f64()),
-                "health_probe": match &u.health.probe {
-                    Probe::Off => "off",
-                    Probe::Models => "models",
-                    Probe::Completion(_) => "completion",
-                },
-                "next_probe_in_seconds": next_probe.map(|at| at.saturating_duration_since(now).as_secs_f64()),
-            })
+            let models: Vec<serde_json::Value> = gateway
+                .deployments()
+                .iter()
+                .filter(|d| Arc::ptr_eq(&d.upstream, u))
+                .map(|d| {
+                    let mut model = breaker(d.breaker.snapshot());
+                    model["model"] = serde_json::Value::from(&*d.model);
+                    if d.breaker.state() != State::Closed {
+                        model["next_probe_in_seconds"] = next(&d.next_probe).into();
+                    }
+                    model
+                })
+                .collect();
+            let mut provider = breaker(u.endpoint.snapshot());
+            provider["name"] = serde_json::Value::from(&*u.name);
+            provider["health_probe"] = match &u.health.probe {
+                Probe::Off => "off",
+                Probe::Models => "models",
+                Probe::Completion(_) => "completion",
+            }
+            .into();
+            provider["next_probe_in_seconds"] = next(&u.next_probe).into();
+            provider["models"] = models.into();
+            provider
         })
         .collect();
     serde_json::to_vec(&serde_json::json!({ "providers": providers }))
@@ -118,50 +214,80 @@ pub(crate) fn providers_json(gateway: &Gateway) -> Bytes {
 }
 
 /// `GET /metrics` (the breaker families, until the metrics layer adds the rest): Prometheus
-/// text format. Labels are configured provider names only.
+/// text format. Labels are configured names only: the provider's, and the model's as the
+/// config sends it upstream.
 pub(crate) fn breaker_metrics(gateway: &Gateway) -> Bytes {
-    let snapshots: Vec<_> = gateway
+    use std::fmt::Write;
+    let mut out = String::with_capacity(1024);
+    let state = |s: &weir_breaker::Snapshot| match s.state {
+        State::Closed => 0.0,
+        State::HalfOpen => 1.0,
+        State::Open { .. } => 2.0,
+    };
+    let models: Vec<_> = gateway
+        .deployments()
+        .iter()
+        .map(|d| {
+            let labels = format!(
+                "provider=\"{}\",model=\"{}\"",
+                d.upstream.name,
+                escape(&d.model)
+            );
+            (labels, d.breaker.snapshot())
+        })
+        .collect();
+    for (name, kind, help, value) in [
+        (
+            "weir_breaker_state",
+            "gauge",
+            "Circuit breaker state per model of a provider: 0 closed, 1 half-open, 2 open.",
+            &(|s: &weir_breaker::Snapshot| state(s)) as &dyn Fn(&weir_breaker::Snapshot) -> f64,
+        ),
+        (
+            "weir_breaker_transitions_total",
+            "counter",
+            "Circuit breaker state changes per model of a provider.",
+            &|s| s.transitions as f64,
+        ),
+        (
+            "weir_breaker_failure_rate",
+            "gauge",
+            "Failure rate over the breaker window per model of a provider.",
+            &|s| s.failure_rate,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, snapshot) in &models {
+            let _ = writeln!(out, "{name}{{{labels}}} {}", value(snapshot));
+        }
+    }
+    let endpoints: Vec<_> = gateway
         .upstreams()
         .iter()
-        .map(|u| (u, u.breaker.snapshot()))
+        .map(|u| (u, u.endpoint.snapshot()))
         .collect();
-    let mut out = String::with_capacity(1024);
     family(
         &mut out,
-        "weir_breaker_state",
+        "weir_endpoint_breaker_state",
         "gauge",
-        "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
-        snapshots.iter().map(|(u, s)| {
-            let state = match s.state {
-                weir_breaker::State::Closed => 0.0,
-                weir_breaker::State::HalfOpen => 1.0,
-                weir_breaker::State::Open { .. } => 2.0,
-            };
-            (&*u.name, state)
-        }),
+        "The provider's endpoint breaker (failed connections, for all its models): 0 closed, 1 half-open, 2 open.",
+        endpoints.iter().map(|(u, s)| (&*u.name, state(s))),
     );
     family(
         &mut out,
-        "weir_breaker_transitions_total",
+        "weir_endpoint_breaker_transitions_total",
         "counter",
-        "Circuit breaker state changes per provider.",
-        snapshots
+        "State changes of the provider's endpoint breaker.",
+        endpoints
             .iter()
             .map(|(u, s)| (&*u.name, s.transitions as f64)),
-    );
-    family(
-        &mut out,
-        "weir_breaker_failure_rate",
-        "gauge",
-        "Failure rate over the breaker window per provider.",
-        snapshots.iter().map(|(u, s)| (&*u.name, s.failure_rate)),
     );
     family(
         &mut out,
         "weir_malformed_events_total",
         "counter",
         "Malformed stream events dropped per provider.",
-        snapshots.iter().map(|(u, _)| {
+        endpoints.iter().map(|(u, _)| {
             let dropped = u.malformed.load(std::sync::atomic::Ordering::Relaxed);
             (&*u.name, dropped as f64)
         }),
@@ -368,5 +494,18 @@ fn family<'a>(
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (provider, value) in samples {
         let _ = writeln!(out, "{name}{{provider=\"{provider}\"}} {value}");
+    }
+}
+
+/// A label value as the text format writes it.
+fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains(['\\', '"', '\n']) {
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        value.into()
     }
 }

@@ -219,6 +219,59 @@ impl ClassifyEos for LlmEos {
     }
 }
 
+/// Classifies calls for an endpoint that several breakers share a connection to (one
+/// provider's models, each with its own [`LlmClassifier`] breaker): any response is a success,
+/// since the endpoint answered, however its model did; an error is a failure only when
+/// `is_transport` says the connection itself failed (refused, DNS, TLS, reset before any
+/// byte), and says nothing otherwise (a slow model is its own breaker's business).
+#[derive(Clone, Copy)]
+pub struct TransportClassifier {
+    is_transport: fn(&(dyn std::error::Error + 'static)) -> bool,
+}
+
+impl TransportClassifier {
+    /// Counts the errors `is_transport` picks.
+    pub fn new(is_transport: fn(&(dyn std::error::Error + 'static)) -> bool) -> Self {
+        Self { is_transport }
+    }
+}
+
+impl std::fmt::Debug for TransportClassifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransportClassifier")
+    }
+}
+
+/// The end-of-body half of a classifier that settles every call at its headers.
+#[derive(Debug)]
+pub enum NoEos {}
+
+impl ClassifyEos for NoEos {
+    fn end(self) -> Outcome {
+        match self {}
+    }
+
+    fn error(self, _: &(dyn std::error::Error + 'static)) -> Outcome {
+        match self {}
+    }
+}
+
+impl Classify for TransportClassifier {
+    type Eos = NoEos;
+
+    fn classify_response(&self, _: Instant, _: StatusCode, _: &HeaderMap) -> Classified<NoEos> {
+        Classified::Now(Outcome::Success.into())
+    }
+
+    fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Outcome {
+        if (self.is_transport)(error) {
+            Outcome::Failure
+        } else {
+            Outcome::Ignored
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,7 +60,7 @@ mod service;
 
 pub use body::{ResponseBody, Settle};
 pub use breaker::{Breaker, Snapshot};
-pub use classify::LlmClassifier;
+pub use classify::{LlmClassifier, TransportClassifier};
 pub use future::ResponseFuture;
 pub use layer::BreakerLayer;
 pub use policy::{Outcome, PolicyConfig, State};

@@ -120,6 +120,14 @@ impl Error {
         self.kind == Kind::Timeout
     }
 
+    /// Whether the connection failed under the request before any response came: closed or
+    /// reset while the request was written or its answer awaited (asked of the request's
+    /// error, not of a body's). On a reused connection
+    /// this is often the peer closing an idle connection as the request went out.
+    pub fn is_closed_before_response(&self) -> bool {
+        matches!(self.kind, Kind::Request | Kind::Response | Kind::Closed(_))
+    }
+
     /// Whether the upstream's response was malformed (its head, or its body's framing): not a
     /// network failure, a broken server. [`Display`](fmt::Display) says what was wrong.
     pub fn is_malformed(&self) -> bool {

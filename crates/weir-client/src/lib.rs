@@ -61,6 +61,17 @@ use tower_service::Service;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request extension: this request's response-header timeout, in place of the client's
+/// (`None`: no timeout). A caller that bounds the whole start of an answer itself (headers
+/// and first event under one deadline) sets it to what is left of that deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseTimeout(pub Option<Duration>);
+
+/// A request extension: send this request on a new connection, never a pooled one (a health
+/// probe that failed on a reused connection tries again this way before it counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreshConnection;
+
 /// Where the client takes its TLS trust roots from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TlsRoots {
@@ -357,12 +368,14 @@ where
         mut request: Request<B>,
     ) -> Result<Response<ResponseBody<B>>, Error> {
         let key = key(request.uri())?;
+        let fresh = request.extensions().get::<FreshConnection>().is_some();
         let mut pooled = match self.version {
+            _ if fresh => None,
             HttpVersion::Http1 => None,
             _ => self.pool.checkout_http2(&key),
         }
         .map(Conn::Http2);
-        if pooled.is_none() && self.version != HttpVersion::Http2 {
+        if pooled.is_none() && self.version != HttpVersion::Http2 && !fresh {
             pooled = self.pool.checkout_http1(&key).map(Conn::Http1);
         }
         let mut from_pool = pooled.is_some();
@@ -370,6 +383,10 @@ where
         // one (which is built on the stack and copied into a box on every request).
         let conn = match pooled {
             Some(conn) => conn,
+            None if fresh => {
+                let open = Box::pin(self.pool.fresh_slot(&key)).await;
+                Box::pin(self.connect(&key, open)).await?
+            }
             None => match Box::pin(self.pool.slot(&key)).await {
                 Slot::Idle(conn) => {
                     from_pool = true;
@@ -482,10 +499,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> ResponseFuture<B> {
-        ResponseFuture::new(
-            Box::pin(self.shared.clone().request(request)),
-            self.response_timeout,
-        )
+        let timeout = match request.extensions().get::<ResponseTimeout>() {
+            Some(ResponseTimeout(timeout)) => *timeout,
+            None => self.response_timeout,
+        };
+        ResponseFuture::new(Box::pin(self.shared.clone().request(request)), timeout)
     }
 }
 

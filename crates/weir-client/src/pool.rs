@@ -193,6 +193,16 @@ where
         }
     }
 
+    /// A slot for a new connection to `key`, never an idle one (under a per-host limit, it
+    /// waits for a slot like [`Pool::slot`]).
+    pub(crate) async fn fresh_slot(&self, key: &Key) -> Open {
+        let Some(slots) = self.host_slots(key) else {
+            return self.open(None);
+        };
+        let permit = slots.semaphore.clone().acquire_owned().await;
+        self.open(permit.ok())
+    }
+
     fn open(&self, slot: Option<OwnedSemaphorePermit>) -> Open {
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         Open {

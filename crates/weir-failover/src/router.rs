@@ -202,20 +202,62 @@ where
 pub struct Target<S> {
     service: S,
     context_window: Option<u32>,
+    model: Option<Arc<str>>,
     weight: u32,
 }
 
+/// Where a call may still go after context-length refusals: never to a model that refused
+/// it (the same model on another provider has the same window), and never to a target whose
+/// known window is no larger than the largest known window that refused it.
+#[derive(Debug, Default)]
+struct Fit {
+    min_window: Option<u32>,
+    refused: Vec<usize>,
+}
+
+impl Fit {
+    fn allows<S>(&self, targets: &[Target<S>], index: usize) -> bool {
+        let candidate = &targets[index];
+        let same_model = self.refused.iter().any(|&r| {
+            r == index
+                || matches!((&targets[r].model, &candidate.model), (Some(a), Some(b)) if a == b)
+        });
+        let larger = match (self.min_window, candidate.context_window) {
+            (Some(min), Some(window)) => window > min,
+            _ => true,
+        };
+        !same_model && larger
+    }
+
+    /// Target `index` refused the call for its context length.
+    fn refused<S>(&mut self, targets: &[Target<S>], index: usize) {
+        self.refused.push(index);
+        if let Some(window) = targets[index].context_window {
+            self.min_window = Some(self.min_window.map_or(window, |m| m.max(window)));
+        }
+    }
+}
+
 impl<S> Target<S> {
-    /// A target with weight 1 and no known context window.
+    /// A target with weight 1, no known context window and a model of its own.
     pub fn new(service: S) -> Self {
         Self {
             service,
             context_window: None,
+            model: None,
             weight: 1,
         }
     }
 
-    /// Its model's context window: after `context_length_exceeded` only larger ones are tried.
+    /// The model it serves: after `context_length_exceeded` on one target, no target of the
+    /// same model is tried (whatever its provider).
+    pub fn model(mut self, model: impl Into<Arc<str>>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// Its model's context window: after `context_length_exceeded` only targets with a larger
+    /// window (or an unknown one, of another model) are tried.
     pub fn context_window(mut self, tokens: Option<u32>) -> Self {
         self.context_window = tokens;
         self
@@ -461,37 +503,29 @@ where
     S: Clone,
 {
     /// The first target in `order[from..]` that is ready now (and, after a context-length
-    /// refusal, whose window is larger than `min_window`).
-    fn ready<R>(
-        &self,
-        order: &[usize],
-        from: usize,
-        min_window: Option<u32>,
-    ) -> Option<(usize, usize, S)>
+    /// refusal, that `fit` allows).
+    fn ready<R>(&self, order: &[usize], from: usize, fit: &Fit) -> Option<(usize, usize, S)>
     where
         S: Service<R>,
     {
-        self.candidates(order, from, min_window)
+        self.candidates(order, from, fit)
             .find_map(|(position, index, mut service)| {
                 ready_now(&mut service).then_some((position, index, service))
             })
     }
 
-    /// Fresh clones of the targets in `order[from..]` that fit `min_window`.
+    /// Fresh clones of the targets in `order[from..]` that `fit` allows.
     fn candidates<'a>(
         &'a self,
         order: &'a [usize],
         from: usize,
-        min_window: Option<u32>,
+        fit: &'a Fit,
     ) -> impl Iterator<Item = (usize, usize, S)> + 'a {
         order
             .iter()
             .enumerate()
             .skip(from)
-            .filter(move |(_, &index)| {
-                min_window
-                    .is_none_or(|min| self.targets[index].context_window.is_some_and(|w| w > min))
-            })
+            .filter(move |(_, &index)| fit.allows(&self.targets, index))
             .map(|(position, &index)| (position, index, self.targets[index].service.clone()))
     }
 
@@ -501,19 +535,19 @@ where
         &self,
         order: &[usize],
         from: usize,
-        min_window: Option<u32>,
+        fit: &Fit,
         deadline: Instant,
     ) -> Option<(usize, usize, S)>
     where
         S: Service<R>,
     {
-        if let Some(found) = self.ready(order, from, min_window) {
+        if let Some(found) = self.ready(order, from, fit) {
             return Some(found);
         }
         if self.queue_timeout.is_zero() {
             return None;
         }
-        let mut waiting: Vec<_> = self.candidates(order, from, min_window).collect();
+        let mut waiting: Vec<_> = self.candidates(order, from, fit).collect();
         let first_ready = std::future::poll_fn(|cx| {
             let ready = waiting
                 .iter_mut()
@@ -593,10 +627,10 @@ where
     let mut attempts = 0;
     let mut last = None;
     let mut from = 0;
-    let mut min_window = None;
+    let mut fit = Fit::default();
     let mut hedged = false;
     'targets: while let Some((position, index, mut service)) = shared
-        .next_ready::<J::Request>(&order, from, min_window, deadline)
+        .next_ready::<J::Request>(&order, from, &fit, deadline)
         .await
     {
         from = position + 1;
@@ -612,7 +646,7 @@ where
                     tokio::select! {
                         judged = &mut first => judged,
                         _ = tokio::time::sleep(after) => {
-                            match hedge(&shared, &call, &order, from, min_window, first, &mut attempts).await {
+                            match hedge(&shared, &call, &order, from, &fit, first, &mut attempts).await {
                                 Hedge::Won(mut answer, at) => {
                                     commit(&shared, &call, &order, at, &mut answer);
                                     return Ok(Routed { answer, target: Some(at), attempts });
@@ -655,8 +689,7 @@ where
                             ..
                         }
                     ) {
-                        // Unknown window: no target is known to be larger.
-                        min_window = Some(shared.targets[index].context_window.unwrap_or(u32::MAX));
+                        fit.refused(&shared.targets, index);
                     }
                     if !shared.withdraw() {
                         break 'targets;
@@ -740,7 +773,7 @@ where
         };
         let mut from = 0;
         while let Some((position, index, mut service)) = shared
-            .next_ready::<J::Request>(&turn, from, None, deadline)
+            .next_ready::<J::Request>(&turn, from, &Fit::default(), deadline)
             .await
         {
             from = position + 1;
@@ -840,7 +873,7 @@ async fn hedge<S, J, C>(
     call: &C,
     order: &[usize],
     from: usize,
-    min_window: Option<u32>,
+    fit: &Fit,
     mut first: Attempt<J::Answer>,
     attempts: &mut u32,
 ) -> Hedge<J::Answer>
@@ -850,8 +883,7 @@ where
     S::Future: Send + 'static,
     J: Judge<C>,
 {
-    let Some((position, index, service)) = shared.ready::<J::Request>(order, from, min_window)
-    else {
+    let Some((position, index, service)) = shared.ready::<J::Request>(order, from, fit) else {
         return Hedge::Primary(first.await, 0);
     };
     if !shared.withdraw() {

@@ -330,7 +330,9 @@ impl<R: Recorder> Open<R> {
     }
 
     pub(crate) fn outcome_by_status(&self) -> Outcome {
-        if self.status.is_client_error() {
+        if self.status == http::StatusCode::TOO_MANY_REQUESTS {
+            Outcome::RateLimited
+        } else if self.status.is_client_error() {
             Outcome::ClientError
         } else if self.status.is_server_error() {
             Outcome::UpstreamError

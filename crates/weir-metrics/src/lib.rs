@@ -3,8 +3,8 @@
 //! [`Metrics`] (via [`MetricsLayer`]) observes each request and its response body frame by
 //! frame, and settles the exchange once, when the body ends, fails or is dropped. It measures:
 //!
-//! - the outcome as the client saw it ([`Outcome`]: ok, rescued, client error, upstream error,
-//!   truncated, cancelled) and the status;
+//! - the outcome as the client saw it ([`Outcome`]: ok, rescued, client error, rate limited,
+//!   upstream error, truncated, cancelled) and the status;
 //! - duration, **time to first token**, inter-token gaps (counted in the stream's own memory,
 //!   merged at the end), tokens per second;
 //! - tokens in and out: from the answer's usage when it reports one, else the service's prompt

@@ -134,7 +134,7 @@ impl PrometheusRecorder {
                 escape(&l.model)
             )
         };
-        head(out, "weir_requests_total", "counter", "Requests by route, provider, model, status and outcome (ok, rescued, client_error, upstream_error, truncated, cancelled).");
+        head(out, "weir_requests_total", "counter", "Requests by route, provider, model, status and outcome (ok, rescued, client_error, rate_limited, upstream_error, truncated, cancelled).");
         for (l, s) in &series {
             let mut requests: Vec<_> = s.requests.lock().expect("requests lock").clone();
             requests.sort_by_key(|((status, outcome), _)| (*status, outcome.as_str()));

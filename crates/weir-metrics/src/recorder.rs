@@ -50,8 +50,10 @@ pub enum Outcome {
     Ok,
     /// A complete answer, continued on another provider after a stream was cut.
     Rescued,
-    /// A 4xx: the client's request was refused (bad input, auth, its rate limit).
+    /// A 4xx other than 429: the client's request was refused (bad input, auth, not found).
     ClientError,
+    /// A 429: a rate limit said no, the client's own or every provider's.
+    RateLimited,
     /// A 5xx: no provider could answer (or the gateway shed the request).
     UpstreamError,
     /// The answer started and was cut: the client was told it is incomplete.
@@ -62,10 +64,11 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in a stable order.
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::Rescued,
         Outcome::ClientError,
+        Outcome::RateLimited,
         Outcome::UpstreamError,
         Outcome::Truncated,
         Outcome::Cancelled,
@@ -77,6 +80,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Rescued => "rescued",
             Outcome::ClientError => "client_error",
+            Outcome::RateLimited => "rate_limited",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Truncated => "truncated",
             Outcome::Cancelled => "cancelled",

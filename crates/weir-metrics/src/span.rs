@@ -67,7 +67,7 @@ pub(crate) fn finish(span: &Span, report: &Report<'_>, operation: Option<&'stati
     span.record("weir.attempts", report.attempts);
     match report.outcome {
         // A client's error is not the server's (OpenTelemetry's HTTP conventions).
-        Outcome::Ok | Outcome::Rescued | Outcome::ClientError => {
+        Outcome::Ok | Outcome::Rescued | Outcome::ClientError | Outcome::RateLimited => {
             span.record("otel.status_code", "OK");
         }
         Outcome::UpstreamError | Outcome::Truncated | Outcome::Cancelled => {

@@ -53,6 +53,9 @@ struct Shared {
     config: MockConfig,
     /// Directives applied before each request's own; changeable while running.
     defaults: Mutex<Option<String>>,
+    /// Directives for one model's completions (by the model name before any `@`), applied
+    /// after `defaults`: one model of a provider failing while another answers.
+    model_defaults: Mutex<std::collections::HashMap<String, String>>,
     log: Mutex<Vec<LoggedRequest>>,
     counters: Mutex<HashMap<String, u32>>,
     ids: AtomicU64,
@@ -89,6 +92,7 @@ impl MockUpstream {
             .expect("a bound listener has an address");
         let shared = Arc::new(Shared {
             defaults: Mutex::new(config.defaults.clone()),
+            model_defaults: Mutex::default(),
             config,
             log: Mutex::new(Vec::new()),
             counters: Mutex::new(HashMap::new()),
@@ -124,6 +128,17 @@ impl MockUpstream {
     /// down; `None`: healthy again). Health probes (`GET .../models`) get the same faults.
     pub fn set_defaults(&self, directives: Option<&str>) {
         *self.shared.defaults.lock().expect("defaults lock") = directives.map(str::to_owned);
+    }
+
+    /// Sets (or, with `None`, clears) the directives of one model's completions, applied
+    /// after the defaults: `set_model_defaults("gpt-4.1", Some("fault=503"))` fails that model
+    /// while the provider's others answer.
+    pub fn set_model_defaults(&self, model: &str, directives: Option<&str>) {
+        let mut all = self.shared.model_defaults.lock().expect("defaults lock");
+        match directives {
+            Some(d) => all.insert(model.to_owned(), d.to_owned()),
+            None => all.remove(model),
+        };
     }
 
     /// TCP connections accepted so far.
@@ -396,6 +411,17 @@ async fn handle(
 
     let model = parsed.model.clone().unwrap_or_default();
     let header = parts.headers.get("x-mock").and_then(|v| v.to_str().ok());
+    let base = model.split('@').next().unwrap_or_default();
+    let own = shared
+        .model_defaults
+        .lock()
+        .expect("defaults lock")
+        .get(base)
+        .cloned();
+    let defaults = match (defaults, own) {
+        (Some(all), Some(own)) => Some(format!("{all},{own}")),
+        (all, own) => all.or(own),
+    };
     let mut script = match Script::for_request(defaults.as_deref(), &model, header) {
         Ok(script) => script,
         Err(message) => {

@@ -22,6 +22,7 @@
 //! through the spanned tree of [`read`]. Upstream API keys come only from the environment
 //! (`"${VAR}"`) and are held in [`Secret`], whose `Debug` is redacted.
 
+pub mod catalogue;
 mod keys;
 mod limits;
 mod provider;
@@ -62,7 +63,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[[keys]]`: the client keys (none: every client is accepted).
     pub keys: Vec<ClientKey>,
-    /// `[prices]`: USD per million tokens, by the model name sent upstream.
+    /// `[prices]`: USD per million tokens, by the model name sent upstream (the catalogue's
+    /// list price for a known model the section leaves out).
     pub prices: HashMap<String, weir_metrics::Price>,
 }
 
@@ -303,7 +305,20 @@ fn read(root: &Table<'_>, env: &dyn Fn(&str) -> Option<String>) -> Config {
         .map_or_else(Vec::new, |l| l.value);
     let keys = keys::read(&key_tables, &models);
     check_auth(root, server_table.as_ref(), auth, !keys.is_empty());
-    let prices = prices(root, &routes);
+    let mut prices = prices(root, &routes);
+    // What `[prices]` leaves out, the catalogue of known models may know.
+    for target in routes.iter().flat_map(|r| &r.targets) {
+        if let (false, Some(known)) = (
+            prices.contains_key(&target.model),
+            catalogue::lookup(&target.model),
+        ) {
+            let price = weir_metrics::Price {
+                input: known.input,
+                output: known.output,
+            };
+            prices.insert(target.model.clone(), price);
+        }
+    }
     Config {
         server,
         telemetry,

@@ -47,8 +47,9 @@ pub struct Target {
     pub provider: usize,
     /// The model name sent upstream.
     pub model: String,
-    /// The model's context window in tokens, if known: after `context_length_exceeded`, only
-    /// targets with a larger window are tried.
+    /// The model's context window in tokens (`context_window`, else the catalogue's), if
+    /// known: after `context_length_exceeded`, only targets with a larger (or unknown) window
+    /// and another model are tried.
     pub context_window: Option<u32>,
     /// How this target may continue an answer cut on another.
     pub continuation: Continuation,
@@ -124,12 +125,18 @@ pub(super) fn read(t: &Table<'_>, providers: &[&str]) -> Route {
             Vec::new()
         }
     };
+    let several = targets.len() > 1;
     Route {
         model: model.map_or_else(String::new, |m| m.value.to_owned()),
         targets,
         weighted: t.choice("strategy", &[("failover", false), ("weighted", true)]),
         request_timeout: t.duration_or("request_timeout", Duration::from_secs(120)),
-        first_token_timeout: t.duration_or("first_token_timeout", Duration::from_secs(60)),
+        // With somewhere else to go, a silent or slow start is left for it within 15 s; with
+        // one target there is nowhere to go, and a slow model is waited for.
+        first_token_timeout: t.duration_or(
+            "first_token_timeout",
+            Duration::from_secs(if several { 15 } else { 60 }),
+        ),
         hedge_after: t.duration("hedge_after").map(|d| d.value),
         retry: retry(t.table("retry", RETRY_KEYS).as_ref()),
         retry_budget: budget(t.table("retry_budget", BUDGET_KEYS).as_ref()),
@@ -166,10 +173,16 @@ fn target(t: &Table<'_>, providers: &[&str]) -> Target {
         Some(w) => w.value,
         None => 1,
     };
+    let model = model.map_or_else(String::new, |m| m.value.to_owned());
+    // The config wins; else the catalogue of known models knows many.
+    let context_window = t
+        .whole32("context_window")
+        .map(|c| c.value)
+        .or_else(|| super::catalogue::lookup(&model).map(|m| m.context_window));
     Target {
         provider,
-        model: model.map_or_else(String::new, |m| m.value.to_owned()),
-        context_window: t.whole32("context_window").map(|c| c.value),
+        model,
+        context_window,
         continuation: t.choice(
             "continuation",
             &[

@@ -16,13 +16,16 @@ use weir_llm::stream::{ChatWatch, Opaque};
 
 pub use weir_failover::stream::StreamFailed;
 
-/// The upstream's body as the provider's rate limit, concurrency limit and breaker hand it
-/// over.
+/// The upstream's body as the provider's rate limit, concurrency limit and breakers (the
+/// model's, the endpoint's) hand it over.
 pub(crate) type UpstreamBody = weir_ratelimit::ResponseBody<
     weir_backpressure::ResponseBody<
         weir_breaker::ResponseBody<
-            weir_client::decompress::DecompressBody<
-                weir_client::ResponseBody<http_body_util::Full<Bytes>>,
+            weir_breaker::ResponseBody<
+                weir_client::decompress::DecompressBody<
+                    weir_client::ResponseBody<http_body_util::Full<Bytes>>,
+                >,
+                weir_breaker::classify::NoEos,
             >,
             weir_breaker::classify::LlmEos,
         >,

@@ -73,6 +73,8 @@ pub(crate) struct Attempt {
     pub(crate) span: tracing::Span,
     /// A continuation of an answer cut on the target at this index, made this way.
     pub(crate) resuming: Option<(weir_llm::stream::Continuation, usize)>,
+    /// When its request was made: a stream's first event is due `first_token_timeout` after.
+    pub(crate) sent: tokio::time::Instant,
 }
 
 /// Marks an attempt's span as failed.

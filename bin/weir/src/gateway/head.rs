@@ -90,7 +90,7 @@ pub(crate) async fn read_head(
             // events go through the original stream's watch, which meters them there.
             watch = watch.with_meter(call.meter.clone());
         }
-        match first_event(&mut body, &mut watch, first_token).await {
+        match first_event(&mut body, &mut watch, attempt.sent + first_token).await {
             Ok(prefix) => {
                 if watch.told() {
                     // Its error event came with its first tokens: the breaker hears it now,
@@ -219,15 +219,14 @@ fn malformed(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-/// Reads a stream through its watch up to its first content event (within `first_token`):
-/// the whole events read, or why there were none (broken, silent, an event too large, or an
+/// Reads a stream through its watch up to its first content event (by `deadline`): the
+/// whole events read, or why there were none (broken, silent, an event too large, or an
 /// opening in-band error).
 async fn first_event(
     body: &mut super::answer::UpstreamBody,
     watch: &mut ChatWatch,
-    first_token: Duration,
+    deadline: Instant,
 ) -> Result<Option<Bytes>, Failure> {
-    let deadline = Instant::now() + first_token;
     let mut prefix = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {

@@ -38,13 +38,14 @@ impl Judge<Arc<Call>> for LlmJudge {
 
     fn request(&self, target: usize, call: &Arc<Call>) -> (Request<Full<Bytes>>, Attempt) {
         let target = &self.targets[target];
-        let mut request = outgoing_request(target, call);
+        let mut request = outgoing_request(target, call, self.first_token);
         call.tally.sent();
         let span = call.attempt_span(target, request.headers_mut());
         let attempt = Attempt {
             call: call.clone(),
             span,
             resuming: None,
+            sent: tokio::time::Instant::now(),
         };
         (request, attempt)
     }
@@ -67,7 +68,7 @@ impl Judge<Arc<Call>> for LlmJudge {
             ),
             Continuation::Replay => (original(), weir_llm::stream::Continuation::Replay),
         };
-        let mut request = outgoing_request(t, call);
+        let mut request = outgoing_request(t, call, self.first_token);
         *request.body_mut() = Full::new(body);
         let span = call.attempt_span(t, request.headers_mut());
         tracing::info!(
@@ -80,6 +81,7 @@ impl Judge<Arc<Call>> for LlmJudge {
             call: call.clone(),
             span,
             resuming: Some((how, cut.from)),
+            sent: tokio::time::Instant::now(),
         };
         Some((request, attempt))
     }
@@ -194,8 +196,14 @@ impl RouteTarget {
 }
 
 /// The request of `call` as it goes to `target`: its model, its provider's headers, the
-/// request id.
-pub(crate) fn outgoing_request(target: &RouteTarget, call: &Call) -> Request<Full<Bytes>> {
+/// request id. A stream's start has one deadline, `first_token` from now to its first event:
+/// its headers must come within it too (the provider's `response_timeout` is for whole
+/// answers).
+pub(crate) fn outgoing_request(
+    target: &RouteTarget,
+    call: &Call,
+    first_token: Duration,
+) -> Request<Full<Bytes>> {
     let (endpoint, llm, body) = (call.endpoint, &call.llm, &call.body);
     let upstream = &target.upstream;
     let mut headers = headers::upstream_request_headers(&call.headers, &upstream.headers);
@@ -207,6 +215,11 @@ pub(crate) fn outgoing_request(target: &RouteTarget, call: &Call) -> Request<Ful
     *outgoing.method_mut() = Method::POST;
     *outgoing.uri_mut() = upstream.uri(endpoint);
     *outgoing.headers_mut() = headers;
+    if llm.stream() {
+        outgoing
+            .extensions_mut()
+            .insert(weir_client::ResponseTimeout(Some(first_token)));
+    }
     if upstream.rate_limiter.is_some() {
         // The provider's limit charges the estimate, and settles from the usage the call's
         // watch meters (no scan of its own).

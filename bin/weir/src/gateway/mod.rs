@@ -33,7 +33,7 @@ mod target;
 
 pub use answer::{ResponseBody, StreamFailed};
 pub(crate) use errors::{error, unauthorized};
-pub(crate) use provider::Upstream;
+pub(crate) use provider::{Deployment, Upstream};
 
 use crate::config::Config;
 use crate::headers::RequestIds;
@@ -71,6 +71,8 @@ pub type Body = weir_backpressure::ResponseBody<
 #[derive(Debug)]
 pub struct Gateway {
     upstreams: Vec<Arc<Upstream>>,
+    /// Each model a route targets on each provider, once.
+    deployments: Vec<Arc<Deployment>>,
     routes: Arc<Routes>,
     router: Router,
     max_request_bytes: usize,
@@ -142,6 +144,26 @@ impl Gateway {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut deployments: Vec<Arc<Deployment>> = Vec::new();
+        for t in config.routes.iter().flat_map(|r| &r.targets) {
+            let upstream = &upstreams[t.provider];
+            let known = deployments
+                .iter()
+                .any(|d| Arc::ptr_eq(&d.upstream, upstream) && *d.model == *t.model);
+            if known {
+                continue;
+            }
+            let kept = previous.and_then(|g| {
+                g.deployments
+                    .iter()
+                    .find(|d| *d.upstream.name == *upstream.name && *d.model == *t.model)
+            });
+            let deployment = match kept {
+                Some(old) if Arc::ptr_eq(&old.upstream, upstream) => old.clone(),
+                old => Arc::new(Deployment::new(upstream, &t.model, old.map(|d| &**d))),
+            };
+            deployments.push(deployment);
+        }
         let routes: Routes = config
             .routes
             .iter()
@@ -150,7 +172,7 @@ impl Gateway {
                     .and_then(|g| g.routes.get(&r.model))
                     .filter(|old| old.rate_limit == r.rate_limit)
                     .map(|old| old.limiter.clone());
-                let route = route(config, r, &upstreams, kept);
+                let route = route(config, r, &upstreams, &deployments, kept);
                 (r.model.clone(), Arc::new(route))
             })
             .collect();
@@ -167,6 +189,7 @@ impl Gateway {
         };
         Ok(Self {
             upstreams,
+            deployments,
             routes: Arc::new(routes),
             router: Router {
                 models: models.into(),
@@ -207,6 +230,11 @@ impl Gateway {
         &self.upstreams
     }
 
+    /// The deployments (each model a route targets on a provider), in config order.
+    pub(crate) fn deployments(&self) -> &[Arc<Deployment>] {
+        &self.deployments
+    }
+
     /// The server-wide concurrency limit, if one is set.
     pub(crate) fn limit(&self) -> Option<&Limit> {
         self.limit.as_ref()
@@ -239,13 +267,22 @@ fn route(
     config: &Config,
     r: &crate::config::Route,
     upstreams: &[Arc<Upstream>],
+    deployments: &[Arc<Deployment>],
     kept: Option<Option<weir_ratelimit::Limiter<()>>>,
 ) -> Route {
+    let deployment = |t: &crate::config::Target| {
+        deployments
+            .iter()
+            .find(|d| Arc::ptr_eq(&d.upstream, &upstreams[t.provider]) && *d.model == *t.model)
+            .expect("every target's deployment is built")
+            .clone()
+    };
     let targets: Arc<[RouteTarget]> = r
         .targets
         .iter()
         .map(|t| RouteTarget {
             upstream: upstreams[t.provider].clone(),
+            deployment: deployment(t),
             model: t.model.as_str().into(),
             continuation: t.continuation,
             price: config.prices.get(&t.model).copied(),
@@ -257,8 +294,9 @@ fn route(
         r.targets
             .iter()
             .map(|t| {
-                Target::new(upstreams[t.provider].service.clone())
+                Target::new(deployment(t).service.clone())
                     .context_window(t.context_window)
+                    .model(t.model.as_str())
                     .weight(t.weight)
             })
             .collect(),

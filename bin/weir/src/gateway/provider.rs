@@ -1,6 +1,8 @@
-//! One provider, ready to take requests: its pooled client (compressed answers decoded),
-//! its circuit breaker, its concurrency limit and its published rate limits, as one tower
-//! stack; and what its health probes and admin pages read.
+//! One provider, ready to take requests: its pooled client (compressed answers decoded)
+//! behind its endpoint breaker, its concurrency limit and its published rate limits; and each
+//! of its deployments (a model a route targets on it), whose own breaker sits inside the
+//! provider's limits, as one tower stack per deployment. An outage or a 429 of one model keeps
+//! only that model out; a failed connection counts against every model of the provider.
 
 use crate::config::{Health, Provider};
 use bytes::Bytes;
@@ -12,18 +14,23 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 use weir_backpressure::{Backpressure, Limit};
-use weir_breaker::{Breaker, CircuitBreaker, LlmClassifier, Mode};
+use weir_breaker::{Breaker, CircuitBreaker, LlmClassifier, Mode, TransportClassifier};
 use weir_client::{ClientBuilder, HttpClient};
 use weir_llm::Endpoint;
 
-/// A provider's client behind its circuit breaker, its concurrency limit and its rate limit.
-/// The limits are outside the breaker: their own answers (503, 429) are not the provider's
+/// A deployment's stack: the provider's rate limit and concurrency limit (shared by its
+/// models), the model's own breaker, the provider's endpoint breaker, then the client. The
+/// limits are outside the breakers: their own answers (503, 429) are not the provider's
 /// failures.
 pub(crate) type Guarded = weir_ratelimit::RateLimit<
-    Backpressure<CircuitBreaker<Decoded, LlmClassifier>>,
+    Backpressure<CircuitBreaker<Connected, LlmClassifier>>,
     weir_ratelimit::Keyed<(), ProviderKey>,
     EstimateCost,
 >;
+
+/// A provider's client behind its endpoint breaker, which counts only failed connections
+/// (refused, DNS, TLS, closed or reset before any response): one breaker for all its models.
+pub(crate) type Connected = CircuitBreaker<Decoded, TransportClassifier>;
 
 /// A provider's client, its answers decoded when a provider compresses them although weir asks
 /// for `identity` (so that every stream can be watched).
@@ -64,11 +71,14 @@ pub(crate) struct Upstream {
     pub(crate) name: Arc<str>,
     /// Its configuration, to tell on a reload whether it changed.
     pub(crate) config: Provider,
-    /// The client alone (health probes go around the breaker).
+    /// The client alone (health probes go around the breakers).
     pub(crate) client: HttpClient<Full<Bytes>>,
-    /// The client behind the breaker: what requests go through.
-    pub(crate) service: Guarded,
-    pub(crate) breaker: Breaker,
+    /// The client behind the endpoint breaker, for the deployments' stacks.
+    pub(crate) connected: Connected,
+    /// The endpoint breaker: failed connections, from every model's calls and the probes.
+    pub(crate) endpoint: Breaker,
+    /// Whether a request waits for the provider's rate limit, and how long.
+    pub(crate) rate_mode: weir_ratelimit::Mode,
     /// Requests in flight to this provider (unbounded unless `max_concurrency` is set).
     pub(crate) limit: Limit,
     /// The provider's published rate limits, if set.
@@ -116,17 +126,17 @@ impl Upstream {
             .add_root_certificates(p.extra_roots.iter().cloned())
             .build()?;
         let same = |f: &dyn Fn(&Provider) -> bool| previous.filter(|u| f(&u.config));
-        let breaker = match same(&|old| old.breaker == p.breaker) {
-            Some(old) => old.breaker.clone(),
+        let endpoint = match same(&|old| old.breaker == p.breaker) {
+            Some(old) => old.endpoint.clone(),
             None => Breaker::new(p.breaker.clone()),
         };
-        // The stream watch in `body` reads every event already: it settles in-band errors.
-        let classifier = LlmClassifier::new()
-            .count_rate_limits(p.breaker_counts_rate_limits)
-            .slow_first_byte(p.slow_first_byte)
-            .in_band_errors(false);
         let decoded = weir_client::Decompress::new(client.clone());
-        let service = CircuitBreaker::new(decoded, breaker.clone(), classifier, Mode::Wait);
+        let connected = CircuitBreaker::new(
+            decoded,
+            endpoint.clone(),
+            TransportClassifier::new(failed_connection),
+            Mode::Wait,
+        );
         let (limit, queue_timeout) = match (
             &p.concurrency,
             same(&|old| old.concurrency == p.concurrency),
@@ -135,28 +145,14 @@ impl Upstream {
             (Some(c), None) => (limit_from(c), c.queue_timeout),
             (None, _) => (unlimited(), Duration::ZERO),
         };
-        let service = Backpressure::new(service, limit.clone(), weir_backpressure::Mode::Wait);
         let rate_limiter = match same(&|old| old.rate_limit == p.rate_limit) {
             Some(old) => old.rate_limiter.clone(),
             None => p.rate_limit.as_ref().map(rate_limiter),
         };
-        let mode = match &p.rate_limit {
+        let rate_mode = match &p.rate_limit {
             Some(r) if !r.wait.is_zero() => weir_ratelimit::Mode::Wait { max_wait: r.wait },
             _ => weir_ratelimit::Mode::Reject,
         };
-        let service = weir_ratelimit::RateLimit::new(
-            service,
-            weir_ratelimit::Keyed::new(
-                rate_limiter
-                    .clone()
-                    .unwrap_or_else(|| weir_ratelimit::Limiter::builder().build()),
-                ProviderKey(rate_limiter.is_some()),
-            ),
-            EstimateCost,
-            mode,
-        )
-        // The provider's budget is weir's business, not the client's.
-        .with_headers(false);
         let base = p.base_url.to_string();
         let base = base.trim_end_matches('/');
         let uri = |e: Endpoint| -> Uri {
@@ -184,8 +180,9 @@ impl Upstream {
             name: p.name.as_str().into(),
             config: p.clone(),
             client,
-            service,
-            breaker,
+            connected,
+            endpoint,
+            rate_mode,
             limit,
             rate_limiter,
             limited: p.concurrency.is_some(),
@@ -216,6 +213,82 @@ impl Upstream {
             Endpoint::Embeddings => 2,
         }]
         .clone()
+    }
+}
+
+/// Whether a call's error is a failed connection: what counts against every model of a
+/// provider.
+fn failed_connection(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<weir_client::Error>()
+        .is_some_and(|e| e.is_connect() || e.is_closed_before_response())
+}
+
+/// One model of one provider, as route targets call it: its own breaker (and 429 cool-down)
+/// inside the provider's limits, behind the provider's endpoint breaker.
+#[derive(Debug)]
+pub(crate) struct Deployment {
+    pub(crate) upstream: Arc<Upstream>,
+    /// The model name sent upstream.
+    pub(crate) model: Arc<str>,
+    /// This model's breaker.
+    pub(crate) breaker: Breaker,
+    /// What its calls go through.
+    pub(crate) service: Guarded,
+    /// When its next health probe is due, while its breaker is not closed.
+    pub(crate) next_probe: Mutex<Option<Instant>>,
+}
+
+impl Deployment {
+    /// `model` on `upstream`; `previous` (the same deployment before a reload) lends its
+    /// breaker when the provider's breaker settings did not change.
+    pub(crate) fn new(
+        upstream: &Arc<Upstream>,
+        model: &str,
+        previous: Option<&Deployment>,
+    ) -> Self {
+        let p = &upstream.config;
+        let breaker = match previous {
+            Some(old) if old.upstream.config.breaker == p.breaker => old.breaker.clone(),
+            _ => Breaker::new(p.breaker.clone()),
+        };
+        // The stream watch reads every event already: it settles in-band errors.
+        let classifier = LlmClassifier::new()
+            .count_rate_limits(p.breaker_counts_rate_limits)
+            .slow_first_byte(p.slow_first_byte)
+            .in_band_errors(false);
+        let service = CircuitBreaker::new(
+            upstream.connected.clone(),
+            breaker.clone(),
+            classifier,
+            Mode::Wait,
+        );
+        let service = Backpressure::new(
+            service,
+            upstream.limit.clone(),
+            weir_backpressure::Mode::Wait,
+        );
+        let limiter = upstream.rate_limiter.clone();
+        let service = weir_ratelimit::RateLimit::new(
+            service,
+            weir_ratelimit::Keyed::new(
+                limiter
+                    .clone()
+                    .unwrap_or_else(|| weir_ratelimit::Limiter::builder().build()),
+                ProviderKey(limiter.is_some()),
+            ),
+            EstimateCost,
+            upstream.rate_mode,
+        )
+        // The provider's budget is weir's business, not the client's.
+        .with_headers(false);
+        Self {
+            upstream: upstream.clone(),
+            model: model.into(),
+            breaker,
+            service,
+            next_probe: Mutex::new(None),
+        }
     }
 }
 

@@ -3,11 +3,11 @@
 
 use super::answer::ResponseBody;
 use super::call::Call;
-use super::errors::{error, json, whole_seconds};
+use super::errors::{error, json, shorten, whole_seconds};
 use super::judge::LlmJudge;
 use super::provider::Guarded;
 use super::target::RouteTarget;
-use crate::headers::{X_WEIR_ATTEMPTS, X_WEIR_PROVIDER};
+use crate::headers::{X_SHOULD_RETRY, X_WEIR_ATTEMPTS, X_WEIR_PROVIDER};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
@@ -103,55 +103,74 @@ async fn answer(call: Arc<Call>, route: Arc<Route>) -> Response<ResponseBody> {
     }
 }
 
-/// `x-weir-attempts`, when the answer took more than one attempt.
+/// `x-weir-attempts`, when the answer took more than one attempt; and on an error after
+/// several, `x-should-retry: false`, so that a client's own retries do not multiply weir's.
 fn with_attempts(mut response: Response<ResponseBody>, attempts: u32) -> Response<ResponseBody> {
     if attempts > 1 {
-        response
-            .headers_mut()
-            .insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
+        let failed = !response.status().is_success();
+        let headers = response.headers_mut();
+        headers.insert(X_WEIR_ATTEMPTS.clone(), HeaderValue::from(attempts));
+        if failed {
+            headers.insert(X_SHOULD_RETRY.clone(), HeaderValue::from_static("false"));
+        }
     }
     response
 }
 
-/// Every target is out: a 503 that says which and why, with the soonest `Retry-After`.
+/// Every target is out: a 503 that says which and why, with the soonest `Retry-After`; or,
+/// when every one is out only because its provider rate-limited it, a 429 (which clients
+/// back off on as a rate limit) with the soonest `Retry-After`.
 fn all_out(model: &str, targets: &[RouteTarget]) -> Response<ResponseBody> {
     let mut soonest: Option<Duration> = None;
+    let mut rate_limited = true;
     let reasons: Vec<String> = targets
         .iter()
         .map(|target| {
             let upstream = &target.upstream;
-            let snapshot = upstream.breaker.snapshot();
-            if let Some(wait) = snapshot.retry_after {
-                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
-            }
-            let load = upstream.limit.snapshot();
+            let endpoint = upstream.endpoint.snapshot();
+            let snapshot = if endpoint.state == State::Closed {
+                target.deployment.breaker.snapshot()
+            } else {
+                endpoint
+            };
+            let mut wait = snapshot.retry_after;
             let why = match snapshot.state {
                 State::Open { .. } => "circuit open".to_owned(),
                 State::HalfOpen => "circuit half-open, waiting for a probe".to_owned(),
                 State::Closed if snapshot.retry_after.is_some() => {
-                    "cooling down after a rate limit".to_owned()
+                    "rate limited by the provider, cooling down".to_owned()
                 }
                 State::Closed => {
-                    soonest = Some(soonest.map_or(upstream.limit.retry_after(), |s| {
-                        s.min(upstream.limit.retry_after())
-                    }));
+                    let load = upstream.limit.snapshot();
+                    wait = Some(upstream.limit.retry_after());
                     format!(
                         "at capacity ({} of {} requests in flight, {} waiting)",
                         load.in_flight, load.limit, load.queued
                     )
                 }
             };
+            rate_limited &= snapshot.state == State::Closed && snapshot.retry_after.is_some();
+            if let Some(wait) = wait {
+                soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+            }
+            let name = format!("`{}` (`{}`)", upstream.name, shorten(&target.model, 64));
             match snapshot.retry_after {
-                Some(wait) => format!(
-                    "`{}`: {why}, retry in {}s",
-                    upstream.name,
-                    whole_seconds(wait)
-                ),
-                None => format!("`{}`: {why}", upstream.name),
+                Some(wait) => format!("{name}: {why}, retry in {}s", whole_seconds(wait)),
+                None => format!("{name}: {why}"),
             }
         })
         .collect();
-    let mut response = error(
+    let model = shorten(model, 64);
+    let body = if rate_limited {
+        ErrorBody::new(
+            ErrorKind::RateLimited,
+            format!(
+                "Every provider of the model `{model}` is rate limiting it now: {}.",
+                reasons.join("; ")
+            ),
+        )
+        .code("rate_limit_exceeded")
+    } else {
         ErrorBody::new(
             ErrorKind::Unavailable,
             format!(
@@ -159,8 +178,9 @@ fn all_out(model: &str, targets: &[RouteTarget]) -> Response<ResponseBody> {
                 reasons.join("; ")
             ),
         )
-        .code("no_healthy_target"),
-    );
+        .code("no_healthy_target")
+    };
+    let mut response = error(body);
     let retry = soonest.map_or(1, whole_seconds);
     response
         .headers_mut()

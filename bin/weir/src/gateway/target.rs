@@ -1,7 +1,7 @@
-//! One target of a route: a provider, the model name sent to it, how it continues a cut
-//! answer, and the model's price.
+//! One target of a route: a provider, the model name sent to it (its deployment), how it
+//! continues a cut answer, and the model's price.
 
-use super::provider::Upstream;
+use super::provider::{Deployment, Upstream};
 use crate::config::Continuation;
 use std::sync::Arc;
 
@@ -9,6 +9,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub(crate) struct RouteTarget {
     pub(crate) upstream: Arc<Upstream>,
+    /// The model on that provider: its breaker and its stack.
+    pub(crate) deployment: Arc<Deployment>,
     /// The model name sent to it.
     pub(crate) model: Arc<str>,
     pub(crate) continuation: Continuation,

@@ -14,8 +14,8 @@ use super::Health;
 pub(super) struct Shared {
     pub(super) current: Arc<Current>,
     pub(super) health: Arc<Health>,
-    /// One health-probe task per provider that probes, with the provider it probes.
-    pub(super) probes: std::sync::Mutex<Vec<(Arc<crate::gateway::Upstream>, JoinHandle<()>)>>,
+    /// One health-probe task per provider and per deployment that probe, with what it probes.
+    pub(super) probes: std::sync::Mutex<Vec<(Probed, JoinHandle<()>)>>,
     /// `[server]` as weir started: what a reload cannot change.
     pub(super) started: crate::config::Server,
     /// `[telemetry]` as weir started (the subscriber and exporter are set up once).
@@ -24,13 +24,32 @@ pub(super) struct Shared {
     pub(super) websocket: crate::config::WebSocket,
 }
 
+/// What a probe task probes.
+#[derive(Debug)]
+pub(super) enum Probed {
+    /// A provider's endpoint.
+    Endpoint(Arc<crate::gateway::Upstream>),
+    /// A model on a provider.
+    Model(Arc<crate::gateway::Deployment>),
+}
+
+impl Probed {
+    /// Whether `gateway` still has it, the very same.
+    fn kept(&self, gateway: &Gateway) -> bool {
+        match self {
+            Probed::Endpoint(u) => gateway.upstreams().iter().any(|g| Arc::ptr_eq(g, u)),
+            Probed::Model(d) => gateway.deployments().iter().any(|g| Arc::ptr_eq(g, d)),
+        }
+    }
+}
+
 impl Shared {
-    /// Probe tasks for the gateway's providers: kept for providers kept whole, stopped for
-    /// the others, started for new ones (none while draining).
+    /// Probe tasks for the gateway's providers and deployments: kept for those kept whole,
+    /// stopped for the others, started for new ones (none while draining).
     pub(super) fn sync_probes(&self, gateway: &Gateway) {
         let mut probes = self.probes.lock().expect("probes lock");
-        probes.retain(|(upstream, task)| {
-            let kept = gateway.upstreams().iter().any(|u| Arc::ptr_eq(u, upstream));
+        probes.retain(|(probed, task)| {
+            let kept = probed.kept(gateway);
             if !kept {
                 task.abort();
             }
@@ -40,9 +59,18 @@ impl Shared {
             return;
         }
         for upstream in gateway.upstreams() {
-            if !probes.iter().any(|(u, _)| Arc::ptr_eq(u, upstream)) {
+            let probed = |p: &Probed| matches!(p, Probed::Endpoint(u) if Arc::ptr_eq(u, upstream));
+            if !probes.iter().any(|(p, _)| probed(p)) {
                 if let Some(task) = crate::health::spawn_probe(upstream) {
-                    probes.push((upstream.clone(), task));
+                    probes.push((Probed::Endpoint(upstream.clone()), task));
+                }
+            }
+        }
+        for deployment in gateway.deployments() {
+            let probed = |p: &Probed| matches!(p, Probed::Model(d) if Arc::ptr_eq(d, deployment));
+            if !probes.iter().any(|(p, _)| probed(p)) {
+                if let Some(task) = crate::health::spawn_model_probe(deployment) {
+                    probes.push((Probed::Model(deployment.clone()), task));
                 }
             }
         }
