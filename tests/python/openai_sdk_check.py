@@ -66,3 +66,16 @@ except openai.APIError as e:
     assert received == "tok0 tok1 tok2 tok3 ", received
     assert "before the answer was complete" in str(e.message), e.message
     print("ok cut stream raises:", type(e).__name__)
+
+# One retry layer, not two: weir retried the 500 already and says `x-should-retry: false`, so
+# the SDK (with its default max_retries=2) does not send it again (the Rust side counts the
+# upstream calls: 2, not 6).
+retrying = openai.OpenAI(base_url=base_url, api_key="sk-client-side-key")
+try:
+    retrying.chat.completions.create(
+        model="gpt-test", messages=messages, extra_headers={"x-mock": "fault=500"}
+    )
+    raise AssertionError("a 500 was answered")
+except openai.InternalServerError as e:
+    assert e.response.headers.get("x-should-retry") == "false", e.response.headers
+    print("ok no retry on top:", e.response.headers["x-weir-attempts"], "upstream attempts")

@@ -40,9 +40,18 @@ async fn openai_python_sdk_streams_through_weir_unchanged() {
         "ok non-streaming",
         "ok unknown model -> 404 model_not_found",
         "ok cut stream raises",
+        "ok no retry on top: 2 upstream attempts",
     ] {
         assert!(stdout.contains(step), "missing `{step}` in:\n{stdout}");
     }
+    // The SDK sent the failing request once: weir's two attempts are all the mock saw.
+    let failing = h
+        .mock
+        .requests()
+        .iter()
+        .filter(|r| r.headers.get("x-mock").is_some_and(|v| v == "fault=500"))
+        .count();
+    assert_eq!(failing, 2, "weir's retry only, none of the SDK's on top");
     // The SDK's key stayed at weir.
     assert!(h
         .mock

@@ -6,6 +6,7 @@
 //! - `demo`: the mock upstream, weir with `deploy/examples/mock.toml`, and one streamed
 //!   completion printed as it arrives;
 //! - `bench`: weir against a direct connection to the same mock, in one run;
+//! - `models FILE`: refreshes the known models' figures from LiteLLM's price table;
 //! - `profile`: instructions per stream and per whole answer under callgrind, weir beside
 //!   nginx and HAProxy (repeatable where wall-clock CPU is not);
 //! - `soak`: many concurrent streams whose primary is cut at random bytes, continued on a
@@ -13,19 +14,21 @@
 
 mod bench;
 mod load;
+mod models;
 mod profile;
 mod wsbench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-const USAGE: &str = "usage: cargo xtask <test|ci|deps|demo|bench|profile|soak> [options]
+const USAGE: &str = "usage: cargo xtask <test|ci|deps|demo|bench|models|profile|soak> [options]
   test                 run the whole test suite (creates .venv with the openai SDK)
   ci                   fmt --check, clippy -D warnings, deps, test
   deps                 check that layer crates depend on no other layer nor on the binary
   demo [--keep]        run weir on the mock upstream and stream one completion
   bench [--quick] [--streams N,N] [--no-nginx] [--only SECTION]
                        weir vs. a direct connection (and nginx, if installed)
+  models FILE          refresh bin/weir/data/models.toml from LiteLLM's price table
   profile [--requests N] [--weir PATH]
                        instructions per stream and per whole answer (callgrind), with peers
   soak [--streams N] [--concurrency N] [--seed N]
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Some("deps") => deps(&root),
         Some("demo") => demo(&root, args.iter().any(|a| a == "--keep")),
         Some("bench") => bench::run(&root, &args[1..]),
+        Some("models") => models::run(&root, &args[1..]),
         Some("profile") => profile::run(&root, &args[1..]),
         Some("soak") => soak(&root, &args[1..]),
         _ => {

@@ -307,6 +307,35 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_transport_classifier_counts_failed_connections_only() {
+        #[derive(Debug)]
+        struct Refused;
+        impl std::fmt::Display for Refused {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("refused")
+            }
+        }
+        impl std::error::Error for Refused {}
+        let c = TransportClassifier::new(|e| e.is::<Refused>());
+        for status in [200, 404, 429, 503] {
+            let verdict = c.classify_response(
+                Instant::now(),
+                StatusCode::from_u16(status).unwrap(),
+                &HeaderMap::new(),
+            );
+            assert!(
+                matches!(verdict, Classified::Now(v) if v == Outcome::Success.into()),
+                "{status}: the endpoint answered"
+            );
+        }
+        assert_eq!(c.classify_error(&Refused), Outcome::Failure);
+        assert_eq!(
+            c.classify_error(&std::io::Error::other("timed out")),
+            Outcome::Ignored
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn slow_first_byte_counts_as_failure() {
         let c = LlmClassifier::new().slow_first_byte(Some(Duration::from_secs(2)));

@@ -52,6 +52,8 @@ pub struct RawRequest {
 #[derive(Debug)]
 struct Shared {
     script: Mutex<(Vec<u8>, End)>,
+    /// How answers end on a connection's later requests, if not like its first.
+    reused: Mutex<Option<End>>,
     /// Bytes sent after a whole answer, after a pause: a server that says more than it was
     /// asked.
     after: Mutex<Option<(Duration, Vec<u8>)>>,
@@ -76,6 +78,7 @@ impl RawUpstream {
         let addr = listener.local_addr().expect("a bound listener");
         let shared = Arc::new(Shared {
             script: Mutex::new((wire, end)),
+            reused: Mutex::new(None),
             after: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
             connections: AtomicU64::new(0),
@@ -103,6 +106,13 @@ impl RawUpstream {
     /// the same write).
     pub fn set_after(&self, delay: Duration, extra: Vec<u8>) {
         *self.shared.after.lock().expect("after lock") = Some((delay, extra));
+    }
+
+    /// How answers end on a connection's second and later requests (`None`: like the
+    /// first): `Some(End::CloseAt(0))` is a server that closed an idle keep-alive connection
+    /// just as the client sent on it.
+    pub fn set_reused_end(&self, end: Option<End>) {
+        *self.shared.reused.lock().expect("script lock") = end;
     }
 
     /// Only the way answers end changes.
@@ -178,13 +188,18 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RawRe
 async fn serve(mut stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
+    let mut served = 0;
     while let Some(request) = read_request(&mut stream, &mut buf).await {
         let asked = asked_end(&request.head);
         shared.requests.lock().expect("log lock").push(request);
         let (wire, mut end) = shared.script.lock().expect("script lock").clone();
+        if let (true, Some(reused)) = (served > 0, *shared.reused.lock().expect("script lock")) {
+            end = reused;
+        }
         if let Some(asked) = asked {
             end = asked;
         }
+        served += 1;
         let upto = |n: usize| &wire[..n.min(wire.len())];
         match end {
             End::Whole => {
