@@ -43,6 +43,7 @@ pub fn config_text(mock: &MockUpstream, provider_extra: &str) -> String {
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+forward_headers = ["x-mock", "x-raw-end"]
 max_request_bytes = 65536
 header_read_timeout = "5s"
 drain_timeout = "10s"
@@ -150,8 +151,13 @@ impl Harness {
 
     /// Sends the same request straight to the mock (the baseline for "unchanged").
     pub async fn post_direct(&self, body: &str) -> Response<Incoming> {
+        self.post_direct_with(body, "application/json").await
+    }
+
+    /// [`post_direct`](Self::post_direct) with the body labelled `content_type`.
+    pub async fn post_direct_with(&self, body: &str, content_type: &str) -> Response<Incoming> {
         let request = Request::post(format!("{}/chat/completions", self.mock.base_url()))
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .header("authorization", format!("Bearer {PROVIDER_KEY}"))
             .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
             .unwrap();
@@ -388,6 +394,7 @@ pub async fn one_mock(server: &str, route: &str, rest: &str) -> (MockUpstream, w
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+forward_headers = ["x-mock", "x-raw-end"]
 {auth}
 {server}
 
@@ -429,7 +436,7 @@ pub fn route(model: &str, targets: &str, extra: &str) -> String {
 /// after `[server]`.
 pub async fn weir_with(sections: &[String]) -> weir::Running {
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nauth = \"off\"\n{}",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nauth = \"off\"\nforward_headers = [\"x-mock\", \"x-raw-end\"]\n{}",
         sections.concat()
     );
     let config = weir::config::parse("test.toml".as_ref(), &text, &|_| None)
@@ -490,6 +497,7 @@ pub mod two {
     [server]
     listen = "127.0.0.1:0"
     admin_listen = "127.0.0.1:0"
+    forward_headers = ["x-mock", "x-raw-end"]
     auth = "off"
 
     [[providers]]
@@ -539,6 +547,8 @@ pub mod two {
         pub events: Vec<String>,
         /// Whether the body ended with an error.
         pub broken: bool,
+        /// Every byte of the body, as received.
+        pub raw: String,
     }
 
     /// A streaming chat completion on `gpt-test` with mock directives, read to its end.
@@ -572,6 +582,7 @@ pub mod two {
             text,
             events: read.events(),
             broken: read.error.is_some(),
+            raw: String::from_utf8_lossy(&read.bytes).into_owned(),
         }
     }
 }

@@ -22,6 +22,29 @@ async fn unknown_model_is_404() {
     assert_eq!(error["param"], "model");
     assert!(error["message"].as_str().unwrap().contains("gpt-nope"));
     assert!(h.mock.requests().is_empty(), "nothing reached the upstream");
+
+    // A 40 KB model name is not echoed whole: messages shorten what the client sent.
+    let long = "m".repeat(40_000);
+    let response = h
+        .post(
+            "/v1/chat/completions",
+            &format!(r#"{{"model":"{long}"}}"#),
+            &[],
+        )
+        .await;
+    assert_eq!(response.status(), 404);
+    let body = read(response).await;
+    assert!(body.bytes.len() < 600, "{} bytes", body.bytes.len());
+    let error = assert_openai_error(&body);
+    assert!(error["message"].as_str().unwrap().contains("mmm…"));
+    let response = h.send(
+        http::Request::get(format!("http://{}/v1/models/{}", h.addr, &long[..4000]))
+            .body(http_body_util::Full::default())
+            .unwrap(),
+    );
+    let response = response.await;
+    assert_eq!(response.status(), 404);
+    assert!(read(response).await.bytes.len() < 600);
 }
 
 #[tokio::test]

@@ -159,3 +159,41 @@ async fn openai_python_sdk_gets_whole_answers_or_an_error_at_any_cut() {
         .unwrap();
     assert!(raised >= 8, "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_lists_and_retrieves_the_models_its_key_may_use() {
+    let mock = weir_test::MockUpstream::start().await;
+    let key = "sk-team-a-0123456789";
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}{}{}{}\n[[keys]]\nname = \"team-a\"\nhash = \"{}\"\nmodels = [\"gpt-a\", \"team/b\"]\n",
+        weir_e2e::provider("mock", &mock.base_url(), ""),
+        weir_e2e::route("gpt-a", r#"[{ provider = "mock", model = "m" }]"#, ""),
+        weir_e2e::route("team/b", r#"[{ provider = "mock", model = "m" }]"#, ""),
+        weir_e2e::route("gpt-secret", r#"[{ provider = "mock", model = "m" }]"#, ""),
+        weir::config::hash_key(key),
+    );
+    let config = weir::config::parse("models.toml".as_ref(), &text, &|_| None).unwrap();
+    let weir = weir::start(&config).await.unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/openai_models_check.py");
+    let out = tokio::process::Command::new(python())
+        .arg(script)
+        .arg(format!("http://{}/v1", weir.addr()))
+        .arg(key)
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK check failed:\n{stdout}\n{stderr}"
+    );
+    for step in [
+        "ok models.list ['gpt-a', 'team/b']",
+        "ok models.retrieve gpt-a",
+        "ok models.retrieve with a slash",
+        "ok models.retrieve of a model the key may not use",
+    ] {
+        assert!(stdout.contains(step), "missing `{step}` in:\n{stdout}");
+    }
+}

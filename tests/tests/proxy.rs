@@ -120,7 +120,8 @@ async fn client_key_and_hop_by_hop_headers_stay_at_weir() {
                 ("x-hop-secret", "1"),
                 ("keep-alive", "timeout=5"),
                 ("te", "trailers"),
-                ("x-app-trace", "kept"),
+                ("x-app-trace", "not listed"),
+                ("user-agent", "OpenAI/Python 1.99"),
             ],
         )
         .await;
@@ -140,11 +141,49 @@ async fn client_key_and_hop_by_hop_headers_stay_at_weir() {
         "x-hop-secret",
         "keep-alive",
         "te",
+        "x-app-trace",
     ] {
         assert!(!sent.contains_key(name), "{name} was forwarded");
     }
-    assert_eq!(header(sent, "x-app-trace"), Some("kept"));
+    assert_eq!(header(sent, "user-agent"), Some("OpenAI/Python 1.99"));
     assert!(!format!("{sent:?}").contains("client-secret-key"));
+}
+
+#[tokio::test]
+async fn a_form_labelled_body_goes_upstream_as_json_and_no_client_picks_the_account() {
+    let h = Harness::start().await;
+    // What `curl -d '{...}'` sends, with the headers that pick an OpenAI account.
+    let response = h
+        .send(
+            http::Request::post(format!("http://{}/v1/chat/completions", h.addr))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("openai-organization", "org-client-chosen")
+                .header("openai-project", "proj-client-chosen")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    br#"{"model":"short","messages":[{"role":"user","content":"hi"}]}"#,
+                )))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        response.status(),
+        200,
+        "the mock reads only JSON-labelled bodies"
+    );
+    let sent = &h.mock.requests()[0].headers;
+    assert_eq!(header(sent, "content-type"), Some("application/json"));
+    let shown = format!("{sent:?}");
+    assert!(!shown.contains("client-chosen"), "{shown}");
+
+    // The same body sent straight to the mock, labelled as curl labels it, is refused: the
+    // relabelling is what made it work.
+    let direct = h
+        .post_direct_with(
+            r#"{"model":"short","messages":[]}"#,
+            "application/x-www-form-urlencoded",
+        )
+        .await;
+    assert_eq!(direct.status(), 400);
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use weir_test::MockUpstream;
 /// A config with one provider per `(name, mock)` and the route `gpt-test` over them in order.
 fn config(providers: &[(&str, &MockUpstream, &str)], extra: &str) -> weir::config::Config {
     let mut text = String::from(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout = \"30s\"\nauth = \"off\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndrain_timeout = \"30s\"\nauth = \"off\"\nforward_headers = [\"x-mock\"]\n",
     );
     for (name, mock, settings) in providers {
         text.push_str(&format!(

@@ -47,6 +47,14 @@ async fn a_reset_mid_stream_is_continued_by_replay() {
         Some("primary"),
         "headers came from the first provider"
     );
+    // Who finished it is said in band, as an SSE comment clients skip.
+    assert!(
+        got.raw.contains(
+            "\n\n: weir continued this answer on backup (primary stream_broken)\n\ndata: "
+        ),
+        "{}",
+        got.raw
+    );
     // The backup was asked the same question again.
     let replayed = &s.backup.requests()[0];
     let body: serde_json::Value = serde_json::from_slice(&replayed.body).unwrap();

@@ -157,6 +157,17 @@ async fn completions_run_concurrently_and_cancel_or_reset_stop_them_upstream() {
     let (content, done) = collect(&mut ws, "other", &mut others).await;
     assert_eq!(done["type"], "done");
     assert!(answer(50).ends_with(&content));
+    // The cancelled one is counted as an HTTP client that went away mid-stream is: the
+    // status it had, outcome `cancelled`, the provider that was answering.
+    let text = metrics_at(weir.admin_addr()).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"weir_requests_total{route="gpt-test",provider="mock",model="m",status="200",outcome="cancelled"}"#
+        ),
+        1.0,
+        "{text}"
+    );
 
     // A reset cancels everything in flight.
     send(&mut ws, completion("x", "gpt-test")).await;

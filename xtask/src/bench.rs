@@ -227,15 +227,23 @@ pub(crate) fn build(root: &Path) -> Result {
     ]))
 }
 
-pub(crate) fn bench_config(dir: &Path) -> Result<PathBuf> {
+/// The bench's weir config; with `forward`, the mock's directives (`x-mock`) pass through
+/// (the profile sends only the mock's default answer, and runs older builds of weir too,
+/// which do not know the key).
+pub(crate) fn bench_config(dir: &Path, forward: bool) -> Result<PathBuf> {
     let path = dir.join("weir-bench.toml");
+    let forward = if forward {
+        "forward_headers = [\"x-mock\"]   # the mock's directives\n"
+    } else {
+        ""
+    };
     let text = format!(
         r#"# written by cargo xtask bench
 [server]
 listen = "{WEIR}"
 admin_listen = "{WEIR_ADMIN}"
 drain_timeout = "1s"
-max_concurrency = 20000
+{forward}max_concurrency = 20000
 queue_timeout = "5s"
 rate_limit = {{ requests_per_minute = 4000000000, tokens_per_minute = 4000000000 }}
 
@@ -493,7 +501,7 @@ async fn start_weir(bin: &Path, dir: &Path) -> Result<Proc> {
         "weir",
         pinned(1, &bin.join("weir"))
             .arg("--config")
-            .arg(bench_config(dir)?)
+            .arg(bench_config(dir, true)?)
             .env("WEIR_LOG", "warn,weir=info"),
     )?;
     weir.wait_line("weir is serving").await?;

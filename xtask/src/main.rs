@@ -29,7 +29,7 @@ const USAGE: &str = "usage: cargo xtask <test|ci|deps|demo|bench|models|profile|
   bench [--quick] [--streams N,N] [--no-nginx] [--only SECTION]
                        weir vs. a direct connection (and nginx, if installed)
   models FILE          refresh bin/weir/data/models.toml from LiteLLM's price table
-  profile [--requests N] [--weir PATH]
+  profile [--requests N] [--weir PATH] [--only PROXY]
                        instructions per stream and per whole answer (callgrind), with peers
   soak [--streams N] [--concurrency N] [--seed N]
                        streams cut at random bytes and continued; release build";

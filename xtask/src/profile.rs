@@ -26,6 +26,7 @@ struct Cost {
 pub(crate) fn run(root: &Path, args: &[String]) -> Result {
     let mut streams = 2000;
     let mut weir = None;
+    let mut only = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -36,6 +37,13 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result {
                     .ok_or("--requests needs a number")?
             }
             "--weir" => weir = Some(PathBuf::from(args.next().ok_or("--weir needs a path")?)),
+            "--only" => {
+                only = Some(
+                    args.next()
+                        .ok_or("--only needs a proxy: weir, nginx or haproxy")?
+                        .clone(),
+                )
+            }
             other => return Err(format!("profile: unknown option `{other}`")),
         }
     }
@@ -48,10 +56,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result {
         .build()
         .map_err(|e| e.to_string())?;
     let weir = weir.unwrap_or_else(|| root.join("target/release/weir"));
-    runtime.block_on(profile(root, streams, &weir))
+    runtime.block_on(profile(root, streams, &weir, only.as_deref()))
 }
 
-async fn profile(root: &Path, requests: usize, weir: &Path) -> Result {
+async fn profile(root: &Path, requests: usize, weir: &Path, only: Option<&str>) -> Result {
     let out = root.join("target/profile");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
@@ -62,6 +70,9 @@ async fn profile(root: &Path, requests: usize, weir: &Path) -> Result {
     );
     let mut costs = Vec::new();
     for &(name, addr) in BENCH_PROXIES {
+        if only.is_some_and(|only| only != name) {
+            continue;
+        }
         let Some(mut cmd) = command(name, weir, &out)? else {
             continue;
         };
@@ -102,11 +113,17 @@ async fn profile(root: &Path, requests: usize, weir: &Path) -> Result {
 /// The proxy under callgrind, or `None` when it is not installed.
 fn command(name: &str, weir: &Path, out: &Path) -> Result<Option<Command>> {
     let mut cmd = Command::new("valgrind");
-    cmd.args(["--tool=callgrind", "--quiet"])
-        .arg(format!("--callgrind-out-file={}/{name}.%p", out.display()));
+    // Every dump self-contained (no names defined in another part), for callgrind_annotate.
+    cmd.args([
+        "--tool=callgrind",
+        "--quiet",
+        "--compress-strings=no",
+        "--compress-pos=no",
+    ])
+    .arg(format!("--callgrind-out-file={}/{name}.%p", out.display()));
     match name {
         "weir" => {
-            let config = crate::bench::bench_config(out)?;
+            let config = crate::bench::bench_config(out, false)?;
             cmd.arg(weir)
                 .arg("--config")
                 .arg(config)

@@ -47,6 +47,80 @@ fn is_client_only(name: &HeaderName) -> bool {
     )
 }
 
+/// Client headers that pick the provider account, project or billing: only the config sets
+/// them (a provider's `headers`), never a client, whatever `forward_headers` says.
+pub(crate) fn picks_the_account(name: &str) -> bool {
+    matches!(
+        name,
+        "openai-organization"
+            | "openai-project"
+            | "x-goog-user-project"
+            | "ocp-apim-subscription-key"
+    )
+}
+
+/// Whether a client may never choose `name` for the upstream request: hop-by-hop, a client
+/// credential, what weir sets itself, or what picks the provider account.
+pub(crate) fn never_forwarded(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || is_client_only(name)
+        || picks_the_account(name.as_str())
+        || name == header::CONTENT_TYPE
+}
+
+/// The client request headers that go upstream: an allowlist. Built in: what describes the
+/// request (`accept`, `user-agent`, the W3C trace context, `openai-beta`, `anthropic-version`,
+/// `anthropic-beta`); the config adds names (or `prefix*`) with `[server] forward_headers`.
+/// Everything else stays at weir: a client cannot pick the provider's organization or project.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Forward {
+    names: Vec<HeaderName>,
+    prefixes: Vec<String>,
+}
+
+const FORWARDED: &[&str] = &[
+    "accept",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+    "openai-beta",
+    "anthropic-version",
+    "anthropic-beta",
+];
+
+impl Forward {
+    /// The built-in allowlist and `extra` (names, or prefixes ending in `*`, as the config
+    /// validated them).
+    pub(crate) fn new(extra: &[String]) -> Self {
+        let mut forward = Self::default();
+        for name in FORWARDED
+            .iter()
+            .map(|n| n.to_string())
+            .chain(extra.iter().cloned())
+        {
+            match name.strip_suffix('*') {
+                Some(prefix) => forward.prefixes.push(prefix.to_ascii_lowercase()),
+                None => match HeaderName::from_bytes(name.as_bytes()) {
+                    // Refused once here, never looked at again per request.
+                    Ok(name) if !never_forwarded(&name) => forward.names.push(name),
+                    _ => {}
+                },
+            }
+        }
+        forward
+    }
+
+    fn allows(&self, name: &HeaderName) -> bool {
+        self.names.contains(name)
+            || (!self.prefixes.is_empty()
+                && self
+                    .prefixes
+                    .iter()
+                    .any(|p| name.as_str().starts_with(p.as_str()))
+                && !never_forwarded(name))
+    }
+}
+
 /// Whether the `Connection` header names `name` (so it is hop-by-hop too).
 fn named_by_connection(connection: &[&HeaderValue], name: &HeaderName) -> bool {
     connection.iter().any(|v| {
@@ -82,14 +156,13 @@ pub(crate) fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The client's headers that may go upstream, as owned copies: a call keeps them for its
-/// retries and its rescue, and slices of hyper's read buffer would pin that buffer.
-pub(crate) fn forwardable_client_headers(client: &HeaderMap) -> HeaderMap {
+/// The client's headers that may go upstream (those `forward` allows), as owned copies: a
+/// call keeps them for its retries and its rescue, and slices of hyper's read buffer would
+/// pin that buffer.
+pub(crate) fn forwardable_client_headers(client: &HeaderMap, forward: &Forward) -> HeaderMap {
     let connection: Vec<&HeaderValue> = client.get_all(header::CONNECTION).iter().collect();
     owned_copy(client, |name| {
-        is_hop_by_hop(name)
-            || is_client_only(name)
-            || (!connection.is_empty() && named_by_connection(&connection, name))
+        !forward.allows(name) || (!connection.is_empty() && named_by_connection(&connection, name))
     })
 }
 
@@ -121,6 +194,12 @@ pub(crate) fn upstream_request_headers(client: &HeaderMap, provider: &HeaderMap)
     out.insert(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
+    );
+    // weir read the body as JSON and sends JSON, whatever the client labelled it (curl's
+    // `-d` says `application/x-www-form-urlencoded`).
+    out.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     for (name, value) in provider {
         out.append(name.clone(), value.clone());
@@ -212,21 +291,51 @@ mod tests {
         client.append("x-custom", HeaderValue::from_static("kept-too"));
         client.insert("connection", HeaderValue::from_static("x-hop"));
         client.insert("x-hop", HeaderValue::from_static("1"));
+        client.insert(
+            "openai-organization",
+            HeaderValue::from_static("org-client"),
+        );
+        client.insert("openai-project", HeaderValue::from_static("proj-client"));
+        client.insert(
+            "content-type",
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        client.insert("user-agent", HeaderValue::from_static("OpenAI/Python 1.0"));
+        client.insert("x-unlisted", HeaderValue::from_static("stays"));
         let mut provider = HeaderMap::new();
         provider.insert(
             "authorization",
             HeaderValue::from_static("Bearer provider-key"),
         );
-        let out = upstream_request_headers(&forwardable_client_headers(&client), &provider);
+        // The config asks for `x-custom` and `x-hop` (the latter is named by `connection`), and
+        // tries the account headers, which are never forwarded.
+        let forward = Forward::new(&[
+            "x-custom".into(),
+            "x-ho*".into(),
+            "openai-organization".into(),
+            "openai-*".into(),
+        ]);
+        let out =
+            upstream_request_headers(&forwardable_client_headers(&client, &forward), &provider);
         assert_eq!(out["authorization"], "Bearer provider-key");
         assert_eq!(out["accept-encoding"], "identity");
+        assert_eq!(out["content-type"], "application/json");
+        assert_eq!(out["user-agent"], "OpenAI/Python 1.0");
         assert_eq!(
             out.get_all("x-custom").iter().count(),
             2,
             "repeated headers kept"
         );
         assert_eq!(out.get_all("authorization").iter().count(), 1);
-        for gone in ["x-api-key", "host", "connection", "x-hop"] {
+        for gone in [
+            "x-api-key",
+            "host",
+            "connection",
+            "x-hop",
+            "openai-organization",
+            "openai-project",
+            "x-unlisted",
+        ] {
             assert!(!out.contains_key(gone), "{gone}");
         }
     }

@@ -344,7 +344,13 @@ where
     }
 
     /// A continuation committed: its stream replaces the cut one, through this watch.
-    fn splice(&mut self, continued: StreamBody<B, W, E>) {
+    /// Goes on with `continued`, the answer's continuation after `cut_by`. The client first
+    /// reads an SSE comment saying who finishes the answer (clients skip comments).
+    fn splice(&mut self, continued: StreamBody<B, W, E>, cut_by: Failure) {
+        let note = format!(
+            ": weir continued this answer on {} ({} {})\n\n",
+            continued.attempt.label, self.attempt.label, cut_by
+        );
         let StreamBody {
             inner,
             prefix,
@@ -368,6 +374,7 @@ where
                 Some(joined.freeze())
             }
         };
+        self.prefix = Some(Bytes::from(note));
         self.inner = inner;
         self.attempt = attempt;
         self.resume = resume;
@@ -414,7 +421,7 @@ where
                 let cut_by = *cut_by;
                 self.continuing = None;
                 match continued {
-                    Some(continued) => self.splice(continued),
+                    Some(continued) => self.splice(continued, cut_by),
                     // Nowhere to continue: the client is told the answer is cut, and why.
                     None => return self.fail(cx, cut_by),
                 }

@@ -119,6 +119,67 @@ pub fn model(data: &[u8]) -> Option<&[u8]> {
     string_after(data, &MODEL)
 }
 
+/// `object` (one JSON object's text) without its top-level `key` field, byte for byte
+/// otherwise; `None` when it has no such field (or is not an object). Strings and nesting
+/// are followed, so a `"usage"` inside content is never touched.
+pub fn without_field(object: &[u8], key: &[u8]) -> Option<Vec<u8>> {
+    let start = object.iter().position(|b| !b.is_ascii_whitespace())?;
+    if object[start] != b'{' {
+        return None;
+    }
+    // Where each top-level member starts (after `{` or `,`) and ends (before `,` or `}`).
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut member_start = start + 1;
+    let mut members: Vec<(usize, usize)> = Vec::new();
+    for (i, &b) in object.iter().enumerate().skip(start) {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    members.push((member_start, i));
+                    break;
+                }
+            }
+            b',' if depth == 1 => {
+                members.push((member_start, i));
+                member_start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let quoted = [b"\"".as_slice(), key, b"\"".as_slice()].concat();
+    let at = members.iter().position(|&(from, to)| {
+        let member = object[from..to].trim_ascii_start();
+        member.starts_with(&quoted) && member[quoted.len()..].trim_ascii_start().starts_with(b":")
+    })?;
+    let (from, to) = members[at];
+    // Remove the member with one of its commas: the one before it, or (first member) after.
+    let (cut_from, cut_to) = if at > 0 {
+        (from - 1, to)
+    } else if members.len() > 1 {
+        (from, members[1].0)
+    } else {
+        (from, to)
+    };
+    let mut out = Vec::with_capacity(object.len() - (cut_to - cut_from));
+    out.extend_from_slice(&object[..cut_from]);
+    out.extend_from_slice(&object[cut_to..]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +229,26 @@ mod tests {
             finish_reason(br#"{"choices":[{"delta":{"content":"\"finish_reason\": \"x\""}}]}"#),
             None
         );
+    }
+
+    #[test]
+    fn a_top_level_field_is_removed_and_nothing_else() {
+        let cut =
+            |o: &str| without_field(o.as_bytes(), b"usage").map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(
+            cut(r#"{"id":"c","choices":[{"delta":{"content":"\"usage\":{}"}}],"usage":{"total_tokens":3}}"#).as_deref(),
+            Some(r#"{"id":"c","choices":[{"delta":{"content":"\"usage\":{}"}}]}"#)
+        );
+        assert_eq!(
+            cut(r#"{"usage": {"a":[1,{"b":2}]}, "choices":[]}"#).as_deref(),
+            Some(r#"{ "choices":[]}"#)
+        );
+        assert_eq!(
+            cut(r#"{"choices":[],"usage":null}"#).as_deref(),
+            Some(r#"{"choices":[]}"#)
+        );
+        assert_eq!(cut(r#"{"usage":1}"#).as_deref(), Some("{}"));
+        assert_eq!(cut(r#"{"choices":[{"usage":1}]}"#), None, "only at the top");
+        assert_eq!(cut("[1]"), None);
     }
 }

@@ -258,10 +258,12 @@ pub fn is_usage_event(data: &[u8]) -> bool {
 }
 
 /// What one event asks of the frame it is in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Verdict {
     Keep,
     Drop,
+    /// Goes on with this data instead (the usage field weir asked for, taken out).
+    Replace(Bytes),
 }
 
 /// The state of a chat stream, apart from its framing.
@@ -315,6 +317,15 @@ impl Chat {
                 return Verdict::Drop;
             }
         }
+        // The usage weir asked for, riding on a chunk with content (LiteLLM's shape), or the
+        // `"usage":null` some servers then put on every chunk: the field goes, the rest stays.
+        let replaced = if self.strip_usage
+            && (has_usage || data.trim_ascii_end().ends_with(b"\"usage\":null}"))
+        {
+            crate::scan::without_field(data, b"usage").map(Bytes::from)
+        } else {
+            None
+        };
         if !(has_usage && EMPTY_CHOICES.find(data).is_some()) {
             self.content += 1;
         }
@@ -328,7 +339,10 @@ impl Chat {
             }
         }
         self.complete_now();
-        Verdict::Keep
+        match replaced {
+            Some(data) => Verdict::Replace(data),
+            None => Verdict::Keep,
+        }
     }
 
     fn is_complete(&self) -> bool {
@@ -400,7 +414,8 @@ pub struct ChatWatch {
     chat: Chat,
     splice: Option<Box<Splice>>,
     /// Raw ranges of events to drop from the frame being pushed.
-    drops: Vec<Range<usize>>,
+    /// Events of the current frame to drop (`None`) or to send rewritten.
+    drops: Vec<(Range<usize>, Option<Bytes>)>,
 }
 
 impl ChatWatch {
@@ -465,11 +480,11 @@ impl ChatWatch {
                 };
                 chat.progress += 1;
                 match splice.rewrite(&data) {
-                    Ok(Some(data)) => {
-                        if chat.dispatch(&data) == Verdict::Keep {
-                            encode_data(&data, &mut out);
-                        }
-                    }
+                    Ok(Some(data)) => match chat.dispatch(&data) {
+                        Verdict::Keep => encode_data(&data, &mut out),
+                        Verdict::Replace(data) => encode_data(&data, &mut out),
+                        Verdict::Drop => {}
+                    },
                     Ok(None) => {}
                     Err(f) => failed = Some(f),
                 }
@@ -509,8 +524,16 @@ impl Watch for ChatWatch {
                 };
                 if chat.done && !was_done {
                     done_at = Some(event.range().end);
-                } else if verdict == Verdict::Drop && done_at.is_none() {
-                    drops.push(event.range());
+                } else if done_at.is_none() {
+                    match verdict {
+                        Verdict::Keep => {}
+                        Verdict::Drop => drops.push((event.range(), None)),
+                        Verdict::Replace(data) => {
+                            let mut rewritten = BytesMut::with_capacity(data.len() + 8);
+                            encode_data(&data, &mut rewritten);
+                            drops.push((event.range(), Some(rewritten.freeze())));
+                        }
+                    }
                 }
             })
             .map_err(|_| Failure::MalformedEvent)?;
@@ -525,14 +548,17 @@ impl Watch for ChatWatch {
         if drops.is_empty() {
             return Ok(Some(out));
         }
-        // Rare: an event dropped from the middle of a frame.
+        // Rare: an event dropped from the middle of a frame, or one rewritten.
         let mut kept = BytesMut::with_capacity(out.len());
         let mut at = 0;
-        for range in drops.drain(..) {
+        for (range, replacement) in drops.drain(..) {
             if range.start >= out.len() {
                 break;
             }
             kept.extend_from_slice(&out[at..range.start]);
+            if let Some(replacement) = replacement {
+                kept.extend_from_slice(&replacement);
+            }
             at = range.end;
         }
         if at < out.len() {

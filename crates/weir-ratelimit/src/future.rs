@@ -82,7 +82,8 @@ impl<F, RB, K: Key> ResponseFuture<F, RB, K> {
 
 /// An admitted call's answer: the charge rides on its body (settled from the usage it
 /// reports: the meter the response or the request carried, else a scan of its own), and its
-/// headers show where the limit stands. A 429 that a limit further in answered gives this
+/// headers show where the limit stands, unless a limit further in (more specific) wrote its
+/// own. A 429 that a limit further in answered gives this
 /// charge back and keeps that limit's headers.
 pub(crate) fn admitted<RB, K: Key>(
     mut response: Response<RB>,
@@ -94,7 +95,7 @@ pub(crate) fn admitted<RB, K: Key>(
         if let Some(charge) = charge.take() {
             charge.cancel();
         }
-    } else if let Some(standings) = standings {
+    } else if let Some(standings) = standings.filter(|_| !headers::written(response.headers())) {
         headers::write(response.headers_mut(), &standings);
     }
     let meter = match charge {

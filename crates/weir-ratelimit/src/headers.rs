@@ -54,6 +54,13 @@ static RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tok
 static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
+/// Whether a limit (further in) has written its headers already: the innermost limit is the
+/// most specific one (a client's before its route's before the server's), and its figures are
+/// the ones shown.
+pub(crate) fn written(headers: &HeaderMap) -> bool {
+    headers.contains_key(&LIMIT_REQUESTS) || headers.contains_key(&LIMIT_TOKENS)
+}
+
 /// Writes the headers for `standings` into `headers`. No `fmt` machinery: this runs on every
 /// answer.
 pub fn write(headers: &mut HeaderMap, standings: &Standings) {

@@ -359,6 +359,20 @@ async fn handle(
             ));
         }
     }
+    // Like OpenAI-compatible servers (LiteLLM, vLLM), a body is read as JSON only when it is
+    // labelled so: a form-encoded body has no `messages`.
+    let json_body = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if parts.method == Method::POST && !json_body {
+        return Ok(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "missing_required_parameter",
+            "Missing required parameter: 'messages'.",
+        ));
+    }
     let path = parts.uri.path();
     let defaults = shared.defaults.lock().expect("defaults lock").clone();
     if parts.method == Method::GET && path.ends_with("/models") {

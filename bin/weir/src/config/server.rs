@@ -24,6 +24,9 @@ pub struct Server {
     pub client_stall_timeout: Duration,
     /// Limits on every client together.
     pub rate_limit: Option<RateLimit>,
+    /// Client request headers passed upstream besides the built-in allowlist (lowercase
+    /// names, or prefixes ending in `*`).
+    pub forward_headers: Vec<String>,
 }
 
 /// The keys `[server]` takes.
@@ -39,6 +42,7 @@ pub(super) const KEYS: &[&str] = &[
     "queue_timeout",
     "client_stall_timeout",
     "rate_limit",
+    "forward_headers",
 ];
 
 /// What stands for a missing `[server]` while the rest of the file is read for problems.
@@ -53,6 +57,7 @@ pub(super) fn unset() -> Server {
         concurrency: None,
         client_stall_timeout: Duration::from_secs(60),
         rate_limit: None,
+        forward_headers: Vec::new(),
     }
 }
 
@@ -100,6 +105,38 @@ pub(super) fn read<'a>(t: &Table<'a>) -> (Server, Option<At<&'a str>>) {
         concurrency: limits::concurrency(t, false),
         client_stall_timeout: t.duration_or("client_stall_timeout", Duration::from_secs(60)),
         rate_limit: limits::rate_limit(t, "rate_limit", false),
+        forward_headers: forward_headers(t),
     };
     (server, t.string("auth"))
+}
+
+/// `forward_headers`: header names (or `prefix*`) a client may send upstream, never one that
+/// is a credential, hop-by-hop, set by weir, or picks the provider account.
+fn forward_headers(t: &Table<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in t.strings("forward_headers").unwrap_or_default() {
+        let text = entry.value.to_ascii_lowercase();
+        let name = text.strip_suffix('*').unwrap_or(&text);
+        let valid = if name.is_empty() {
+            None
+        } else {
+            http::HeaderName::from_bytes(name.as_bytes()).ok()
+        };
+        match valid {
+            None => t.problem(
+                entry.span,
+                "forward_headers",
+                format!("`{}` is not a header name (or a prefix ending in `*`)", shorten(entry.value)),
+            ),
+            Some(header) if crate::headers::never_forwarded(&header) => t.problem(
+                entry.span,
+                "forward_headers",
+                format!(
+                    "`{header}` never comes from a client: it is a credential, hop-by-hop, set by weir, or picks the provider's account (set it in the provider's `headers`)"
+                ),
+            ),
+            Some(_) => out.push(text),
+        }
+    }
+    out
 }

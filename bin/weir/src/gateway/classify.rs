@@ -32,13 +32,19 @@ pub(crate) type Routes = HashMap<String, Arc<Route>>;
 pub(crate) struct ClassifyLayer {
     routes: Arc<Routes>,
     max_request_bytes: usize,
+    forward: Arc<headers::Forward>,
 }
 
 impl ClassifyLayer {
-    pub(crate) fn new(routes: Arc<Routes>, max_request_bytes: usize) -> Self {
+    pub(crate) fn new(
+        routes: Arc<Routes>,
+        max_request_bytes: usize,
+        forward: Arc<headers::Forward>,
+    ) -> Self {
         Self {
             routes,
             max_request_bytes,
+            forward,
         }
     }
 }
@@ -51,6 +57,7 @@ impl<S> tower::Layer<S> for ClassifyLayer {
             inner,
             routes: self.routes.clone(),
             max_request_bytes: self.max_request_bytes,
+            forward: self.forward.clone(),
         }
     }
 }
@@ -61,6 +68,8 @@ pub(crate) struct Classify<S> {
     inner: S,
     routes: Arc<Routes>,
     max_request_bytes: usize,
+    /// Which client headers go upstream.
+    forward: Arc<headers::Forward>,
 }
 
 type Classifying<T, E> = Pin<Box<dyn Future<Output = Result<Response<T>, E>> + Send>>;
@@ -87,18 +96,20 @@ where
         let inner = self.inner.clone();
         let routes = self.routes.clone();
         let max = self.max_request_bytes;
+        let forward = self.forward.clone();
         // hyper keeps the service future for as long as the connection lives; boxing it
         // leaves a pointer there, and frees the request's state as soon as the head is ready.
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             let classified = match parts.extensions.get::<Asked>() {
                 Some(Asked::Call(endpoint)) => {
-                    match classify(*endpoint, &mut parts, body, &routes, max).await {
+                    match classify(*endpoint, &mut parts, body, &routes, max, &forward).await {
                         Ok(call) => call,
                         Err(answer) => return Ok(answer),
                     }
                 }
-                _ => Classified::Models,
+                Some(Asked::Models(model)) => Classified::Models(model.clone()),
+                None => Classified::Models(None),
             };
             let mut inner_request = Request::from_parts(parts, ());
             inner_request.extensions_mut().insert(classified);
@@ -114,6 +125,7 @@ async fn classify<B, T: Local>(
     body: B,
     routes: &Routes,
     max: usize,
+    forward: &headers::Forward,
 ) -> Result<Classified, Response<T>>
 where
     B: http_body::Body<Data = Bytes>,
@@ -182,7 +194,7 @@ where
     // and while a slice lives hyper cannot reuse that buffer (it takes a second one).
     let call = Arc::new(Call {
         endpoint,
-        headers: headers::forwardable_client_headers(&parts.headers),
+        headers: headers::forwardable_client_headers(&parts.headers, forward),
         id,
         body,
         tally,

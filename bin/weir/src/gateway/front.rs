@@ -26,12 +26,12 @@ pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub(crate) struct RequestId(pub(crate) HeaderValue);
 
 /// What a request asks for, as its path and method say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Asked {
     /// `POST` to an LLM endpoint.
     Call(Endpoint),
-    /// `GET /v1/models`.
-    Models,
+    /// `GET /v1/models` (`None`), or `GET /v1/models/{id}`.
+    Models(Option<String>),
 }
 
 /// Applies [`Front`].
@@ -85,9 +85,17 @@ fn asked<T: Local>(request: &Request<impl Sized>) -> Result<Asked, Response<T>> 
         return Err(response);
     }
     let path = request.uri().path();
-    if path == "/v1/models" {
+    let model = match path.strip_prefix("/v1/models") {
+        Some("") => Some(None),
+        // A model id may hold `/` (`meta/llama-3`): the rest of the path, decoded.
+        Some(rest) if rest.len() > 1 && rest.starts_with('/') => {
+            Some(Some(percent_decoded(&rest[1..])))
+        }
+        _ => None,
+    };
+    if let Some(model) = model {
         return match *request.method() == Method::GET {
-            true => Ok(Asked::Models),
+            true => Ok(Asked::Models(model)),
             false => Err(method_not_allowed("GET")),
         };
     }
@@ -108,6 +116,31 @@ fn asked<T: Local>(request: &Request<impl Sized>) -> Result<Asked, Response<T>> 
         return Err(method_not_allowed("POST"));
     }
     Ok(Asked::Call(endpoint))
+}
+
+/// `%XX` escapes decoded (an invalid one kept as it is).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl<S, B, T> tower::Service<Request<B>> for Front<S>

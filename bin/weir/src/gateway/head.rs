@@ -50,17 +50,25 @@ pub(crate) async fn read_head(
     let settle = parts.extensions.remove::<weir_breaker::Settle>();
     let sse = is_event_stream(&parts.headers);
     let streamed = attempt.call.llm.stream();
-    let shown = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| shorten(v, 64))
-        .unwrap_or_else(|| "none".into());
-    let encoding = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| shorten(v, 32));
+    // What a refusal would quote, put in words only if one is made.
+    let labels = (
+        parts.headers.get(header::CONTENT_TYPE).cloned(),
+        parts.headers.get(header::CONTENT_ENCODING).cloned(),
+    );
+    let shown = || {
+        labels
+            .0
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "none".into(), |v| shorten(v, 64))
+    };
+    let encoding = || {
+        labels
+            .1
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(|v| shorten(v, 32))
+    };
     parts.headers = headers::client_response_headers(&parts.headers);
     parts
         .headers
@@ -112,7 +120,7 @@ pub(crate) async fn read_head(
     } else if streamed {
         // Asked for a stream, answered with something else: nothing the client could read
         // as one, nothing weir could watch.
-        tracing::warn!(provider = %upstream.name, content_type = %shown, ?encoding, "a streamed request was not answered with an event stream");
+        tracing::warn!(provider = %upstream.name, content_type = %shown(), encoding = ?encoding(), "a streamed request was not answered with an event stream");
         Failure::MalformedAnswer
     } else {
         let mut prefix = Vec::new();
@@ -176,12 +184,14 @@ pub(crate) async fn read_head(
         ),
         Failure::MalformedAnswer if !sse => (
             ErrorKind::BadGateway,
-            match encoding {
+            match encoding() {
                 Some(encoding) => format!(
-                    "answered a streamed request with a `{encoding}`-encoded `{shown}` body instead of an event stream"
+                    "answered a streamed request with a `{encoding}`-encoded `{}` body instead of an event stream",
+                    shown()
                 ),
                 None => format!(
-                    "answered a streamed request with `content-type: {shown}` instead of an event stream (`text/event-stream`)"
+                    "answered a streamed request with `content-type: {}` instead of an event stream (`text/event-stream`)",
+                    shown()
                 ),
             },
         ),

@@ -9,8 +9,9 @@
 //!    end (a queue, then a 503); before the body is read, so a queued request holds no body;
 //! 4. [`classify`]: the body read once (413), the request read as an LLM call (400), its model
 //!    matched to a route the key may use (404);
-//! 5. `weir_ratelimit`, three times: the key's limits, the route's, the server's (429), each
-//!    charge settled from the answer's usage;
+//! 5. `weir_ratelimit`, three times: the server's limits, the route's, the key's (429), each
+//!    charge settled from the answer's usage; the innermost (most specific) writes the
+//!    answer's rate-limit headers;
 //! 6. [`route`]: the route's `weir_failover` router over its targets, each a provider's own
 //!    stack ([`provider`]: rate limit, concurrency limit, breaker, decompression, client), with
 //!    [`judge`] reading each answer to its commit point, and a stream continued elsewhere if it
@@ -76,6 +77,8 @@ pub struct Gateway {
     routes: Arc<Routes>,
     router: Router,
     max_request_bytes: usize,
+    /// Which client request headers go upstream.
+    forward: Arc<crate::headers::Forward>,
     /// Request ids: carried over reloads, so that none is given twice.
     ids: Arc<RequestIds>,
     /// The server-wide limit on requests in flight (`[server] max_concurrency`).
@@ -125,10 +128,12 @@ impl Gateway {
             .layer(ClassifyLayer::new(
                 self.routes.clone(),
                 self.max_request_bytes,
+                self.forward.clone(),
             ))
-            .layer(RateLimitLayer::scoped(KeyScope).cost(CallCost))
-            .layer(RateLimitLayer::scoped(RouteScope).cost(CallCost))
+            // The most specific limit innermost: its headers are the ones the client sees.
             .layer(RateLimitLayer::scoped(ServerScope(self.rate_limiter.clone())).cost(CallCost))
+            .layer(RateLimitLayer::scoped(RouteScope).cost(CallCost))
+            .layer(RateLimitLayer::scoped(KeyScope).cost(CallCost))
             .service(self.router.clone())
     }
 
@@ -176,13 +181,11 @@ impl Gateway {
                 (r.model.clone(), Arc::new(route))
             })
             .collect();
-        let data: Vec<serde_json::Value> = config
+        let models = config
             .routes
             .iter()
-            .map(|r| serde_json::json!({"id": r.model, "object": "model", "created": 0, "owned_by": "weir"}))
+            .map(|r| r.model.as_str().into())
             .collect();
-        let models = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
-            .expect("JSON values serialize");
         let limit = match previous {
             Some(g) if g.server.concurrency == config.server.concurrency => g.limit.clone(),
             _ => config.server.concurrency.as_ref().map(limit_from),
@@ -191,10 +194,9 @@ impl Gateway {
             upstreams,
             deployments,
             routes: Arc::new(routes),
-            router: Router {
-                models: models.into(),
-            },
+            router: Router { models },
             max_request_bytes: config.server.max_request_bytes,
+            forward: Arc::new(crate::headers::Forward::new(&config.server.forward_headers)),
             ids: previous.map(|g| g.ids.clone()).unwrap_or_default(),
             applied: limit.clone().unwrap_or_else(unlimited),
             limit,

@@ -2,13 +2,13 @@
 //! answer (committed, or the last error) goes back with how many attempts it took.
 
 use super::answer::ResponseBody;
+use super::auth::Identity;
 use super::call::Call;
-use super::errors::{error, json, shorten, whole_seconds};
+use super::errors::{error, json, model_not_found, shorten, whole_seconds};
 use super::judge::LlmJudge;
 use super::provider::Guarded;
 use super::target::RouteTarget;
 use crate::headers::{X_SHOULD_RETRY, X_WEIR_ATTEMPTS, X_WEIR_PROVIDER};
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use std::convert::Infallible;
@@ -37,8 +37,8 @@ pub(crate) struct Route {
 /// What the classifier made of a request, for the router.
 #[derive(Clone, Debug)]
 pub(crate) enum Classified {
-    /// `GET /v1/models`.
-    Models,
+    /// `GET /v1/models` (`None`) or `GET /v1/models/{id}`.
+    Models(Option<String>),
     /// A call, on its route.
     Call(Arc<Call>, Arc<Route>),
 }
@@ -46,8 +46,8 @@ pub(crate) enum Classified {
 /// The innermost service. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub(crate) struct Router {
-    /// `GET /v1/models`, as JSON.
-    pub(crate) models: Bytes,
+    /// The routes' models, in config order: what `GET /v1/models` lists (those the key may use).
+    pub(crate) models: Arc<[Arc<str>]>,
 }
 
 type Answering = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
@@ -63,14 +63,35 @@ impl tower::Service<Request<()>> for Router {
 
     fn call(&mut self, request: Request<()>) -> Answering {
         let classified = request.extensions().get::<Classified>().cloned();
+        let key = request.extensions().get::<Identity>().map(|i| i.0.clone());
         let models = self.models.clone();
         Box::pin(async move {
+            let allowed = |model: &str| key.as_ref().is_none_or(|k| k.allows(model));
             Ok(match classified {
                 Some(Classified::Call(call, route)) => answer(call, route).await,
-                Some(Classified::Models) | None => json(models),
+                Some(Classified::Models(Some(id))) => {
+                    match models.iter().find(|m| ***m == *id).filter(|m| allowed(m)) {
+                        Some(model) => json(model_object(model).to_string().into()),
+                        None => model_not_found(&id),
+                    }
+                }
+                Some(Classified::Models(None)) | None => {
+                    let data: Vec<serde_json::Value> = models
+                        .iter()
+                        .filter(|m| allowed(m))
+                        .map(|m| model_object(m))
+                        .collect();
+                    let list = serde_json::json!({"object": "list", "data": data});
+                    json(list.to_string().into())
+                }
             })
         })
     }
+}
+
+/// A model as OpenAI's `GET /v1/models` shows one.
+fn model_object(model: &str) -> serde_json::Value {
+    serde_json::json!({"id": model, "object": "model", "created": 0, "owned_by": "weir"})
 }
 
 async fn answer(call: Arc<Call>, route: Arc<Route>) -> Response<ResponseBody> {

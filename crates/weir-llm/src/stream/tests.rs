@@ -181,6 +181,38 @@ fn usage_weir_asked_for_is_dropped_but_metered() {
 }
 
 #[test]
+fn usage_weir_asked_for_on_a_content_chunk_loses_only_its_field() {
+    // LiteLLM's shape: the usage rides on the finish chunk (non-empty `choices`), and other
+    // servers put `"usage":null` on every chunk once usage is asked for.
+    let with_null = chunk("c", "a").replace("}]}", "}],\"usage\":null}");
+    let last = r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":2,"total_tokens":9}}"#;
+    let wire = format!("data: {with_null}\n\ndata: {last}\n\ndata: [DONE]\n\n");
+    let mut watch = ChatWatch::new(1 << 20).strip_usage(true);
+    let out = watch.push(Bytes::from(wire.clone())).unwrap().unwrap();
+    let (events, text) = client_view(&out);
+    assert_eq!(text, "ab", "content untouched");
+    assert_eq!(
+        events[0],
+        chunk("c", "a"),
+        "the null usage field is gone, byte for byte"
+    );
+    assert_eq!(
+        events[1],
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop"}]}"#
+    );
+    assert_eq!(events[2], "[DONE]");
+    assert_eq!(
+        watch.meter().usage().unwrap().total,
+        9,
+        "metered before it went"
+    );
+    // A client that asked for usage gets it as sent.
+    let mut asked = ChatWatch::new(1 << 20).client_wants_usage(true);
+    let out = asked.push(Bytes::from(wire.clone())).unwrap().unwrap();
+    assert_eq!(&out[..], wire.as_bytes());
+}
+
+#[test]
 fn a_malformed_event_is_dropped_from_the_middle_of_a_frame() {
     let body = format!(
         "data: {}\n\ndata: {{\"choices\":[{{\"delta\n\ndata: {}\n\n",
