@@ -132,6 +132,10 @@ fn pinned(core: u32, program: &Path) -> Command {
 }
 
 struct Options {
+    /// Another build of weir to measure (an older commit's), with the mock's directives not
+    /// forwarded (older builds do not know `forward_headers`): the ttft and throughput
+    /// sections, which ask for the mock's default answer, compare builds fairly.
+    weir: Option<PathBuf>,
     quick: bool,
     streams: Vec<usize>,
     nginx: bool,
@@ -141,6 +145,7 @@ struct Options {
 
 fn options(args: &[String]) -> Result<Options> {
     let mut o = Options {
+        weir: None,
         quick: false,
         streams: vec![1000, 9500],
         nginx: true,
@@ -151,6 +156,7 @@ fn options(args: &[String]) -> Result<Options> {
         match arg.as_str() {
             "--quick" => o.quick = true,
             "--no-nginx" => o.nginx = false,
+            "--weir" => o.weir = Some(PathBuf::from(args.next().ok_or("--weir needs a path")?)),
             "--only" => {
                 let section = args.next().ok_or("--only needs a section")?;
                 if ![
@@ -364,7 +370,9 @@ async fn bench(root: &Path, options: Options) -> Result {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let bin = root.join("target/release");
     let mut mock = start_mock(&bin).await?;
-    let mut weir = start_weir(&bin, &dir).await?;
+    let weir_bin = options.weir.clone().unwrap_or_else(|| bin.join("weir"));
+    let forward = options.weir.is_none();
+    let mut weir = start_weir(&weir_bin, &dir, forward).await?;
 
     let have_nginx = options.nginx && Command::new("nginx").arg("-v").output().is_ok();
     let mut nginx = if have_nginx {
@@ -465,7 +473,7 @@ async fn bench(root: &Path, options: Options) -> Result {
         // A fresh weir: memory the sections above freed would be reused, and read as zero.
         weir.terminate();
         let _ = tokio::time::timeout(Duration::from_secs(5), weir.child.wait()).await;
-        weir = start_weir(&bin, &dir).await?;
+        weir = start_weir(&weir_bin, &dir, forward).await?;
         targets[1].pid = Some(weir.pid());
         let n = if options.quick { 300 } else { 2000 };
         crate::wsbench::ttft(&targets[1], &targets[0], n).await?;
@@ -496,12 +504,12 @@ pub(crate) async fn start_mock(bin: &Path) -> Result<Proc> {
 }
 
 /// weir on core 1 with the bench config, once it says it serves.
-async fn start_weir(bin: &Path, dir: &Path) -> Result<Proc> {
+async fn start_weir(weir: &Path, dir: &Path, forward: bool) -> Result<Proc> {
     let mut weir = Proc::spawn(
         "weir",
-        pinned(1, &bin.join("weir"))
+        pinned(1, weir)
             .arg("--config")
-            .arg(bench_config(dir, true)?)
+            .arg(bench_config(dir, forward)?)
             .env("WEIR_LOG", "warn,weir=info"),
     )?;
     weir.wait_line("weir is serving").await?;

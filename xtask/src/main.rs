@@ -26,7 +26,7 @@ const USAGE: &str = "usage: cargo xtask <test|ci|deps|demo|bench|models|profile|
   ci                   fmt --check, clippy -D warnings, deps, test
   deps                 check that layer crates depend on no other layer nor on the binary
   demo [--keep]        run weir on the mock upstream and stream one completion
-  bench [--quick] [--streams N,N] [--no-nginx] [--only SECTION]
+  bench [--quick] [--streams N,N] [--no-nginx] [--only SECTION] [--weir PATH]
                        weir vs. a direct connection (and nginx, if installed)
   models FILE          refresh bin/weir/data/models.toml from LiteLLM's price table
   profile [--requests N] [--weir PATH] [--only PROXY]

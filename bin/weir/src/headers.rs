@@ -136,7 +136,9 @@ fn named_by_connection(connection: &[&HeaderValue], name: &HeaderName) -> bool {
 /// cookies, CDN headers) or the hop. A fresh map, grown only as far as needed: hyper keeps the
 /// map of the last response (cleared, its capacity kept) for the life of the connection.
 pub(crate) fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
+    // Room for what is kept and what weir adds (its ids, the rate-limit headers) without
+    // growing the map on the way out.
+    let mut out = HeaderMap::with_capacity(24);
     for (name, value) in upstream {
         let keep = matches!(
             name.as_str(),

@@ -58,7 +58,8 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// most specific one (a client's before its route's before the server's), and its figures are
 /// the ones shown.
 pub(crate) fn written(headers: &HeaderMap) -> bool {
-    headers.contains_key(&LIMIT_REQUESTS) || headers.contains_key(&LIMIT_TOKENS)
+    // `RateLimit-Policy` goes with either family: one lookup.
+    headers.contains_key(&POLICY)
 }
 
 /// Writes the headers for `standings` into `headers`. No `fmt` machinery: this runs on every
