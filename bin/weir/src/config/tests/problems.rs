@@ -143,3 +143,33 @@ fn missing_sections_and_keys_are_named() {
         "{message}"
     );
 }
+
+#[test]
+fn a_forwarded_header_that_picks_the_account_is_refused_with_its_reason() {
+    let with = |names: &str| {
+        error(&GOOD.replace(
+            "drain_timeout = \"5s\"",
+            &format!("drain_timeout = \"5s\"\nforward_headers = {names}"),
+        ))
+    };
+    for name in ["OpenAI-Organization", "authorization", "x-api-key", "connection"] {
+        let message = with(&format!("[\"x-team\", \"{name}\"]"));
+        assert!(
+            message.contains("server.forward_headers: `")
+                && message.contains("never comes from a client"),
+            "{name}: {message}"
+        );
+    }
+    let message = with("[\"not a name\"]");
+    assert!(
+        message.contains("server.forward_headers: `not a name` is not a header name"),
+        "{message}"
+    );
+    let server = load(&GOOD.replace(
+        "drain_timeout = \"5s\"",
+        "drain_timeout = \"5s\"\nforward_headers = [\"X-Team\", \"x-vendor-*\"]",
+    ))
+    .expect("valid names are accepted")
+    .server;
+    assert_eq!(server.forward_headers, ["x-team", "x-vendor-*"]);
+}
