@@ -228,3 +228,24 @@ async fn a_cut_stream_is_truncated_and_what_clients_send_never_becomes_a_label()
         "{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_error_is_counted_with_the_provider_that_answered_it() {
+    let s = setup_with(
+        None,
+        "",
+        Some(r#"[{ provider = "primary", model = "m" }]"#),
+        "",
+    )
+    .await;
+    s.primary.set_defaults(Some("fault=500"));
+    let got = ask(&s.weir, "chunks=5").await;
+    assert_eq!(got.status, 500);
+    let samples = parse_prometheus(&metrics_at(s.weir.admin_addr()).await);
+    let counted: Vec<_> = samples
+        .iter()
+        .filter(|x| x.name == "weir_requests_total" && x.label("status") == Some("500"))
+        .map(|x| (x.label("provider"), x.label("model"), x.value))
+        .collect();
+    assert_eq!(counted, [(Some("primary"), Some("m"), 1.0)]);
+}

@@ -8,7 +8,7 @@ use super::errors::{error, json, model_not_found, shorten, whole_seconds};
 use super::judge::LlmJudge;
 use super::provider::Guarded;
 use super::target::RouteTarget;
-use crate::headers::{X_SHOULD_RETRY, X_WEIR_ATTEMPTS, X_WEIR_PROVIDER};
+use crate::headers::{X_SHOULD_RETRY, X_WEIR_ATTEMPTS};
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use std::convert::Infallible;
@@ -108,15 +108,11 @@ async fn answer(call: Arc<Call>, route: Arc<Route>) -> Response<ResponseBody> {
             answer, attempts, ..
         }) => {
             call.tally.attempts(attempts);
-            if let Some(provider) = answer.headers().get(&X_WEIR_PROVIDER) {
-                let target = route
-                    .targets
-                    .iter()
-                    .find(|t| t.upstream.name.as_bytes() == provider.as_bytes());
-                if let Some(t) = target {
-                    call.tally
-                        .provider(t.upstream.name.clone(), t.model.clone());
-                }
+            // The answer is the last failed attempt's: its target, as the judge recorded it.
+            let failed = call.failed.load(std::sync::atomic::Ordering::Relaxed);
+            if let Some(t) = route.targets.get(failed) {
+                call.tally
+                    .provider(t.upstream.name.clone(), t.model.clone());
             }
             with_attempts(answer, attempts)
         }

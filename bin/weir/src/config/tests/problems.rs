@@ -152,7 +152,12 @@ fn a_forwarded_header_that_picks_the_account_is_refused_with_its_reason() {
             &format!("drain_timeout = \"5s\"\nforward_headers = {names}"),
         ))
     };
-    for name in ["OpenAI-Organization", "authorization", "x-api-key", "connection"] {
+    for name in [
+        "OpenAI-Organization",
+        "authorization",
+        "x-api-key",
+        "connection",
+    ] {
         let message = with(&format!("[\"x-team\", \"{name}\"]"));
         assert!(
             message.contains("server.forward_headers: `")
