@@ -18,8 +18,8 @@
 //! Loading never half-succeeds, and it reports every problem in one run: each unknown key
 //! (with the known key it is likely a typo of), wrong type, bad value, dangling reference or
 //! missing environment variable, in file order, as `file:line:column: key.path: what is
-//! wrong`. Each section is read by its own module ([`server`], [`provider`], [`route`], ...)
-//! through the spanned tree of [`read`]. Upstream API keys come only from the environment
+//! wrong`. Each section is read by its own module (`server`, `provider`, `route`, ...)
+//! through the spanned tree of the `read` module. Upstream API keys come only from the environment
 //! (`"${VAR}"`) and are held in [`Secret`], whose `Debug` is redacted.
 
 pub mod catalogue;

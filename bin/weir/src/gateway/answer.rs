@@ -74,7 +74,8 @@ impl OnEnd<Opaque> for AttemptEnd {
     }
 }
 
-/// The body of an answer. See the [module docs](self).
+/// The body of an answer: a buffered one, or a committed stream (the module's docs say how
+/// each settles).
 #[derive(Debug)]
 pub struct ResponseBody {
     kind: Kind,
