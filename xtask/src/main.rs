@@ -124,6 +124,7 @@ fn python_env(root: &Path) -> Result<PathBuf> {
 
 fn test(root: &Path) -> Result {
     let python = python_env(root)?;
+    redis_server()?;
     let nextest = cargo()
         .args(["nextest", "--version"])
         .output()
@@ -143,6 +144,37 @@ fn test(root: &Path) -> Result {
     run(cargo()
         .current_dir(root)
         .args(["test", "--workspace", "--doc"]))
+}
+
+/// The shared-limit tests start a real `redis-server`: installed from Debian's packages when
+/// missing and this runs as root (as CI does), else a clear error before any test runs.
+fn redis_server() -> Result {
+    let have = || {
+        Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if root && Command::new("apt-get").arg("--version").output().is_ok() {
+        eprintln!("xtask: installing redis-server (the shared rate-limit tests start one)");
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "redis-server"]))?;
+        // Debian's package starts a service of its own; the tests start their own servers.
+        let _ = Command::new("service")
+            .args(["redis-server", "stop"])
+            .output();
+        if have() {
+            return Ok(());
+        }
+    }
+    Err("the tests need redis-server on the PATH: apt-get install redis-server".into())
 }
 
 /// The soak test (`tests/tests/soak.rs`) at a size given on the command line, release build.

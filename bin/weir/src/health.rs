@@ -479,6 +479,33 @@ fn ratelimit_metrics(gateway: &Gateway, out: &mut String) {
             c.waited
         );
     }
+    if let Some(store) = gateway.shared_store() {
+        let _ = writeln!(
+            out,
+            "# HELP weir_ratelimit_store_up Whether the shared rate-limit store (Redis) answered the last decision in time."
+        );
+        let _ = writeln!(out, "# TYPE weir_ratelimit_store_up gauge");
+        let _ = writeln!(
+            out,
+            "weir_ratelimit_store_up{{store=\"redis\"}} {}",
+            u8::from(!store.is_down())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_ratelimit_store_decisions_total Rate-limit decisions by who took them: redis, or this replica's share when Redis did not answer within the budget (fallback)."
+        );
+        let _ = writeln!(out, "# TYPE weir_ratelimit_store_decisions_total counter");
+        let _ = writeln!(
+            out,
+            "weir_ratelimit_store_decisions_total{{store=\"redis\",by=\"redis\"}} {}",
+            store.answered()
+        );
+        let _ = writeln!(
+            out,
+            "weir_ratelimit_store_decisions_total{{store=\"redis\",by=\"fallback\"}} {}",
+            store.fallbacks()
+        );
+    }
 }
 
 /// One metric family with a `provider` label.

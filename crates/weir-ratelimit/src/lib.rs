@@ -73,6 +73,8 @@ mod limiter;
 mod refusal;
 mod scope;
 mod service;
+#[cfg(feature = "redis")]
+mod shared;
 
 pub use body::ResponseBody;
 pub use clock::TokioClock;
@@ -87,6 +89,8 @@ pub use limiter::{
 pub use refusal::{refusal_response, Limited};
 pub use scope::{Keyed, Scope};
 pub use service::{Mode, RateLimit};
+#[cfg(feature = "redis")]
+pub use shared::{OnFailure, RedisSettings, RedisStore};
 
 /// The error type of the service and its body: the inner error, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

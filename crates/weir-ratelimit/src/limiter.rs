@@ -48,6 +48,17 @@ impl Rate {
         self.per_minute.get()
     }
 
+    /// The most taken at once.
+    pub fn burst_size(&self) -> u32 {
+        self.burst.get()
+    }
+
+    /// One cell's worth of time, in microseconds (what a shared store counts in).
+    #[cfg(feature = "redis")]
+    pub(crate) fn cell_micros(&self) -> f64 {
+        60e6 / f64::from(self.per_minute.get())
+    }
+
     fn quota(&self) -> Quota {
         let interval = Duration::from_secs(60) / self.per_minute.get();
         Quota::with_period(interval.max(Duration::from_nanos(1)))
@@ -254,6 +265,8 @@ pub enum Refusal {
         /// Until the request's tokens are allowed again.
         retry_after: Duration,
     },
+    /// The shared store did not answer in time, and the limiter fails closed.
+    Unavailable,
     /// The request's own token estimate is above the tokens burst: it can never pass.
     TooLarge {
         /// The estimate.
@@ -270,6 +283,7 @@ impl Refusal {
             Self::Requests { .. } => "requests",
             Self::Tokens { .. } => "tokens",
             Self::TooLarge { .. } => "too_large",
+            Self::Unavailable => "unavailable",
         }
     }
 
@@ -277,6 +291,7 @@ impl Refusal {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Requests { retry_after } | Self::Tokens { retry_after } => Some(*retry_after),
+            Self::Unavailable => Some(Duration::from_secs(1)),
             Self::TooLarge { .. } => None,
         }
     }
@@ -312,6 +327,8 @@ pub struct LimiterBuilder {
     requests: Option<Rate>,
     tokens: Option<Rate>,
     max_keys: usize,
+    #[cfg(feature = "redis")]
+    shared: Option<(crate::shared::RedisStore, String)>,
 }
 
 impl LimiterBuilder {
@@ -335,6 +352,15 @@ impl LimiterBuilder {
         self
     }
 
+    /// Shares the quotas with other replicas through `store`, under `name` (which tells this
+    /// limiter's keys from other limiters' in the same Redis: "server", "route:chat"...).
+    /// The in-memory state then holds this replica's share, used when Redis does not answer.
+    #[cfg(feature = "redis")]
+    pub fn shared(mut self, store: crate::shared::RedisStore, name: impl Into<String>) -> Self {
+        self.shared = Some((store, name.into()));
+        self
+    }
+
     /// The limiter, over in-memory state (governor's `DashMap` store).
     pub fn build<K: Key>(self) -> Limiter<K> {
         self.build_with(DashMapStateStore::default, TokioClock::new())
@@ -346,10 +372,35 @@ impl LimiterBuilder {
         store: impl Fn() -> S,
         clock: TokioClock,
     ) -> Limiter<K, S> {
+        #[cfg(feature = "redis")]
+        let (local_rate, shared) = match self.shared {
+            Some((redis, name)) => {
+                let share = redis.clone();
+                let shared = crate::shared::SharedLimit {
+                    redis,
+                    name,
+                    requests: self.requests,
+                    tokens: self.tokens,
+                };
+                (
+                    Box::new(move |r: Rate| share.share(r)) as Box<dyn Fn(Rate) -> Rate>,
+                    Some(shared),
+                )
+            }
+            None => (Box::new(|r: Rate| r) as Box<dyn Fn(Rate) -> Rate>, None),
+        };
+        #[cfg(not(feature = "redis"))]
+        let local_rate = |r: Rate| r;
         Limiter {
             inner: Arc::new(Inner {
-                requests: self.requests.map(|r| Bucket::new(r, store(), clock)),
-                tokens: self.tokens.map(|r| Bucket::new(r, store(), clock)),
+                requests: self
+                    .requests
+                    .map(|r| Bucket::new(local_rate(r), store(), clock)),
+                tokens: self
+                    .tokens
+                    .map(|r| Bucket::new(local_rate(r), store(), clock)),
+                #[cfg(feature = "redis")]
+                shared,
                 max_keys: self.max_keys,
                 last_prune: Mutex::new(None),
                 lines: Mutex::new(HashMap::new()),
@@ -365,6 +416,8 @@ impl LimiterBuilder {
 struct Inner<K: Key, S: Store<K>> {
     requests: Option<Bucket<K, S>>,
     tokens: Option<Bucket<K, S>>,
+    #[cfg(feature = "redis")]
+    shared: Option<crate::shared::SharedLimit>,
     max_keys: usize,
     last_prune: Mutex<Option<Instant>>,
     /// Per key, the line of calls waiting their turn (wait mode), while any waits.
@@ -405,19 +458,37 @@ impl Limiter<()> {
             requests: None,
             tokens: None,
             max_keys: 100_000,
+            #[cfg(feature = "redis")]
+            shared: None,
         }
     }
 }
 
 impl<K: Key, S: Store<K>> Limiter<K, S> {
-    /// The requests quota.
+    /// The requests quota (all replicas', when shared).
     pub fn requests(&self) -> Option<Rate> {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.inner.shared {
+            return shared.requests;
+        }
         self.inner.requests.as_ref().map(|b| b.rate)
     }
 
-    /// The tokens quota.
+    /// The tokens quota (all replicas', when shared).
     pub fn tokens(&self) -> Option<Rate> {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.inner.shared {
+            return shared.tokens;
+        }
         self.inner.tokens.as_ref().map(|b| b.rate)
+    }
+
+    /// Whether its quotas are shared with other replicas (through Redis).
+    pub fn is_shared(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.inner.shared.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
     }
 
     /// The store slot for `key`: its own, or the overflow bucket when the store is full.
@@ -501,8 +572,107 @@ impl<K: Key, S: Store<K>> Limiter<K, S> {
             limiter: self.clone(),
             slot,
             charged,
+            #[cfg(feature = "redis")]
+            remote: None,
         };
         Ok((charge, standings))
+    }
+
+    /// Admits a call like [`check`](Self::check), against the quotas all replicas share
+    /// (one Redis round trip); when Redis does not answer within its budget, against this
+    /// replica's share (or refused, failing closed). Without a shared store, `check`.
+    pub async fn check_shared(
+        &self,
+        key: K,
+        tokens: u32,
+    ) -> Result<(Charge<K, S>, Standings), (Refusal, Standings)> {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = &self.inner.shared {
+            return self.check_redis(shared, key, tokens).await;
+        }
+        self.check(key, tokens)
+    }
+
+    #[cfg(feature = "redis")]
+    async fn check_redis(
+        &self,
+        shared: &crate::shared::SharedLimit,
+        key: K,
+        tokens: u32,
+    ) -> Result<(Charge<K, S>, Standings), (Refusal, Standings)> {
+        use crate::shared::{stable_hash, OnFailure, RemoteCharge};
+        let inner = &self.inner;
+        if let Some(rate) = shared.tokens.filter(|r| tokens > r.burst_size()) {
+            inner.refused_tokens.fetch_add(1, Ordering::Relaxed);
+            let refusal = Refusal::TooLarge {
+                tokens,
+                burst: rate.burst_size(),
+            };
+            return Err((refusal, Standings::default()));
+        }
+        let hash = stable_hash(&key);
+        let redis = &shared.redis;
+        let requests_key = redis.key(&shared.name, "r", hash);
+        let tokens_key = redis.key(&shared.name, "t", hash);
+        let requests = shared.requests.map(|r| (r.cell_micros(), r.burst_size()));
+        let token_quota = shared.tokens.map(|r| (r.cell_micros(), r.burst_size()));
+        let decided = redis
+            .decide(
+                [requests_key.as_str(), tokens_key.as_str()],
+                requests,
+                token_quota,
+                tokens,
+            )
+            .await;
+        let Some(d) = decided else {
+            return match redis.on_failure() {
+                OnFailure::Open => self.check(key, tokens),
+                OnFailure::Closed => Err((Refusal::Unavailable, Standings::default())),
+            };
+        };
+        let standing = |rate: Option<Rate>, (remaining, reset): (u32, Duration)| {
+            rate.map(|r| Standing {
+                limit: r.limit(),
+                remaining,
+                reset,
+            })
+        };
+        let standings = Standings {
+            requests: standing(shared.requests, d.requests),
+            tokens: standing(shared.tokens, d.tokens),
+        };
+        match d.refused {
+            1 => {
+                inner.refused_requests.fetch_add(1, Ordering::Relaxed);
+                let refusal = Refusal::Requests {
+                    retry_after: d.retry_after,
+                };
+                Err((refusal, standings))
+            }
+            2 => {
+                inner.refused_tokens.fetch_add(1, Ordering::Relaxed);
+                let refusal = Refusal::Tokens {
+                    retry_after: d.retry_after,
+                };
+                Err((refusal, standings))
+            }
+            _ => {
+                inner.admitted.fetch_add(1, Ordering::Relaxed);
+                let charged = if shared.tokens.is_some() { tokens } else { 0 };
+                let remote = RemoteCharge {
+                    redis: redis.clone(),
+                    requests: requests.map(|(cell, _)| (requests_key, cell)),
+                    tokens: token_quota.map(|(cell, _)| (tokens_key, cell)),
+                };
+                let charge = Charge {
+                    limiter: self.clone(),
+                    slot: Slot::Key(key),
+                    charged,
+                    remote: Some(remote),
+                };
+                Ok((charge, standings))
+            }
+        }
     }
 
     /// The line `key`'s waiting calls queue in, first come first served.
@@ -552,6 +722,9 @@ pub struct Charge<K: Key, S: Store<K> = DashMapStateStore<Slot<K>>> {
     limiter: Limiter<K, S>,
     slot: Slot<K>,
     charged: u32,
+    /// Where the charge was made, when Redis made it.
+    #[cfg(feature = "redis")]
+    remote: Option<crate::shared::RemoteCharge>,
 }
 
 impl<K: Key, S: Store<K>> std::fmt::Debug for Charge<K, S> {
@@ -571,6 +744,11 @@ impl<K: Key, S: Store<K>> Charge<K, S> {
     /// Takes the charge back whole (the request cell and its tokens): the call was refused
     /// by something after this limiter, so nothing was used.
     pub fn cancel(self) {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.remote {
+            remote.cancel(self.charged);
+            return;
+        }
         if let Some(requests) = &self.limiter.inner.requests {
             requests.give_back(&self.slot, 1);
         }
@@ -582,6 +760,11 @@ impl<K: Key, S: Store<K>> Charge<K, S> {
     /// Settles the charge with the tokens really used: the difference is given back, or
     /// charged on top (which may leave the key in debt for a while).
     pub fn settle(self, used: u32) {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.remote {
+            remote.settle(self.charged, used);
+            return;
+        }
         let Some(bucket) = &self.limiter.inner.tokens else {
             return;
         };

@@ -36,6 +36,11 @@ pub fn refusal_response<B>(
             "Rate limit reached for tokens per minute; retry after the time in Retry-After.",
         )
         .code("rate_limit_exceeded"),
+        Refusal::Unavailable => ErrorBody::new(
+            ErrorKind::Unavailable,
+            "The shared rate limit could not be checked in time; retry shortly.",
+        )
+        .code("rate_limit_unavailable"),
         Refusal::TooLarge { tokens, burst } => ErrorBody::new(
             ErrorKind::RateLimited,
             format!(

@@ -76,16 +76,14 @@ impl<S, P, C> RateLimit<S, P, C> {
 }
 
 /// Waits, first come first served for `key`, until a call fits or `max_wait` would pass.
+/// `refused` is the first decision's refusal.
 pub(crate) async fn admit_waiting<K: crate::Key>(
     limiter: &Limiter<K>,
     key: K,
     tokens: u32,
     max_wait: Duration,
+    refused: (Refusal, Standings),
 ) -> Result<(Charge<K>, Standings), (Refusal, Standings)> {
-    let refused = match limiter.check(key.clone(), tokens) {
-        Ok(admitted) => return Ok(admitted),
-        Err(refused) => refused,
-    };
     let deadline = Instant::now() + max_wait;
     let fits = |refusal: &Refusal| {
         refusal
@@ -101,7 +99,7 @@ pub(crate) async fn admit_waiting<K: crate::Key>(
         return Err(refused);
     };
     loop {
-        match limiter.check(key.clone(), tokens) {
+        match limiter.check_shared(key.clone(), tokens).await {
             Ok(admitted) => return Ok(admitted),
             Err(refused) if fits(&refused.0) => {
                 let wait = refused.0.retry_after().unwrap_or_default();
@@ -147,19 +145,43 @@ where
                 .cloned()
         };
         // Decided before the request moves on (the limiter may be borrowed from it).
-        let decision = self.scope.select(&request).map(|(limiter, key)| {
+        let mut remote = None;
+        let decision = self.scope.select(&request).and_then(|(limiter, key)| {
             let tokens = self.cost.estimate(&request);
-            match limiter.check(key.clone(), tokens) {
+            if limiter.is_shared() {
+                // Decided by Redis, in the future (the rare path's box).
+                remote = Some((limiter.clone(), key, tokens));
+                return None;
+            }
+            Some(match limiter.check(key.clone(), tokens) {
                 Ok(admitted) => Ok((admitted, meter())),
                 Err((refusal, standings)) => {
                     // Only a wait that fits takes the limiter along.
                     let waiting = wait
                         .filter(|max| refusal.retry_after().is_some_and(|w| w <= *max))
-                        .map(|max| (limiter.clone(), key, tokens, max));
+                        .map(|max| (limiter.clone(), key, tokens, max, (refusal, standings)));
                     Err((refusal, standings, waiting))
                 }
-            }
+            })
         });
+        if let Some((limiter, key, tokens)) = remote {
+            drop(ready);
+            let inner = self.inner.clone();
+            let headers = self.headers;
+            let meter = meter();
+            return ResponseFuture::waiting(Box::pin(async move {
+                let decided = match limiter.check_shared(key.clone(), tokens).await {
+                    Err(refused) => match wait
+                        .filter(|max| refused.0.retry_after().is_some_and(|w| w <= *max))
+                    {
+                        Some(max) => admit_waiting(&limiter, key, tokens, max, refused).await,
+                        None => Err(refused),
+                    },
+                    admitted => admitted,
+                };
+                call_admitted(inner, request, decided, headers, meter).await
+            }));
+        }
         match decision {
             None => ResponseFuture::calling(ready.call(request), None, None, None),
             Some(Ok(((charge, standings), meter))) => {
@@ -169,38 +191,51 @@ where
             Some(Err((refusal, standings, None))) => {
                 ResponseFuture::refused(refusal_response(refusal, &standings, ResponseBody::local))
             }
-            Some(Err((_, _, Some((limiter, key, tokens, max_wait))))) => {
+            Some(Err((_, _, Some((limiter, key, tokens, max_wait, refused))))) => {
                 // Waiting for a turn holds nothing of the inner service's: the reservation
                 // made in `poll_ready` (a concurrency slot, say) is given back, and taken
                 // again once the call fits.
                 drop(ready);
-                let mut inner = self.inner.clone();
+                let inner = self.inner.clone();
                 let headers = self.headers;
-                let meter = request
-                    .extensions()
-                    .get::<weir_llm::stream::Meter>()
-                    .cloned();
+                let meter = meter();
                 ResponseFuture::waiting(Box::pin(async move {
-                    let (charge, standings) = match admit_waiting(&limiter, key, tokens, max_wait)
-                        .await
-                    {
-                        Ok(admitted) => admitted,
-                        Err((refusal, standings)) => {
-                            return Ok(refusal_response(refusal, &standings, ResponseBody::local));
-                        }
-                    };
-                    std::future::poll_fn(|cx| inner.poll_ready(cx))
-                        .await
-                        .map_err(Into::into)?;
-                    let response = inner.call(request).await.map_err(Into::into)?;
-                    Ok(crate::future::admitted(
-                        response,
-                        Some(charge),
-                        headers.then_some(standings),
-                        meter,
-                    ))
+                    let decided = admit_waiting(&limiter, key, tokens, max_wait, refused).await;
+                    call_admitted(inner, request, decided, headers, meter).await
                 }))
             }
         }
     }
+}
+
+/// The rare path's end: the call, once admitted (the inner service made ready again), or
+/// the refusal's answer.
+async fn call_admitted<S, B, RB, K>(
+    mut inner: S,
+    request: Request<B>,
+    decided: Result<(Charge<K>, Standings), (Refusal, Standings)>,
+    headers: bool,
+    meter: Option<weir_llm::stream::Meter>,
+) -> Result<Response<ResponseBody<RB, K>>, BoxError>
+where
+    S: tower_service::Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    K: crate::Key,
+{
+    let (charge, standings) = match decided {
+        Ok(admitted) => admitted,
+        Err((refusal, standings)) => {
+            return Ok(refusal_response(refusal, &standings, ResponseBody::local));
+        }
+    };
+    std::future::poll_fn(|cx| inner.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    let response = inner.call(request).await.map_err(Into::into)?;
+    Ok(crate::future::admitted(
+        response,
+        Some(charge),
+        headers.then_some(standings),
+        meter,
+    ))
 }

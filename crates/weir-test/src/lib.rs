@@ -24,6 +24,7 @@
 
 mod body;
 pub mod raw;
+pub mod redis;
 pub mod script;
 mod server;
 

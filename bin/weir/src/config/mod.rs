@@ -26,6 +26,7 @@ pub mod catalogue;
 mod keys;
 mod limits;
 mod provider;
+mod ratelimit;
 mod read;
 mod route;
 mod server;
@@ -36,6 +37,7 @@ pub(crate) use keys::key_hash;
 pub use keys::{hash_key, ClientKey};
 pub use limits::{AdaptiveConcurrency, Concurrency, RateLimit};
 pub use provider::{Health, Probe, Provider};
+pub use ratelimit::{LimitStore, Redis};
 pub use read::parse_duration;
 pub use route::{Continuation, RetryBudgetConfig, Route, Target};
 pub use server::Server;
@@ -57,6 +59,8 @@ pub struct Config {
     pub telemetry: Telemetry,
     /// `[websocket]`: the `GET /v1/ws` endpoint.
     pub websocket: WebSocket,
+    /// `[ratelimit]`: where the rate limits keep their state (this process, or Redis).
+    pub ratelimit: LimitStore,
     /// `[[providers]]`, in file order.
     pub providers: Vec<Provider>,
     /// `[[routes]]`, in file order.
@@ -194,6 +198,7 @@ const KEYS: &[&str] = &[
     "server",
     "telemetry",
     "websocket",
+    "ratelimit",
     "providers",
     "routes",
     "keys",
@@ -253,6 +258,8 @@ fn read(root: &Table<'_>, env: &dyn Fn(&str) -> Option<String>) -> Config {
         root.table("websocket", websocket::KEYS).as_ref(),
         server.max_request_bytes,
     );
+
+    let ratelimit = ratelimit::read(root.table("ratelimit", ratelimit::KEYS).as_ref(), env);
 
     let provider_tables = root
         .tables("providers", provider::KEYS)
@@ -323,6 +330,7 @@ fn read(root: &Table<'_>, env: &dyn Fn(&str) -> Option<String>) -> Config {
         server,
         telemetry,
         websocket,
+        ratelimit,
         providers,
         routes,
         keys,

@@ -394,7 +394,7 @@ fn health(t: Option<&Table<'_>>, breaker: &mut weir_breaker::PolicyConfig) -> He
 
 /// Expands `${VAR}` references in the value of `name`. With `whole`, the value must be
 /// exactly one reference: keys never sit in the file (and a literal one is never echoed).
-fn env_secret(
+pub(super) fn env_secret(
     t: &Table<'_>,
     value: &At<&str>,
     name: &str,

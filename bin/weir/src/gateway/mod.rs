@@ -91,6 +91,11 @@ pub struct Gateway {
     keys: Arc<[Arc<ClientKey>]>,
     /// `[server]` as this gateway was built from (what a reload compares).
     server: crate::config::Server,
+    /// Where the rate limits keep their state (`[ratelimit]`), as configured.
+    limit_store: crate::config::LimitStore,
+    /// The Redis store, with `store = "redis"` (kept, connection and all, by a reload that
+    /// leaves `[ratelimit]` as it was).
+    shared: Option<weir_ratelimit::RedisStore>,
 }
 
 impl Gateway {
@@ -138,14 +143,25 @@ impl Gateway {
     }
 
     fn build(config: &Config, previous: Option<&Gateway>) -> Result<Self, weir_client::Error> {
+        // A limiter is kept over a reload only when its store is the same one.
+        let (shared, previous_limits) = match previous {
+            Some(g) if g.limit_store == config.ratelimit => (g.shared.clone(), previous),
+            _ => (shared_store(&config.ratelimit), None),
+        };
+        let store = shared.as_ref();
         let upstreams = config
             .providers
             .iter()
             .map(|p| {
                 let old = previous.and_then(|g| g.upstreams.iter().find(|u| *u.name == *p.name));
                 match old {
-                    Some(old) if old.config == *p => Ok(old.clone()),
-                    old => Upstream::new(p, old.map(|u| &**u)).map(Arc::new),
+                    Some(old) if old.config == *p && previous_limits.is_some() => Ok(old.clone()),
+                    old => Upstream::new(
+                        p,
+                        old.map(|u| &**u).filter(|_| previous_limits.is_some()),
+                        store,
+                    )
+                    .map(Arc::new),
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -173,11 +189,11 @@ impl Gateway {
             .routes
             .iter()
             .map(|r| {
-                let kept = previous
+                let kept = previous_limits
                     .and_then(|g| g.routes.get(&r.model))
                     .filter(|old| old.rate_limit == r.rate_limit)
                     .map(|old| old.limiter.clone());
-                let route = route(config, r, &upstreams, &deployments, kept);
+                let route = route(config, r, &upstreams, &deployments, kept, store);
                 (r.model.clone(), Arc::new(route))
             })
             .collect();
@@ -200,31 +216,45 @@ impl Gateway {
             ids: previous.map(|g| g.ids.clone()).unwrap_or_default(),
             applied: limit.clone().unwrap_or_else(unlimited),
             limit,
-            rate_limiter: match previous {
+            rate_limiter: match previous_limits {
                 Some(g) if g.server.rate_limit == config.server.rate_limit => {
                     g.rate_limiter.clone()
                 }
-                _ => config.server.rate_limit.as_ref().map(rate_limiter),
+                _ => config
+                    .server
+                    .rate_limit
+                    .as_ref()
+                    .map(|c| rate_limiter(c, store, "server")),
             },
             keys: config
                 .keys
                 .iter()
                 .map(|k| {
-                    let kept = previous
+                    let kept = previous_limits
                         .and_then(|g| g.keys.iter().find(|old| *old.name == *k.name))
                         .filter(|old| old.limits == k.limits)
                         .map(|old| old.limiter.clone());
+                    let name = format!("key:{}", k.name);
                     Arc::new(ClientKey {
                         name: k.name.as_str().into(),
                         hash: k.hash,
                         models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
-                        limiter: kept.unwrap_or_else(|| k.limits.as_ref().map(rate_limiter)),
+                        limiter: kept.unwrap_or_else(|| {
+                            k.limits.as_ref().map(|c| rate_limiter(c, store, &name))
+                        }),
                         limits: k.limits.clone(),
                     })
                 })
                 .collect(),
             server: config.server.clone(),
+            limit_store: config.ratelimit.clone(),
+            shared,
         })
+    }
+
+    /// The shared store of the rate limits, with `[ratelimit] store = "redis"`.
+    pub(crate) fn shared_store(&self) -> Option<&weir_ratelimit::RedisStore> {
+        self.shared.as_ref()
     }
 
     /// The providers, in config order.
@@ -264,6 +294,37 @@ impl Gateway {
     }
 }
 
+/// The Redis store `[ratelimit]` asks for; its connection is made in the background at once.
+fn shared_store(c: &crate::config::LimitStore) -> Option<weir_ratelimit::RedisStore> {
+    let crate::config::LimitStore::Redis(r) = c else {
+        return None;
+    };
+    let settings = weir_ratelimit::RedisSettings {
+        url: r.url.expose().to_owned(),
+        namespace: r.namespace.clone(),
+        budget: r.budget,
+        on_failure: if r.fail_closed {
+            weir_ratelimit::OnFailure::Closed
+        } else {
+            weir_ratelimit::OnFailure::Open
+        },
+        replicas: r.replicas,
+    };
+    match weir_ratelimit::RedisStore::new(settings) {
+        Ok(store) => {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                store.connect_soon();
+            }
+            Some(store)
+        }
+        Err(e) => {
+            // The URL was checked when the config was read; never printed (a password).
+            tracing::error!(error.kind = ?e.kind(), "the [ratelimit] redis URL cannot be used: rate limits stay local");
+            None
+        }
+    }
+}
+
 /// A route from its config: its targets, and its failover router over their providers.
 fn route(
     config: &Config,
@@ -271,6 +332,7 @@ fn route(
     upstreams: &[Arc<Upstream>],
     deployments: &[Arc<Deployment>],
     kept: Option<Option<weir_ratelimit::Limiter<()>>>,
+    store: Option<&weir_ratelimit::RedisStore>,
 ) -> Route {
     let deployment = |t: &crate::config::Target| {
         deployments
@@ -332,7 +394,11 @@ fn route(
     .build();
     Route {
         name: r.model.as_str().into(),
-        limiter: kept.unwrap_or_else(|| r.rate_limit.as_ref().map(rate_limiter)),
+        limiter: kept.unwrap_or_else(|| {
+            r.rate_limit
+                .as_ref()
+                .map(|c| rate_limiter(c, store, &format!("route:{}", r.model)))
+        }),
         rate_limit: r.rate_limit.clone(),
         targets,
         router,

@@ -113,6 +113,7 @@ impl Upstream {
     pub(crate) fn new(
         p: &Provider,
         previous: Option<&Upstream>,
+        shared: Option<&weir_ratelimit::RedisStore>,
     ) -> Result<Self, weir_client::Error> {
         let client = ClientBuilder::new()
             .connect_timeout(p.connect_timeout)
@@ -145,9 +146,13 @@ impl Upstream {
             (Some(c), None) => (limit_from(c), c.queue_timeout),
             (None, _) => (unlimited(), Duration::ZERO),
         };
+        // `previous` is given only when the limits' store did not change.
         let rate_limiter = match same(&|old| old.rate_limit == p.rate_limit) {
             Some(old) => old.rate_limiter.clone(),
-            None => p.rate_limit.as_ref().map(rate_limiter),
+            None => p
+                .rate_limit
+                .as_ref()
+                .map(|c| rate_limiter(c, shared, &format!("provider:{}", p.name))),
         };
         let rate_mode = match &p.rate_limit {
             Some(r) if !r.wait.is_zero() => weir_ratelimit::Mode::Wait { max_wait: r.wait },
@@ -315,8 +320,12 @@ pub(crate) fn unlimited() -> Limit {
         .build()
 }
 
-/// A rate limiter from its config.
-pub(crate) fn rate_limiter(c: &crate::config::RateLimit) -> weir_ratelimit::Limiter<()> {
+/// A rate limiter from its config; with a shared store, its state lives there under `name`.
+pub(crate) fn rate_limiter(
+    c: &crate::config::RateLimit,
+    shared: Option<&weir_ratelimit::RedisStore>,
+    name: &str,
+) -> weir_ratelimit::Limiter<()> {
     let rate = |(per_minute, burst): (u32, u32)| {
         let n = |v: u32| std::num::NonZeroU32::new(v).expect("config checked it is above 0");
         weir_ratelimit::Rate::per_minute(n(per_minute)).burst(n(burst))
@@ -327,6 +336,9 @@ pub(crate) fn rate_limiter(c: &crate::config::RateLimit) -> weir_ratelimit::Limi
     }
     if let Some(t) = c.tokens {
         builder = builder.tokens(rate(t));
+    }
+    if let Some(store) = shared {
+        builder = builder.shared(store.clone(), name);
     }
     builder.build()
 }

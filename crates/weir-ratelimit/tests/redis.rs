@@ -1,0 +1,203 @@
+//! Limits shared through a real `redis-server` (on a loopback port): several limiters, as
+//! several replicas would hold them, one set of quotas; Redis stopped, slowed and back.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+use tokio::time::Instant;
+use weir_ratelimit::{Limiter, OnFailure, Rate, RedisSettings, RedisStore, Refusal};
+use weir_test::redis::RedisServer as Redis;
+
+fn store(redis: &Redis, namespace: &str, on_failure: OnFailure) -> RedisStore {
+    RedisStore::new(RedisSettings {
+        url: redis.url(),
+        namespace: namespace.into(),
+        budget: Duration::from_millis(50),
+        on_failure,
+        replicas: 3,
+    })
+    .unwrap()
+}
+
+fn n(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v).unwrap()
+}
+
+/// Three replicas' limiters of one quota, each with its own connection.
+async fn replicas(
+    redis: &Redis,
+    namespace: &str,
+    rpm: u32,
+    tpm: Option<u32>,
+) -> Vec<Limiter<String>> {
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        let store = store(redis, namespace, OnFailure::Open);
+        assert!(store.connect_now().await);
+        let mut builder = Limiter::builder().requests(Rate::per_minute(n(rpm)));
+        if let Some(tpm) = tpm {
+            builder = builder.tokens(Rate::per_minute(n(tpm)));
+        }
+        out.push(builder.shared(store, "key").build());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_admit_the_configured_number_between_them() {
+    let redis = Redis::start();
+    let limiters = replicas(&redis, "t1", 600, None).await;
+    let mut admitted = [0u32; 3];
+    for i in 0..1200 {
+        let r = i % 3;
+        if limiters[r]
+            .check_shared("client-a".to_string(), 0)
+            .await
+            .is_ok()
+        {
+            admitted[r] += 1;
+        }
+    }
+    let total: u32 = admitted.iter().sum();
+    // The burst is the minute's 600; a few more replenish while the loop runs (10 a second).
+    assert!((600..=630).contains(&total), "{admitted:?} = {total}");
+    assert!(
+        admitted.iter().all(|&a| a > 150),
+        "spread across replicas: {admitted:?}"
+    );
+    // Another key has its own quota.
+    assert!(limiters[0]
+        .check_shared("client-b".to_string(), 0)
+        .await
+        .is_ok());
+    // A refusal says when to come back, and where the quota stands.
+    let (refusal, standings) = limiters[1]
+        .check_shared("client-a".to_string(), 0)
+        .await
+        .unwrap_err();
+    match refusal {
+        Refusal::Requests { retry_after } => assert!(retry_after <= Duration::from_millis(100)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(standings.requests.unwrap().remaining, 0);
+    assert_eq!(standings.requests.unwrap().limit, 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_charges_settle_across_replicas_from_real_usage() {
+    let redis = Redis::start();
+    let limiters = replicas(&redis, "t2", 1000, Some(1000)).await;
+    // Replica 0 admits an estimate of 900 tokens; the answer used 100.
+    let (charge, standings) = limiters[0]
+        .check_shared("k".to_string(), 900)
+        .await
+        .unwrap();
+    assert_eq!(standings.tokens.unwrap().remaining, 100);
+    assert!(matches!(
+        limiters[1].check_shared("k".to_string(), 500).await,
+        Err((Refusal::Tokens { .. }, _))
+    ));
+    charge.settle(100);
+    // The refund reaches Redis in the background.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (charge, standings) = limiters[1]
+        .check_shared("k".to_string(), 500)
+        .await
+        .unwrap();
+    let left = standings.tokens.unwrap().remaining;
+    assert!((395..=410).contains(&left), "{left}");
+    // A debt: the estimate was 500, the answer used 800; replica 2 sees it.
+    charge.settle(800);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, standings) = limiters[2].check_shared("k".to_string(), 0).await.unwrap();
+    let left = standings.tokens.unwrap().remaining;
+    assert!((95..=115).contains(&left), "{left}");
+    // Above the burst: never, and Redis is not asked.
+    let before = limiters[2].counts().refused_tokens;
+    assert!(matches!(
+        limiters[2].check_shared("k".to_string(), 5000).await,
+        Err((
+            Refusal::TooLarge {
+                tokens: 5000,
+                burst: 1000
+            },
+            _
+        ))
+    ));
+    assert_eq!(limiters[2].counts().refused_tokens, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_falls_back_to_the_local_share_within_the_budget_then_shares_again() {
+    let mut redis = Redis::start();
+    let store = store(&redis, "t3", OnFailure::Open);
+    assert!(store.connect_now().await);
+    let limiter = Limiter::builder()
+        .requests(Rate::per_minute(n(60)))
+        .shared(store.clone(), "key")
+        .build::<String>();
+    assert!(limiter.check_shared("a".into(), 0).await.is_ok());
+    assert_eq!((store.answered(), store.fallbacks()), (1, 0));
+
+    redis.stop();
+    let mut admitted = 0;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..40 {
+        let t = Instant::now();
+        if limiter.check_shared("b".into(), 0).await.is_ok() {
+            admitted += 1;
+        }
+        slowest = slowest.max(t.elapsed());
+    }
+    // This replica's share: 60 ÷ 3.
+    assert_eq!(admitted, 20);
+    assert!(store.is_down());
+    assert_eq!(store.fallbacks(), 40);
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a decision waited {slowest:?}"
+    );
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limiter.check_shared("c".into(), 0).await.is_ok() && store.is_down() {
+        assert!(Instant::now() < deadline, "redis never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!store.is_down());
+    let answered = store.answered();
+    assert!(limiter.check_shared("c".into(), 0).await.is_ok());
+    assert_eq!(store.answered(), answered + 1, "decided by Redis again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_redis_never_holds_a_decision_past_the_budget_and_fails_closed_when_told() {
+    let redis = Redis::start();
+    let open = store(&redis, "t4", OnFailure::Open);
+    let closed = store(&redis, "t4", OnFailure::Closed);
+    assert!(open.connect_now().await && closed.connect_now().await);
+    let rate = Rate::per_minute(n(600));
+    let a = Limiter::builder()
+        .requests(rate)
+        .shared(open.clone(), "key")
+        .build::<String>();
+    let b = Limiter::builder()
+        .requests(rate)
+        .shared(closed.clone(), "key")
+        .build::<String>();
+    redis.block_for(1.0);
+    let t = Instant::now();
+    assert!(
+        a.check_shared("x".into(), 0).await.is_ok(),
+        "fail open: the local share admits"
+    );
+    assert!(matches!(
+        b.check_shared("x".into(), 0).await,
+        Err((Refusal::Unavailable, _))
+    ));
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(400),
+        "two decisions took {took:?}"
+    );
+    assert_eq!((open.fallbacks(), closed.fallbacks()), (1, 1));
+}
