@@ -15,8 +15,16 @@ use weir_test::MockUpstream;
 
 const KEY: &str = "sk-weir-shared-3c1d";
 
-/// One replica: the shared mock, the shared Redis, a client key with `limits`.
-async fn replica(mock: &MockUpstream, redis: &RedisServer, limits: &str) -> weir::Running {
+const ONE_TARGET: &str = r#"[{ provider = "mock", model = "m" }]"#;
+
+/// One replica: the shared mock, the shared Redis, a client key with `limits`, the route's
+/// `targets`.
+async fn replica(
+    mock: &MockUpstream,
+    redis: &RedisServer,
+    limits: &str,
+    targets: &str,
+) -> weir::Running {
     let text = format!(
         r#"
 [server]
@@ -38,7 +46,7 @@ health = {{ probe = "off" }}
 
 [[routes]]
 model = "gpt-test"
-targets = [{{ provider = "mock", model = "m" }}]
+targets = {targets}
 
 [[keys]]
 name = "team"
@@ -55,11 +63,18 @@ limits = {limits}
 }
 
 async fn replicas(limits: &str) -> (MockUpstream, RedisServer, Vec<weir::Running>) {
+    replicas_with(limits, ONE_TARGET).await
+}
+
+async fn replicas_with(
+    limits: &str,
+    targets: &str,
+) -> (MockUpstream, RedisServer, Vec<weir::Running>) {
     let mock = MockUpstream::start().await;
     let redis = RedisServer::start();
     let mut out = Vec::new();
     for _ in 0..3 {
-        out.push(replica(&mock, &redis, limits).await);
+        out.push(replica(&mock, &redis, limits, targets).await);
     }
     // Each replica's connection is made in the background at start.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -198,4 +213,32 @@ async fn a_slow_redis_holds_no_request_past_the_budget() {
     for weir in &weirs {
         assert_eq!(store(weir).await.1, 1.0, "one fallback each");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_429_seen_by_one_replica_keeps_the_others_off_it() {
+    let (mock, _redis, weirs) = replicas_with(
+        "{ requests_per_minute = 600 }",
+        r#"[{ provider = "mock", model = "primary" }, { provider = "mock", model = "backup" }]"#,
+    )
+    .await;
+    mock.set_model_defaults("primary", Some("fault=429,retry_after=30"));
+    let models = |from: usize| -> Vec<String> {
+        mock.requests()
+            .into_iter()
+            .skip(from)
+            .filter(|r| r.path.ends_with("/chat/completions"))
+            .filter_map(|r| r.model)
+            .collect()
+    };
+    // Replica 0 learns it the only way there is: a 429, then the backup.
+    assert_eq!(ask(&weirs[0], 16).await, 200);
+    assert_eq!(models(0), ["primary", "backup"]);
+    // Within a read interval the others know it too: straight to the backup.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let seen = mock.requests().len();
+    for weir in &weirs[1..] {
+        assert_eq!(ask(weir, 16).await, 200);
+    }
+    assert_eq!(models(seen), ["backup", "backup"]);
 }

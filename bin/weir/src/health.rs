@@ -61,6 +61,45 @@ pub(crate) fn spawn_model_probe(deployment: &Arc<Deployment>) -> Option<JoinHand
     })
 }
 
+/// How often a replica reads the cool-downs the others published.
+pub(crate) const COOL_DOWN_READS: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// With limits shared through Redis: every `every`, the 429 cool-downs any replica published
+/// (one pipelined read for all models), applied to this replica's models, so that a model
+/// one replica saw answer 429 with `Retry-After` is skipped by all. Ends with the gateway
+/// holder.
+pub(crate) async fn shared_cool_downs(
+    current: std::sync::Weak<crate::current::Current>,
+    every: std::time::Duration,
+) {
+    let mut names: Vec<String> = Vec::new();
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(current) = current.upgrade() else {
+            return;
+        };
+        let gateway = current.get();
+        drop(current);
+        let Some(store) = gateway.shared_store() else {
+            continue;
+        };
+        let deployments = gateway.deployments();
+        names.clear();
+        names.extend(
+            deployments
+                .iter()
+                .map(|d| crate::gateway::cool_down_name(&d.upstream.name, &d.model)),
+        );
+        if let Some(waits) = store.cool_downs(&names).await {
+            for (d, wait) in deployments.iter().zip(waits) {
+                if let Some(wait) = wait {
+                    d.breaker.cool_down(wait);
+                }
+            }
+        }
+    }
+}
+
 /// Probes every interval and reports to `breaker`; `probe` answers `None` when there is
 /// nothing to probe this time.
 async fn probe_loop<F, P>(

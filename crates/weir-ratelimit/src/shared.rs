@@ -59,6 +59,7 @@ struct Store {
     connecting: AtomicBool,
     admit: redis::Script,
     settle: redis::Script,
+    cool: redis::Script,
     /// Decisions Redis answered.
     answered: AtomicU64,
     /// Decisions taken locally (or refused) because Redis did not answer in time.
@@ -141,6 +142,14 @@ end
 return 1
 ";
 
+/// A cool-down as long as the longest published: KEYS[1] the name's key, ARGV[1] milliseconds.
+const COOL: &str = r"
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 1
+";
+
 /// What Redis decided for one call.
 pub(crate) struct Decision {
     pub(crate) refused: u8,
@@ -162,6 +171,7 @@ impl RedisStore {
                 connecting: AtomicBool::new(false),
                 admit: redis::Script::new(ADMIT),
                 settle: redis::Script::new(SETTLE),
+                cool: redis::Script::new(COOL),
                 answered: AtomicU64::new(0),
                 fallbacks: AtomicU64::new(0),
                 down: AtomicBool::new(false),
@@ -314,6 +324,55 @@ impl RedisStore {
             requests: (count(r[2]), us(r[3])),
             tokens: (count(r[4]), us(r[5])),
         })
+    }
+
+    /// Tells every replica that `name` (a provider's model, say) asked for calls to stay away
+    /// for `wait` (its 429's `Retry-After`); sent in the background. A longer cool-down
+    /// already published stands.
+    pub fn publish_cool_down(&self, name: &str, wait: Duration) {
+        let Some(mut c) = self.inner.connection.borrow().clone() else {
+            return;
+        };
+        let key = format!("{}:cool:{name}", self.inner.settings.namespace);
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut invocation = store.inner.cool.prepare_invoke();
+            invocation.key(key).arg(ms);
+            let call = invocation.invoke_async::<i64>(&mut c);
+            let _ = tokio::time::timeout(store.inner.settings.budget * 4, call).await;
+        });
+    }
+
+    /// How long each of `names` still cools down, as any replica published it (`None` for
+    /// one that does not); `None` when Redis did not answer within the budget.
+    pub async fn cool_downs(&self, names: &[String]) -> Option<Vec<Option<Duration>>> {
+        if names.is_empty() {
+            return Some(Vec::new());
+        }
+        let ask = async {
+            let mut c = self.connection().await?;
+            let mut pipe = redis::pipe();
+            for name in names {
+                pipe.cmd("PTTL")
+                    .arg(format!("{}:cool:{name}", self.inner.settings.namespace));
+            }
+            pipe.query_async::<Vec<i64>>(&mut c).await.ok()
+        };
+        let ttls = tokio::time::timeout(self.inner.settings.budget, ask)
+            .await
+            .ok()
+            .flatten()?;
+        Some(
+            ttls.into_iter()
+                .map(|ms| {
+                    u64::try_from(ms)
+                        .ok()
+                        .filter(|&ms| ms > 0)
+                        .map(Duration::from_millis)
+                })
+                .collect(),
+        )
     }
 
     /// Moves the arrival times of `keys` by their deltas (microseconds), in the background.

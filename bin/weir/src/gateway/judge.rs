@@ -25,6 +25,14 @@ use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
 pub(crate) struct LlmJudge {
     pub(crate) targets: Arc<[RouteTarget]>,
     pub(crate) first_token: Duration,
+    /// With limits shared through Redis: where a model's 429 cool-down is published for the
+    /// other replicas.
+    pub(crate) shared: Option<weir_ratelimit::RedisStore>,
+}
+
+/// The name a model's cool-down is shared under: its provider's and its own, as configured.
+pub(crate) fn cool_down_name(provider: &str, model: &str) -> String {
+    format!("{provider}:{model}")
 }
 
 type Judging = Pin<Box<dyn std::future::Future<Output = Judged<Response<ResponseBody>>> + Send>>;
@@ -111,6 +119,7 @@ impl Judge<Arc<Call>> for LlmJudge {
     ) -> Judging {
         let this = self.targets[target].clone_parts();
         let first_token = self.first_token;
+        let shared = self.shared.clone();
         let cut_from = attempt
             .resuming
             .map(|(_, from)| self.targets[from].upstream.name.clone());
@@ -153,6 +162,15 @@ impl Judge<Arc<Call>> for LlmJudge {
                 }
                 Ok(response) => {
                     let (answer, failure) = buffered_answer(response, &upstream).await;
+                    if let (
+                        Some(store),
+                        Some(Failure::RateLimited {
+                            retry_after: Some(wait),
+                        }),
+                    ) = (&shared, &failure)
+                    {
+                        store.publish_cool_down(&cool_down_name(&upstream.name, &model), *wait);
+                    }
                     Judged::Failed(answer, failure)
                 }
                 Err(e) => {

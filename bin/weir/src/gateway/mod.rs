@@ -43,6 +43,7 @@ use bytes::Bytes;
 use classify::{ClassifyLayer, Routes};
 use front::FrontLayer;
 use http::{Request, Response};
+pub(crate) use judge::cool_down_name;
 use judge::LlmJudge;
 use limits::{CallCost, KeyScope, RouteScope, ServerScope};
 use provider::{limit_from, rate_limiter, unlimited};
@@ -367,6 +368,7 @@ fn route(
         LlmJudge {
             targets: targets.clone(),
             first_token: r.first_token_timeout,
+            shared: store.cloned(),
         },
     )
     .policy(r.retry.clone())

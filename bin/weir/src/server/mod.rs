@@ -87,6 +87,7 @@ impl Running {
         for (_, task) in self.shared.probes.lock().expect("probes lock").drain(..) {
             task.abort();
         }
+        self.shared.cool_downs.abort();
         let _ = self.stop.send(true);
         let finished = self.public.await.unwrap_or(false);
         let _ = self.admin_stop.send(true);
@@ -174,6 +175,10 @@ pub(crate) async fn serve(
         current: current.clone(),
         health,
         probes: std::sync::Mutex::new(Vec::new()),
+        cool_downs: tokio::spawn(crate::health::shared_cool_downs(
+            Arc::downgrade(&current),
+            crate::health::COOL_DOWN_READS,
+        )),
         started: server.clone(),
         telemetry: telemetry.clone(),
         websocket: websocket.clone(),

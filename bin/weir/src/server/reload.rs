@@ -16,6 +16,9 @@ pub(super) struct Shared {
     pub(super) health: Arc<Health>,
     /// One health-probe task per provider and per deployment that probe, with what it probes.
     pub(super) probes: std::sync::Mutex<Vec<(Probed, JoinHandle<()>)>>,
+    /// The task that reads the cool-downs other replicas published (limits shared through
+    /// Redis); it follows whichever gateway is current.
+    pub(super) cool_downs: JoinHandle<()>,
     /// `[server]` as weir started: what a reload cannot change.
     pub(super) started: crate::config::Server,
     /// `[telemetry]` as weir started (the subscriber and exporter are set up once).

@@ -178,3 +178,53 @@ fn a_forwarded_header_that_picks_the_account_is_refused_with_its_reason() {
     .server;
     assert_eq!(server.forward_headers, ["x-team", "x-vendor-*"]);
 }
+
+#[test]
+fn the_shared_store_is_read_and_its_mistakes_named_without_the_url() {
+    let with = |section: &str| load(&format!("{GOOD}\n{section}"));
+    // Absent: local.
+    assert_eq!(load(GOOD).unwrap().ratelimit, LimitStore::Local);
+    let text = "[ratelimit]\nstore = \"redis\"\nurl = \"${OPENAI_API_KEY}\"\nreplicas = 3\n";
+    let message = with(text).unwrap_err().to_string();
+    assert!(
+        message.contains("ratelimit.url: must be a redis:// or rediss:// URL"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("sk-canary-123"),
+        "the value is never shown: {message}"
+    );
+
+    let text = "[ratelimit]\nstore = \"redis\"\nurl = \"redis://:${ORG}@10.0.0.5:6379/2\"\nbudget = 5\non_failure = \"clsed\"\n";
+    let problems: Vec<String> = with(text)
+        .unwrap_err()
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].ends_with("ratelimit.replicas: is required with store = \"redis\": while Redis does not answer, each replica keeps limit ÷ replicas"), "{problems:?}");
+    assert!(
+        problems[1]
+            .ends_with("ratelimit.budget: expected a duration such as \"30s\", found the number 5"),
+        "{problems:?}"
+    );
+    assert!(problems[2].contains("ratelimit.on_failure: `clsed` is not one of \"open\", \"closed\" (did you mean \"closed\"?)"), "{problems:?}");
+
+    let message = error(&format!("{GOOD}\n[ratelimit]\nreplicas = 2\n"));
+    assert!(
+        message.contains("ratelimit.replicas: applies only with store = \"redis\""),
+        "{message}"
+    );
+
+    let text = "[ratelimit]\nstore = \"redis\"\nurl = \"rediss://:${ORG}@redis.internal:6380\"\nreplicas = 3\non_failure = \"closed\"\nbudget = \"10ms\"\n";
+    let LimitStore::Redis(redis) = with(text).unwrap().ratelimit else {
+        panic!("redis")
+    };
+    assert_eq!(redis.url.expose(), "rediss://:acme@redis.internal:6380");
+    assert_eq!(format!("{:?}", redis.url), "[redacted]");
+    assert_eq!(redis.namespace, "weir");
+    assert_eq!(redis.budget, Duration::from_millis(10));
+    assert!(redis.fail_closed);
+    assert_eq!(redis.replicas, 3);
+}
