@@ -34,8 +34,20 @@ print(f"ok mounts {mounted}")
 for config in sorted((deploy / "observability").rglob("*.y*ml")):
     assert yaml.load(config.read_text()), f"{config} is empty"
 for manifest in sorted((deploy / "kubernetes").glob("*.y*ml")):
-    kinds = [doc["kind"] for doc in yaml.load_all(manifest.read_text()) if doc]
+    docs = [doc for doc in yaml.load_all(manifest.read_text()) if doc]
+    kinds = [doc["kind"] for doc in docs]
     assert kinds, f"{manifest} holds no object"
+    for needed in ("ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"):
+        assert needed in kinds, f"{manifest}: no {needed}"
+    # The weir config in the ConfigMap, for the Rust test to read with weir's own parser.
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and "weir.toml" in doc.get("data", {}):
+            out = pathlib.Path(sys.argv[2]) / "kubernetes-weir.toml" if len(sys.argv) > 2 else None
+            if out:
+                out.write_text(doc["data"]["weir.toml"])
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    weir = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "weir")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == weir["metadata"]["name"]
 print("ok yaml")
 
 collector = yaml.load((deploy / "observability/otel-collector.yaml").read_text())

@@ -22,9 +22,12 @@ fn python() -> PathBuf {
 
 #[test]
 fn the_compose_stack_follows_the_spec_and_its_files_exist() {
+    let dir = std::env::temp_dir().join(format!("weir-deploy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
     let out = std::process::Command::new(python())
         .arg(root().join("tests/python/deploy_check.py"))
         .arg(root().join("deploy"))
+        .arg(&dir)
         .output()
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -42,6 +45,38 @@ fn the_compose_stack_follows_the_spec_and_its_files_exist() {
     ] {
         assert!(stdout.contains(step), "{step} missing in:\n{stdout}");
     }
+    // The Kubernetes ConfigMap's weir.toml is a config weir accepts, limits shared.
+    let text = std::fs::read_to_string(dir.join("kubernetes-weir.toml")).unwrap();
+    let config = weir::config::parse("weir.yaml".as_ref(), &text, &deploy_env).expect("valid");
+    assert!(matches!(config.ratelimit, weir::config::LimitStore::Redis(ref r) if r.replicas == 10));
+}
+
+/// The environment the deploy configs name: the Secret's keys and the Redis URL.
+fn deploy_env(name: &str) -> Option<String> {
+    match name {
+        "REDIS_URL" => Some("redis://weir-redis:6379/0".to_owned()),
+        "OPENAI_API_KEY" | "DEEPSEEK_API_KEY" | "OPENAI_ORG" => Some(format!("{name}-value")),
+        _ => None,
+    }
+}
+
+/// Every weir config in deploy/ is one weir accepts (environment variables stubbed).
+#[test]
+fn the_deploy_configs_are_valid() {
+    let env = deploy_env;
+    let mut files = vec![root().join("deploy/compose-weir.toml")];
+    for entry in std::fs::read_dir(root().join("deploy/examples")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        if let Err(e) = weir::config::parse(&file, &text, &env) {
+            panic!("{}: {e}", file.display());
+        }
+    }
+    let compose = std::fs::read_to_string(root().join("deploy/compose-weir.toml")).unwrap();
+    let config = weir::config::parse("compose-weir.toml".as_ref(), &compose, &env).unwrap();
+    assert!(matches!(config.ratelimit, weir::config::LimitStore::Redis(ref r) if r.replicas == 2));
 }
 
 #[tokio::test(start_paused = true)]
