@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const MOCK: &str = "127.0.0.1:18091";
-const WEIR: &str = "127.0.0.1:18080";
+pub(crate) const WEIR: &str = "127.0.0.1:18080";
 const WEIR_ADMIN: &str = "127.0.0.1:18090";
 const NGINX: &str = "127.0.0.1:18081";
 const HAPROXY: &str = "127.0.0.1:18082";
@@ -121,7 +121,7 @@ pub(crate) fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn pinned(core: u32, program: &Path) -> Command {
+pub(crate) fn pinned(core: u32, program: &Path) -> Command {
     if Command::new("taskset").arg("--version").output().is_ok() {
         let mut cmd = Command::new("taskset");
         cmd.arg("-c").arg(core.to_string()).arg(program);
@@ -166,11 +166,12 @@ fn options(args: &[String]) -> Result<Options> {
                     "streams",
                     "websocket",
                     "slow",
+                    "redis",
                 ]
                 .contains(&section.as_str())
                 {
                     return Err(format!(
-                        "--only: `{section}` is not limiter, ttft, throughput, streams, websocket or slow"
+                        "--only: `{section}` is not limiter, ttft, throughput, streams, websocket, slow or redis"
                     ));
                 }
                 o.only = Some(section.clone());
@@ -237,7 +238,19 @@ pub(crate) fn build(root: &Path) -> Result {
 /// (the profile sends only the mock's default answer, and runs older builds of weir too,
 /// which do not know the key).
 pub(crate) fn bench_config(dir: &Path, forward: bool) -> Result<PathBuf> {
-    let path = dir.join("weir-bench.toml");
+    bench_config_as(dir, forward, "weir-bench.toml", WEIR, WEIR_ADMIN, "")
+}
+
+/// [`bench_config`] listening on `listen` and `admin`, with `extra` sections added.
+pub(crate) fn bench_config_as(
+    dir: &Path,
+    forward: bool,
+    file: &str,
+    listen: &str,
+    admin: &str,
+    extra: &str,
+) -> Result<PathBuf> {
+    let path = dir.join(file);
     let forward = if forward {
         "forward_headers = [\"x-mock\"]   # the mock's directives\n"
     } else {
@@ -246,8 +259,8 @@ pub(crate) fn bench_config(dir: &Path, forward: bool) -> Result<PathBuf> {
     let text = format!(
         r#"# written by cargo xtask bench
 [server]
-listen = "{WEIR}"
-admin_listen = "{WEIR_ADMIN}"
+listen = "{listen}"
+admin_listen = "{admin}"
 drain_timeout = "1s"
 {forward}max_concurrency = 20000
 queue_timeout = "5s"
@@ -281,7 +294,7 @@ rate_limit = {{ requests_per_minute = 4000000000, tokens_per_minute = 4000000000
 name = "bench"
 hash = "sha256:{BENCH_KEY_SHA256}"
 limits = {{ requests_per_minute = 4000000000, tokens_per_minute = 4000000000 }}
-"#
+{extra}"#
     );
     std::fs::write(&path, text).map_err(|e| e.to_string())?;
     Ok(path)
@@ -469,6 +482,16 @@ async fn bench(root: &Path, options: Options) -> Result {
         let window = Duration::from_secs(if options.quick { 3 } else { 8 });
         slow_clients(&targets[1], window).await?;
     }
+    if run("redis") {
+        let (streams, clients) = if options.quick {
+            (4000, 16)
+        } else {
+            (20_000, 32)
+        };
+        let n = if options.quick { 500 } else { 3000 };
+        crate::redisbench::run(&weir_bin, &dir, forward, &targets[..2], n, streams, clients)
+            .await?;
+    }
     if run("websocket") {
         // A fresh weir: memory the sections above freed would be reused, and read as zero.
         weir.terminate();
@@ -580,7 +603,7 @@ fn limiter_cost(calls: u32) {
 
 /// Time to first token at low load: one client, requests one after another, the targets
 /// interleaved request by request so that drift in the machine's load hits all alike.
-async fn ttft(targets: &[Target], n: usize) -> Result {
+pub(crate) async fn ttft(targets: &[Target], n: usize) -> Result {
     let body = request_body();
     let mut conns = Vec::new();
     for t in targets {
@@ -628,14 +651,19 @@ async fn ttft(targets: &[Target], n: usize) -> Result {
 /// per stream.
 /// What a throughput run asks for.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Work {
+pub(crate) enum Work {
     /// A 20-chunk stream.
     Stream,
     /// The same answer whole (`"stream": false`).
     Whole,
 }
 
-async fn throughput(targets: &[Target], requests: usize, clients: usize, work: Work) -> Result {
+pub(crate) async fn throughput(
+    targets: &[Target],
+    requests: usize,
+    clients: usize,
+    work: Work,
+) -> Result {
     let what = match work {
         Work::Stream => "20-chunk streams",
         Work::Whole => "whole (non-streamed) answers of the same 20 chunks",

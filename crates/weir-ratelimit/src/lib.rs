@@ -19,6 +19,12 @@
 //!   slot reserved by its readiness is given back, and taken again once the call fits). Every answer carries OpenAI's `x-ratelimit-*` headers and the IETF
 //!   `RateLimit-Policy` / `RateLimit` fields, streams included (decided at admission).
 //! - Time comes from tokio's clock ([`TokioClock`]), so limits follow paused time in tests.
+//! - With the `redis` feature, a limiter built with `LimiterBuilder::shared` keeps its state
+//!   in Redis (`RedisStore`), shared by every replica: one atomic server-side script per
+//!   decision, a budget past which this replica's share (the limit ÷ replicas) decides (or,
+//!   failing closed, a 503), token charges settled there too, and 429 cool-downs published
+//!   for the others (`RedisStore::publish_cool_down`, `RedisStore::cool_downs`). The
+//!   service asks Redis in its response future; the local path is unchanged.
 //!
 //! The service answers with a response, never an error, for a call over its limit: axum
 //! routes ignore readiness, so this is what works there:

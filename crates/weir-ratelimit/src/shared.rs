@@ -44,8 +44,8 @@ pub struct RedisSettings {
     pub replicas: u32,
 }
 
-/// One Redis, shared by every limiter built with [`LimiterBuilder::shared`]
-/// (crate::LimiterBuilder::shared). Cheap to clone.
+/// One Redis, shared by every limiter built with
+/// [`LimiterBuilder::shared`](crate::LimiterBuilder::shared). Cheap to clone.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Store>,
