@@ -32,7 +32,20 @@ pub struct Redis {
     /// How many replicas share the limits: this replica's share, used while Redis does not
     /// answer, is each limit divided by it.
     pub replicas: u32,
+    /// Which limits are shared (`"key"`, `"route"`, `"server"`, `"provider"`; all by
+    /// default): each shared one costs a request a Redis round trip.
+    pub scopes: Vec<String>,
 }
+
+impl Redis {
+    /// Whether the limits of `scope` live in Redis.
+    pub fn shares(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// The limits that can be shared.
+const SCOPES: &[&str] = &["key", "route", "server", "provider"];
 
 /// The keys `[ratelimit]` takes.
 pub(super) const KEYS: &[&str] = &[
@@ -42,6 +55,7 @@ pub(super) const KEYS: &[&str] = &[
     "budget",
     "on_failure",
     "replicas",
+    "scopes",
 ];
 
 /// Reads `[ratelimit]` (local when the table is absent).
@@ -51,7 +65,14 @@ pub(super) fn read(t: Option<&Table<'_>>, env: &dyn Fn(&str) -> Option<String>) 
     };
     let redis = t.choice("store", &[("local", false), ("redis", true)]);
     if !redis {
-        for key in ["url", "namespace", "budget", "on_failure", "replicas"] {
+        for key in [
+            "url",
+            "namespace",
+            "budget",
+            "on_failure",
+            "replicas",
+            "scopes",
+        ] {
             if let Some(v) = t.get(key) {
                 t.problem(v.span(), key, "applies only with store = \"redis\"");
             }
@@ -101,11 +122,33 @@ pub(super) fn read(t: Option<&Table<'_>>, env: &dyn Fn(&str) -> Option<String>) 
             1
         }
     };
+    let scopes = match t.strings("scopes") {
+        None => SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+        Some(list) => {
+            let mut scopes = Vec::new();
+            for entry in list {
+                if SCOPES.contains(&entry.value) {
+                    scopes.push(entry.value.to_owned());
+                } else {
+                    t.problem(
+                        entry.span,
+                        "scopes",
+                        format!(
+                            "`{}` is not one of \"key\", \"route\", \"server\", \"provider\"",
+                            super::read::shorten(entry.value)
+                        ),
+                    );
+                }
+            }
+            scopes
+        }
+    };
     LimitStore::Redis(Redis {
         url,
         namespace,
         budget,
         fail_closed,
         replicas,
+        scopes,
     })
 }

@@ -149,6 +149,11 @@ impl Gateway {
             Some(g) if g.limit_store == config.ratelimit => (g.shared.clone(), previous),
             _ => (shared_store(&config.ratelimit), None),
         };
+        // Each scope's limits go to Redis only when `[ratelimit] scopes` lists it.
+        let store_for = |scope: &str| match &config.ratelimit {
+            crate::config::LimitStore::Redis(r) if r.shares(scope) => shared.as_ref(),
+            _ => None,
+        };
         let store = shared.as_ref();
         let upstreams = config
             .providers
@@ -194,7 +199,15 @@ impl Gateway {
                     .and_then(|g| g.routes.get(&r.model))
                     .filter(|old| old.rate_limit == r.rate_limit)
                     .map(|old| old.limiter.clone());
-                let route = route(config, r, &upstreams, &deployments, kept, store);
+                let route = route(
+                    config,
+                    r,
+                    &upstreams,
+                    &deployments,
+                    kept,
+                    store,
+                    store_for("route"),
+                );
                 (r.model.clone(), Arc::new(route))
             })
             .collect();
@@ -225,7 +238,7 @@ impl Gateway {
                     .server
                     .rate_limit
                     .as_ref()
-                    .map(|c| rate_limiter(c, store, "server")),
+                    .map(|c| rate_limiter(c, store_for("server"), "server")),
             },
             keys: config
                 .keys
@@ -241,7 +254,9 @@ impl Gateway {
                         hash: k.hash,
                         models: k.models.as_ref().map(|m| m.iter().cloned().collect()),
                         limiter: kept.unwrap_or_else(|| {
-                            k.limits.as_ref().map(|c| rate_limiter(c, store, &name))
+                            k.limits
+                                .as_ref()
+                                .map(|c| rate_limiter(c, store_for("key"), &name))
                         }),
                         limits: k.limits.clone(),
                     })
@@ -334,6 +349,7 @@ fn route(
     deployments: &[Arc<Deployment>],
     kept: Option<Option<weir_ratelimit::Limiter<()>>>,
     store: Option<&weir_ratelimit::RedisStore>,
+    limits_store: Option<&weir_ratelimit::RedisStore>,
 ) -> Route {
     let deployment = |t: &crate::config::Target| {
         deployments
@@ -399,7 +415,7 @@ fn route(
         limiter: kept.unwrap_or_else(|| {
             r.rate_limit
                 .as_ref()
-                .map(|c| rate_limiter(c, store, &format!("route:{}", r.model)))
+                .map(|c| rate_limiter(c, limits_store, &format!("route:{}", r.model)))
         }),
         rate_limit: r.rate_limit.clone(),
         targets,

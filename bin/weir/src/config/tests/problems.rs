@@ -227,4 +227,21 @@ fn the_shared_store_is_read_and_its_mistakes_named_without_the_url() {
     assert_eq!(redis.budget, Duration::from_millis(10));
     assert!(redis.fail_closed);
     assert_eq!(redis.replicas, 3);
+    assert!(["key", "route", "server", "provider"]
+        .iter()
+        .all(|s| redis.shares(s)));
+
+    let text = "[ratelimit]\nstore = \"redis\"\nurl = \"redis://${ORG}:6379\"\nreplicas = 3\nscopes = [\"provider\", \"keys\"]\n";
+    let message = with(text).unwrap_err().to_string();
+    assert!(
+        message.contains(
+            "ratelimit.scopes: `keys` is not one of \"key\", \"route\", \"server\", \"provider\""
+        ),
+        "{message}"
+    );
+    let text = "[ratelimit]\nstore = \"redis\"\nurl = \"redis://${ORG}:6379\"\nreplicas = 3\nscopes = [\"provider\"]\n";
+    let LimitStore::Redis(redis) = with(text).unwrap().ratelimit else {
+        panic!("redis")
+    };
+    assert!(redis.shares("provider") && !redis.shares("key"));
 }
