@@ -205,8 +205,9 @@ fn shipped_example_configs_are_valid() {
     files.push(root.join("deploy/compose-weir.toml"));
     for path in &files {
         let text = std::fs::read_to_string(path).unwrap();
-        let config = weir::config::parse(path, &text, &|name| {
-            (!name.starts_with("OTEL_")).then(|| "example-value".into())
+        let config = weir::config::parse(path, &text, &|name| match name {
+            "REDIS_URL" => Some("redis://redis:6379/0".into()),
+            name => (!name.starts_with("OTEL_")).then(|| "example-value".into()),
         });
         assert!(
             config.is_ok(),
