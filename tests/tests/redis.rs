@@ -25,6 +25,18 @@ async fn replica(
     limits: &str,
     targets: &str,
 ) -> weir::Running {
+    let config = replica_config(mock, redis, limits, targets, "e2e");
+    weir::start(&config).await.expect("weir starts")
+}
+
+/// A replica's config, its keys in Redis under `namespace`.
+fn replica_config(
+    mock: &MockUpstream,
+    redis: &RedisServer,
+    limits: &str,
+    targets: &str,
+    namespace: &str,
+) -> weir::config::Config {
     let text = format!(
         r#"
 [server]
@@ -34,7 +46,7 @@ admin_listen = "127.0.0.1:0"
 [ratelimit]
 store = "redis"
 url = "${{REDIS_URL}}"
-namespace = "e2e"
+namespace = "{namespace}"
 budget = "50ms"
 replicas = 3
 
@@ -58,8 +70,7 @@ limits = {limits}
     );
     let url = redis.url();
     let env = move |name: &str| (name == "REDIS_URL").then(|| url.clone());
-    let config = weir::config::parse("replica.toml".as_ref(), &text, &env).expect("valid");
-    weir::start(&config).await.expect("weir starts")
+    weir::config::parse("replica.toml".as_ref(), &text, &env).expect("valid")
 }
 
 async fn replicas(limits: &str) -> (MockUpstream, RedisServer, Vec<weir::Running>) {
@@ -241,4 +252,34 @@ async fn a_models_429_seen_by_one_replica_keeps_the_others_off_it() {
         assert_eq!(ask(weir, 16).await, 200);
     }
     assert_eq!(models(seen), ["backup", "backup"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_store_and_the_limits_unless_ratelimit_changed() {
+    let mock = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let limits = "{ requests_per_minute = 5 }";
+    let config = replica_config(&mock, &redis, limits, ONE_TARGET, "e2e");
+    let weir = weir::start(&config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        assert_eq!(ask(&weir, 16).await, 200);
+    }
+    // The same [ratelimit] (another route added): the same connection, the same limits.
+    let mut changed = config.clone();
+    changed.routes.push(changed.routes[0].clone());
+    changed.routes[1].model = "other".into();
+    weir.reloader().reload(&changed).unwrap();
+    assert_eq!(ask(&weir, 16).await, 429, "the key's 5 are spent");
+    assert_eq!(
+        store(&weir).await.0,
+        6.0,
+        "the counts go on: the same store"
+    );
+    // Another namespace: a new store, an empty state.
+    let elsewhere = replica_config(&mock, &redis, limits, ONE_TARGET, "e2e-b");
+    weir.reloader().reload(&elsewhere).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ask(&weir, 16).await, 200);
+    assert_eq!(store(&weir).await.0, 1.0, "a new store");
 }

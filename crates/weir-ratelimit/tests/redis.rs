@@ -201,3 +201,36 @@ async fn slow_redis_never_holds_a_decision_past_the_budget_and_fails_closed_when
     );
     assert_eq!((open.fallbacks(), closed.fallbacks()), (1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_the_url_is_used_and_a_missing_one_falls_back() {
+    let redis = Redis::start_with_password("s3cret-pw");
+    let good = store(&redis, "t5", OnFailure::Open);
+    assert!(
+        good.connect_now().await,
+        "the password in the URL authenticates"
+    );
+    let limiter = Limiter::builder()
+        .requests(Rate::per_minute(n(60)))
+        .shared(good.clone(), "key")
+        .build::<String>();
+    assert!(limiter.check_shared("a".into(), 0).await.is_ok());
+    assert_eq!(good.answered(), 1);
+    // Without it Redis refuses every command: the local share decides, never an error.
+    let bad = RedisStore::new(RedisSettings {
+        url: redis.url_without_password(),
+        namespace: "t5".into(),
+        budget: Duration::from_millis(50),
+        on_failure: OnFailure::Open,
+        replicas: 3,
+    })
+    .unwrap();
+    let limiter = Limiter::builder()
+        .requests(Rate::per_minute(n(60)))
+        .shared(bad.clone(), "key")
+        .build::<String>();
+    assert!(limiter.check_shared("a".into(), 0).await.is_ok());
+    assert_eq!((bad.answered(), bad.fallbacks()), (0, 1));
+    // The URL (and its password) never shows in the store's Debug.
+    assert!(!format!("{good:?}").contains("s3cret"));
+}

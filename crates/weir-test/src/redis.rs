@@ -11,24 +11,42 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    password: Option<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts one on a free loopback port, and waits until it accepts connections.
     pub fn start() -> RedisServer {
+        Self::start_as(None)
+    }
+
+    /// Starts one that requires `password` (`requirepass`).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        Self::start_as(Some(password.to_owned()))
+    }
+
+    fn start_as(password: Option<String>) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut redis = RedisServer { port, child: None };
+        let mut redis = RedisServer {
+            port,
+            password,
+            child: None,
+        };
         redis.restart();
         redis
     }
 
     /// Starts it again (on the same port) after [`stop`](Self::stop).
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--enable-debug-command", "local"])
@@ -53,8 +71,16 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/` (with `:PASSWORD@` when it has one).
     pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// The URL without the password, for a test that checks a wrong one is refused.
+    pub fn url_without_password(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
