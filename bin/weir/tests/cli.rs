@@ -30,9 +30,15 @@ struct Started {
 }
 
 fn start_weir(path: &std::path::Path) -> Started {
+    start_weir_with(path, &[])
+}
+
+/// [`start_weir`] with `env` set for the process.
+fn start_weir_with(path: &std::path::Path, env: &[(&str, &str)]) -> Started {
     let mut child = weir()
         .arg("--config")
         .arg(path)
+        .envs(env.iter().copied())
         .env("WEIR_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -331,4 +337,91 @@ fn sighup_reloads_the_file_and_refuses_a_bad_one() {
         log.contains("weir.toml:2:10"),
         "the refusal names the line: {log}"
     );
+}
+
+/// A completion request with a client key, over its own connection: the status.
+fn http_post_completion(addr: &str, key: &str) -> u16 {
+    let body = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    write!(
+        tcp,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: weir\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn three_weir_processes_on_one_redis_admit_one_limit_between_them() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mock = runtime.block_on(weir_test::MockUpstream::start());
+    let redis = weir_test::redis::RedisServer::start();
+    let key = "sk-weir-processes-5e1b";
+    let dir = temp_dir("replicas");
+    let path = write_config(
+        &dir,
+        &format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[ratelimit]
+store = "redis"
+url = "${{REDIS_URL}}"
+budget = "50ms"
+replicas = 3
+
+[[providers]]
+name = "mock"
+base_url = "{}"
+allow_http = true
+health = {{ probe = "off" }}
+
+[[routes]]
+model = "gpt-test"
+targets = [{{ provider = "mock", model = "mock" }}]
+
+[[keys]]
+name = "team"
+hash = "{}"
+limits = {{ requests_per_minute = 30 }}
+"#,
+            mock.base_url(),
+            weir::config::hash_key(key)
+        ),
+    );
+    let url = redis.url();
+    let mut replicas: Vec<Started> = (0..3)
+        .map(|_| start_weir_with(&path, &[("REDIS_URL", &url)]))
+        .collect();
+    // Each process connects to Redis in the background at start.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut admitted = [0u32; 3];
+    for i in 0..90 {
+        match http_post_completion(&replicas[i % 3].addr, key) {
+            200 => admitted[i % 3] += 1,
+            429 => {}
+            other => panic!("status {other}"),
+        }
+    }
+    let total: u32 = admitted.iter().sum();
+    assert!((30..=32).contains(&total), "{admitted:?}");
+    for r in &mut replicas {
+        let metrics = http_get(&r.admin, "/metrics").unwrap();
+        assert!(
+            metrics.contains(
+                "weir_ratelimit_store_decisions_total{store=\"redis\",by=\"fallback\"} 0"
+            ),
+            "{metrics}"
+        );
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+    }
 }
