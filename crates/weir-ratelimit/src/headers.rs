@@ -1,7 +1,7 @@
 //! The rate-limit headers: OpenAI's `x-ratelimit-*` and the IETF `RateLimit-Policy` /
 //! `RateLimit` fields, on every answer (a stream's included: they are decided at admission).
 
-use crate::limiter::{Standing, Standings};
+use crate::limiter::Standings;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 
@@ -41,10 +41,6 @@ pub(crate) fn seconds(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-fn value(bytes: Vec<u8>) -> HeaderValue {
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)).expect("digits and ASCII")
-}
-
 static LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
 static REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
 static RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
@@ -62,8 +58,35 @@ pub(crate) fn written(headers: &HeaderMap) -> bool {
     headers.contains_key(&POLICY)
 }
 
-/// Writes the headers for `standings` into `headers`. No `fmt` machinery: this runs on every
-/// answer.
+/// Header values written one after another into one buffer, each ended with its name: one
+/// allocation for all of them (each value a slice of the buffer).
+struct Values {
+    buf: Vec<u8>,
+    ends: [(Option<&'static HeaderName>, usize); 8],
+    n: usize,
+}
+
+impl Values {
+    /// What was written since the last end is `name`'s value.
+    fn end(&mut self, name: &'static HeaderName) {
+        self.ends[self.n] = (Some(name), self.buf.len());
+        self.n += 1;
+    }
+
+    fn insert_into(self, headers: &mut HeaderMap) {
+        let all = bytes::Bytes::from(self.buf);
+        let mut from = 0;
+        for (name, end) in &self.ends[..self.n] {
+            let value =
+                HeaderValue::from_maybe_shared(all.slice(from..*end)).expect("digits and ASCII");
+            headers.insert((*name).expect("ended").clone(), value);
+            from = *end;
+        }
+    }
+}
+
+/// Writes the headers for `standings` into `headers`. No `fmt` machinery and one allocation:
+/// this runs on every answer.
 pub fn write(headers: &mut HeaderMap, standings: &Standings) {
     let quotas = [
         (
@@ -77,45 +100,55 @@ pub fn write(headers: &mut HeaderMap, standings: &Standings) {
             [&LIMIT_TOKENS, &REMAINING_TOKENS, &RESET_TOKENS],
         ),
     ];
-    let mut policy = Vec::with_capacity(64);
-    let mut current = Vec::with_capacity(64);
-    for (name, standing, [limit_h, remaining_h, reset_h]) in quotas {
-        let Some(Standing {
-            limit,
-            remaining,
-            reset,
-        }) = standing
-        else {
-            continue;
-        };
-        headers.insert(limit_h.clone(), HeaderValue::from(limit));
-        headers.insert(remaining_h.clone(), HeaderValue::from(remaining));
-        let mut reset_value = Vec::with_capacity(8);
-        push_openai_duration(&mut reset_value, reset);
-        headers.insert(reset_h.clone(), value(reset_value));
-        if !policy.is_empty() {
-            policy.extend_from_slice(b", ");
-            current.extend_from_slice(b", ");
+    let set = || {
+        quotas
+            .iter()
+            .filter_map(|(name, s, h)| Some((*name, (*s)?, h)))
+    };
+    if set().next().is_none() {
+        return;
+    }
+    let mut v = Values {
+        buf: Vec::with_capacity(192),
+        ends: [(None, 0); 8],
+        n: 0,
+    };
+    for (_, standing, [limit, remaining, reset]) in set() {
+        push_int(&mut v.buf, u64::from(standing.limit));
+        v.end(limit);
+        push_int(&mut v.buf, u64::from(standing.remaining));
+        v.end(remaining);
+        push_openai_duration(&mut v.buf, standing.reset);
+        v.end(reset);
+    }
+    for (i, (name, standing, _)) in set().enumerate() {
+        if i > 0 {
+            v.buf.extend_from_slice(b", ");
         }
-        policy.extend_from_slice(name);
-        policy.extend_from_slice(b";q=");
-        push_int(&mut policy, u64::from(limit));
-        policy.extend_from_slice(b";w=60");
-        current.extend_from_slice(name);
-        current.extend_from_slice(b";r=");
-        push_int(&mut current, u64::from(remaining));
-        current.extend_from_slice(b";t=");
-        push_int(&mut current, seconds(reset));
+        v.buf.extend_from_slice(name);
+        v.buf.extend_from_slice(b";q=");
+        push_int(&mut v.buf, u64::from(standing.limit));
+        v.buf.extend_from_slice(b";w=60");
     }
-    if !policy.is_empty() {
-        headers.insert(POLICY.clone(), value(policy));
-        headers.insert(RATELIMIT.clone(), value(current));
+    v.end(&POLICY);
+    for (i, (name, standing, _)) in set().enumerate() {
+        if i > 0 {
+            v.buf.extend_from_slice(b", ");
+        }
+        v.buf.extend_from_slice(name);
+        v.buf.extend_from_slice(b";r=");
+        push_int(&mut v.buf, u64::from(standing.remaining));
+        v.buf.extend_from_slice(b";t=");
+        push_int(&mut v.buf, seconds(standing.reset));
     }
+    v.end(&RATELIMIT);
+    v.insert_into(headers);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::Standing;
 
     #[test]
     fn both_families_are_written() {
