@@ -65,14 +65,8 @@ pub(super) fn read(t: Option<&Table<'_>>, env: &dyn Fn(&str) -> Option<String>) 
     };
     let redis = t.choice("store", &[("local", false), ("redis", true)]);
     if !redis {
-        for key in [
-            "url",
-            "namespace",
-            "budget",
-            "on_failure",
-            "replicas",
-            "scopes",
-        ] {
+        // Every key but `store` is about Redis.
+        for &key in KEYS.iter().filter(|k| **k != "store") {
             if let Some(v) = t.get(key) {
                 t.problem(v.span(), key, "applies only with store = \"redis\"");
             }
