@@ -53,6 +53,13 @@ impl Rate {
         self.burst.get()
     }
 
+    /// One replica's share of the rate, among `replicas`.
+    #[cfg(feature = "redis")]
+    fn share(&self, replicas: u32) -> Rate {
+        let part = |n: u32| NonZeroU32::new((n / replicas.max(1)).max(1)).expect("at least 1");
+        Rate::per_minute(part(self.limit())).burst(part(self.burst_size()))
+    }
+
     /// One cell's worth of time, in microseconds (what a shared store counts in).
     #[cfg(feature = "redis")]
     pub(crate) fn cell_micros(&self) -> f64 {
@@ -65,6 +72,15 @@ impl Rate {
             .expect("a non-zero period")
             .allow_burst(self.burst)
     }
+}
+
+/// A limiter's shared side: its store, its name there, and the quotas of all replicas.
+#[cfg(feature = "redis")]
+struct SharedLimit {
+    redis: crate::shared::RedisStore,
+    name: String,
+    requests: Option<Rate>,
+    tokens: Option<Rate>,
 }
 
 /// The key the store holds: a caller's key, or the shared bucket of keys past the cap.
@@ -375,15 +391,15 @@ impl LimiterBuilder {
         #[cfg(feature = "redis")]
         let (local_rate, shared) = match self.shared {
             Some((redis, name)) => {
-                let share = redis.clone();
-                let shared = crate::shared::SharedLimit {
+                let replicas = redis.replicas();
+                let shared = SharedLimit {
                     redis,
                     name,
                     requests: self.requests,
                     tokens: self.tokens,
                 };
                 (
-                    Box::new(move |r: Rate| share.share(r)) as Box<dyn Fn(Rate) -> Rate>,
+                    Box::new(move |r: Rate| r.share(replicas)) as Box<dyn Fn(Rate) -> Rate>,
                     Some(shared),
                 )
             }
@@ -417,7 +433,7 @@ struct Inner<K: Key, S: Store<K>> {
     requests: Option<Bucket<K, S>>,
     tokens: Option<Bucket<K, S>>,
     #[cfg(feature = "redis")]
-    shared: Option<crate::shared::SharedLimit>,
+    shared: Option<SharedLimit>,
     max_keys: usize,
     last_prune: Mutex<Option<Instant>>,
     /// Per key, the line of calls waiting their turn (wait mode), while any waits.
@@ -596,7 +612,7 @@ impl<K: Key, S: Store<K>> Limiter<K, S> {
     #[cfg(feature = "redis")]
     async fn check_redis(
         &self,
-        shared: &crate::shared::SharedLimit,
+        shared: &SharedLimit,
         key: K,
         tokens: u32,
     ) -> Result<(Charge<K, S>, Standings), (Refusal, Standings)> {

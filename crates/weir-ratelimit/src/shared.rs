@@ -14,7 +14,6 @@
 //! counted in [`RedisStore::fallbacks`], logged once per outage; the next decision tries
 //! Redis again. [`OnFailure::Closed`] refuses instead (503).
 
-use crate::limiter::Rate;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,11 +199,9 @@ impl RedisStore {
         self.inner.down.load(Ordering::Relaxed)
     }
 
-    /// The local share of `rate` on one replica.
-    pub(crate) fn share(&self, rate: Rate) -> Rate {
-        let replicas = self.inner.settings.replicas.max(1);
-        let part = |n: u32| std::num::NonZeroU32::new((n / replicas).max(1)).expect("at least 1");
-        Rate::per_minute(part(rate.limit())).burst(part(rate.burst_size()))
+    /// How many replicas share the limits.
+    pub(crate) fn replicas(&self) -> u32 {
+        self.inner.settings.replicas.max(1)
     }
 
     pub(crate) fn key(&self, limiter: &str, quota: &str, hash: u64) -> String {
@@ -398,14 +395,6 @@ impl RedisStore {
             let _ = tokio::time::timeout(store.inner.settings.budget * 4, call).await;
         });
     }
-}
-
-/// A limiter's shared side: its store, its name there, and the quotas of all replicas.
-pub(crate) struct SharedLimit {
-    pub(crate) redis: RedisStore,
-    pub(crate) name: String,
-    pub(crate) requests: Option<Rate>,
-    pub(crate) tokens: Option<Rate>,
 }
 
 /// A charge Redis made: where to give it back or settle it.
