@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-const MOCK: &str = "127.0.0.1:18091";
+pub(crate) const MOCK: &str = "127.0.0.1:18091";
 pub(crate) const WEIR: &str = "127.0.0.1:18080";
 const WEIR_ADMIN: &str = "127.0.0.1:18090";
 const NGINX: &str = "127.0.0.1:18081";
@@ -167,11 +167,12 @@ fn options(args: &[String]) -> Result<Options> {
                     "websocket",
                     "slow",
                     "redis",
+                    "tls",
                 ]
                 .contains(&section.as_str())
                 {
                     return Err(format!(
-                        "--only: `{section}` is not limiter, ttft, throughput, streams, websocket, slow or redis"
+                        "--only: `{section}` is not limiter, ttft, throughput, streams, websocket, slow, redis or tls"
                     ));
                 }
                 o.only = Some(section.clone());
@@ -492,6 +493,15 @@ async fn bench(root: &Path, options: Options) -> Result {
         crate::redisbench::run(&weir_bin, &dir, forward, &targets[..2], n, streams, clients)
             .await?;
     }
+    if run("tls") {
+        let (streams, clients) = if options.quick {
+            (4000, 16)
+        } else {
+            (20_000, 32)
+        };
+        let n = if options.quick { 500 } else { 3000 };
+        crate::tlsbench::run(&bin, &weir_bin, &dir, options.nginx, n, streams, clients).await?;
+    }
     if run("websocket") {
         // A fresh weir: memory the sections above freed would be reused, and read as zero.
         weir.terminate();
@@ -622,7 +632,7 @@ pub(crate) async fn ttft(targets: &[Target], n: usize) -> Result {
         "\ntime to first token, 20-chunk stream, 1 client, {n} requests per target (interleaved)"
     );
     println!(
-        "  {:<8} {:>10} {:>10} {:>12} {:>12}",
+        "  {:<10} {:>8} {:>10} {:>12} {:>12}",
         "target", "p50 ms", "p99 ms", "added p50", "added p99"
     );
     let mut base = (Duration::ZERO, Duration::ZERO);
@@ -631,10 +641,10 @@ pub(crate) async fn ttft(targets: &[Target], n: usize) -> Result {
         let (p50, p99) = (percentile(&samples[i], 0.5), percentile(&samples[i], 0.99));
         if i == 0 {
             base = (p50, p99);
-            println!("  {:<8} {:>10.3} {:>10.3}", t.name, ms(p50), ms(p99));
+            println!("  {:<10} {:>8.3} {:>10.3}", t.name, ms(p50), ms(p99));
         } else {
             println!(
-                "  {:<8} {:>10.3} {:>10.3} {:>9.3} ms {:>9.3} ms   ({:.2}x direct p50)",
+                "  {:<10} {:>8.3} {:>10.3} {:>9.3} ms {:>9.3} ms   ({:.2}x direct p50)",
                 t.name,
                 ms(p50),
                 ms(p99),
@@ -670,7 +680,7 @@ pub(crate) async fn throughput(
     };
     println!("\nthroughput, {what}, {clients} concurrent clients, {requests} per target");
     println!(
-        "  {:<8} {:>12} {:>10} {:>16} {:>10}",
+        "  {:<10} {:>10} {:>10} {:>16} {:>10}",
         "target", "requests/s", "vs direct", "CPU/request µs", "÷ nginx"
     );
     let mut direct = 0.0;
@@ -720,7 +730,7 @@ pub(crate) async fn throughput(
             _ => "-".into(),
         };
         println!(
-            "  {:<8} {:>12.0} {:>9.2}x {:>16} {:>10}",
+            "  {:<10} {:>10.0} {:>9.2}x {:>16} {:>10}",
             t.name,
             rate,
             rate / direct,

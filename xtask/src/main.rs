@@ -17,6 +17,7 @@ mod load;
 mod models;
 mod profile;
 mod redisbench;
+mod tlsbench;
 mod wsbench;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ const USAGE: &str = "usage: cargo xtask <test|ci|deps|demo|bench|models|profile|
   deps                 check that layer crates depend on no other layer nor on the binary
   demo [--keep]        run weir on the mock upstream and stream one completion
   bench [--quick] [--streams N,N] [--no-nginx] [--only SECTION] [--weir PATH]
-                       (sections: limiter ttft throughput streams slow redis websocket)
+                       (sections: limiter ttft throughput streams slow redis tls websocket)
                        weir vs. a direct connection (and nginx, if installed)
   models FILE          refresh bin/weir/data/models.toml from LiteLLM's price table
   profile [--requests N] [--weir PATH] [--only PROXY]

@@ -27,6 +27,7 @@ pub mod raw;
 pub mod redis;
 pub mod script;
 mod server;
+pub mod tls;
 
 pub use body::{Injected, StreamBody};
 pub use script::{answer, token, Fault, Script};

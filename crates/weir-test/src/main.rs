@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! weir-mock [--listen 127.0.0.1:8091] [--threads N] [--api-key KEY] [--defaults DIRECTIVES] [--log]
+//!           [--tls-cert-out FILE]
 //! ```
-//! Prints `listening on ADDR` once it accepts connections.
+//! Prints `listening on ADDR` once it accepts connections. With `--tls-cert-out`, it serves TLS
+//! (ALPN h2 and http/1.1) with a self-signed certificate for localhost and 127.0.0.1, written
+//! to FILE as PEM for clients to trust.
 
 use std::net::SocketAddr;
 use weir_test::{MockConfig, MockUpstream};
@@ -35,8 +38,15 @@ fn main() {
             "--api-key" => config.api_key = Some(value("--api-key")),
             "--defaults" => config.defaults = Some(value("--defaults")),
             "--log" => config.no_log = false,
+            "--tls-cert-out" => {
+                let path = value("--tls-cert-out");
+                let tls = weir_test::tls::Tls::self_signed();
+                std::fs::write(&path, tls.cert_pem())
+                    .unwrap_or_else(|e| fail(&format!("--tls-cert-out {path}: {e}")));
+                config.tls = Some(tls);
+            }
             "-h" | "--help" => {
-                println!("weir-mock [--listen ADDR] [--threads N] [--api-key KEY] [--defaults DIRECTIVES]");
+                println!("weir-mock [--listen ADDR] [--threads N] [--api-key KEY] [--defaults DIRECTIVES] [--log] [--tls-cert-out FILE]");
                 return;
             }
             other => fail(&format!("unknown argument `{other}`")),

@@ -29,6 +29,8 @@ pub struct MockConfig {
     pub no_log: bool,
     /// Directives applied to every request before its own (see [`crate::script`]).
     pub defaults: Option<String>,
+    /// Serve TLS (ALPN `h2` and `http/1.1`) instead of plain TCP: see [`crate::tls`].
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// One request the mock received.
@@ -199,18 +201,34 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let reset = Arc::new(AtomicBool::new(false));
-            let io = TokioIo::new(ResetOnDrop {
+            let socket = ResetOnDrop {
                 stream,
                 reset: reset.clone(),
-            });
+            };
+            let tls = shared.config.tls.clone();
+            let handler = shared.clone();
             let service =
-                hyper::service::service_fn(move |req| handle(shared.clone(), reset.clone(), req));
+                hyper::service::service_fn(move |req| handle(handler.clone(), reset.clone(), req));
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new());
-            let conn = builder.serve_connection(io, service);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.changed() => {}
+            match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(socket), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Some(tls) => {
+                    let Ok(stream) = tls.acceptor().accept(socket).await else {
+                        return;
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.changed() => {}
+                    }
+                }
             }
         });
     }
