@@ -92,7 +92,7 @@ pub(crate) async fn run(
     // Only weir+redis talks to Redis.
     let per = (after - before) as f64 / streams as f64;
     println!(
-        "  Redis round trips per stream through weir+redis: {per:.2} scripts (a decision for each of the key, route, server and provider limits, waited for in turn; a settle for each of their token charges, sent without waiting), and one pipelined read of the cool-downs every 250 ms"
+        "  Redis round trips per stream through weir+redis: {per:.2} scripts (a decision for each of the key, route, server and provider limits, waited for in turn; their token settles batched into one script sent without waiting), and one pipelined read of the cool-downs every 250 ms"
     );
     shared.terminate();
     redis.terminate();

@@ -7,7 +7,8 @@
 //! it). Time is the Redis server's (`TIME`), so replicas with skewed clocks agree. Each key
 //! expires once its quotas are full again, so Redis holds only the keys in use. Settling a
 //! token charge from the real usage (a refund or a debt) is a second script, sent without
-//! waiting for it.
+//! waiting for it; the settles made within a millisecond (an answer's limits end together)
+//! go in one call.
 //!
 //! Redis down or slow never stops the caller: a decision that gets no answer within the
 //! store's budget is taken by the limiter's local share (its quotas ÷ the replica count),
@@ -65,6 +66,8 @@ struct Store {
     fallbacks: AtomicU64,
     /// Whether the last decision fell back (the outage is logged once, when it starts).
     down: AtomicBool,
+    /// Settles waiting to be sent together: (key, delta in microseconds).
+    pending: std::sync::Mutex<Vec<(String, f64)>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -174,6 +177,7 @@ impl RedisStore {
                 answered: AtomicU64::new(0),
                 fallbacks: AtomicU64::new(0),
                 down: AtomicBool::new(false),
+                pending: std::sync::Mutex::new(Vec::new()),
             }),
         })
     }
@@ -377,25 +381,46 @@ impl RedisStore {
         if moves.is_empty() {
             return;
         }
-        let Some(mut c) = self.inner.connection.borrow().clone() else {
+        if self.inner.connection.borrow().is_none() {
             // No connection: the estimate stands (Redis lost the state anyway, or will
             // expire it).
             return;
+        }
+        let first = {
+            let mut pending = self.inner.pending.lock().expect("pending lock");
+            let first = pending.is_empty();
+            pending.extend(moves);
+            first
         };
+        if !first {
+            return;
+        }
+        // The first settle of a batch sends, a moment later, every settle made meanwhile in
+        // one script (an answer's four limits end together): one round trip, not four.
         let store = self.clone();
         tokio::spawn(async move {
-            let mut invocation = store.inner.settle.prepare_invoke();
-            for (key, _) in &moves {
-                invocation.key(key.as_str());
+            tokio::time::sleep(SETTLE_BATCH).await;
+            let moves = std::mem::take(&mut *store.inner.pending.lock().expect("pending lock"));
+            let Some(mut c) = store.inner.connection.borrow().clone() else {
+                return;
+            };
+            for batch in moves.chunks(64) {
+                let mut invocation = store.inner.settle.prepare_invoke();
+                for (key, _) in batch {
+                    invocation.key(key.as_str());
+                }
+                for (_, delta) in batch {
+                    invocation.arg(*delta);
+                }
+                let call = invocation.invoke_async::<i64>(&mut c);
+                let _ = tokio::time::timeout(store.inner.settings.budget * 4, call).await;
             }
-            for (_, delta) in &moves {
-                invocation.arg(*delta);
-            }
-            let call = invocation.invoke_async::<i64>(&mut c);
-            let _ = tokio::time::timeout(store.inner.settings.budget * 4, call).await;
         });
     }
 }
+
+/// How long the first settle of a batch waits for the others.
+const SETTLE_BATCH: Duration = Duration::from_millis(1);
 
 /// A charge Redis made: where to give it back or settle it.
 pub(crate) struct RemoteCharge {
