@@ -234,3 +234,49 @@ async fn a_password_in_the_url_is_used_and_a_missing_one_falls_back() {
     // The URL (and its password) never shows in the store's Debug.
     assert!(!format!("{good:?}").contains("s3cret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answers_settles_across_its_limits_go_to_redis_in_one_script() {
+    let redis = Redis::start();
+    let store = store(&redis, "t6", OnFailure::Open);
+    assert!(store.connect_now().await);
+    // Four limits of one request (key, route, server, provider), one store.
+    let limiters: Vec<Limiter<String>> = ["key", "route", "server", "provider"]
+        .iter()
+        .map(|name| {
+            Limiter::builder()
+                .tokens(Rate::per_minute(n(10_000)))
+                .shared(store.clone(), *name)
+                .build()
+        })
+        .collect();
+    // The settle script's first call loads it (an EVALSHA refused, then one that runs).
+    let warm = limiters[0]
+        .check_shared("warm".into(), 500)
+        .await
+        .unwrap()
+        .0;
+    warm.settle(100);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut charges = Vec::new();
+    for limiter in &limiters {
+        charges.push(limiter.check_shared("k".into(), 500).await.unwrap().0);
+    }
+    let before = redis.script_calls();
+    for charge in charges {
+        charge.settle(100);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        redis.script_calls(),
+        before + 1,
+        "one round trip for four settles"
+    );
+    // And each limit got its refund.
+    for limiter in &limiters {
+        let (_, standings) = limiter.check_shared("k".into(), 0).await.unwrap();
+        let left = standings.tokens.unwrap().remaining;
+        // 10,000 - 500 + 400, and what replenished meanwhile (166 a second).
+        assert!((9895..=9960).contains(&left), "{left}");
+    }
+}

@@ -103,6 +103,44 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// How many scripts the server has run by hash (`EVALSHA` calls, from `INFO
+    /// commandstats`): what a test counts round trips with.
+    pub fn script_calls(&self) -> u64 {
+        let mut c = TcpStream::connect(("127.0.0.1", self.port)).expect("redis accepts");
+        if let Some(password) = &self.password {
+            let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len());
+            c.write_all(auth.as_bytes()).expect("sent");
+            let mut ok = [0u8; 5];
+            std::io::Read::read_exact(&mut c, &mut ok).expect("+OK");
+        }
+        c.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
+            .expect("sent");
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = std::io::Read::read(&mut c, &mut buf).expect("an answer");
+            reply.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&reply);
+            // A bulk string: `$<length>\r\n<text>\r\n`.
+            let whole = text.split_once("\r\n").is_some_and(|(head, body)| {
+                head.trim_start_matches('$')
+                    .parse::<usize>()
+                    .is_ok_and(|len| body.len() >= len)
+            });
+            if n == 0 || whole {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&reply)
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
