@@ -684,7 +684,7 @@ impl<K: Key, S: Store<K>> Limiter<K, S> {
                     limiter: self.clone(),
                     slot: Slot::Key(key),
                     charged,
-                    remote: Some(remote),
+                    remote: Some(Box::new(remote)),
                 };
                 Ok((charge, standings))
             }
@@ -740,7 +740,7 @@ pub struct Charge<K: Key, S: Store<K> = DashMapStateStore<Slot<K>>> {
     charged: u32,
     /// Where the charge was made, when Redis made it.
     #[cfg(feature = "redis")]
-    remote: Option<crate::shared::RemoteCharge>,
+    remote: Option<Box<crate::shared::RemoteCharge>>,
 }
 
 impl<K: Key, S: Store<K>> std::fmt::Debug for Charge<K, S> {
