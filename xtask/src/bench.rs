@@ -302,7 +302,26 @@ limits = {{ requests_per_minute = 4000000000, tokens_per_minute = 4000000000 }}
 }
 
 pub(crate) fn nginx_config(dir: &Path) -> Result<PathBuf> {
-    let path = dir.join("nginx.conf");
+    nginx_config_as(
+        dir,
+        "nginx",
+        NGINX,
+        &format!("upstream mock {{ server {MOCK}; keepalive 64; }}"),
+        "proxy_pass http://mock;",
+    )
+}
+
+/// nginx as a streaming reverse proxy (one worker, unbuffered, keep-alive upstream), its
+/// files named after `name`, listening on `listen`, with `upstream` (an `upstream` block)
+/// and `proxy` (the `proxy_pass` line and its companions).
+pub(crate) fn nginx_config_as(
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    upstream: &str,
+    proxy: &str,
+) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.conf"));
     let d = dir.display();
     let text = format!(
         r#"# written by cargo xtask bench: nginx as a streaming reverse proxy, for comparison
@@ -310,8 +329,8 @@ daemon off;
 master_process off;
 worker_processes 1;
 worker_rlimit_nofile 20000;
-error_log {d}/nginx-error.log warn;
-pid {d}/nginx.pid;
+error_log {d}/{name}-error.log warn;
+pid {d}/{name}.pid;
 events {{ worker_connections 20000; }}
 http {{
     access_log off;
@@ -321,11 +340,11 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    upstream mock {{ server {MOCK}; keepalive 64; }}
+    {upstream}
     server {{
-        listen {NGINX} backlog=4096;
+        listen {listen} backlog=4096;
         location / {{
-            proxy_pass http://mock;
+            {proxy}
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;

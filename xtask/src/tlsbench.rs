@@ -4,7 +4,8 @@
 //! (`proxy_ssl`), HAProxy over HTTP/2 (`alpn h2`). Clients speak plain HTTP/1.1 to the proxies.
 
 use crate::bench::{
-    bench_config_as, pinned, throughput, ttft, wait_port_for, Proc, Target, Work, MOCK,
+    bench_config_as, nginx_config_as, pinned, throughput, ttft, wait_port_for, Proc, Target, Work,
+    MOCK,
 };
 use crate::Result;
 use std::path::Path;
@@ -120,47 +121,18 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// nginx to the TLS mock over HTTP/1.1, verifying its certificate, sessions reused.
 fn nginx_tls_config(dir: &Path, cert: &Path) -> Result<std::path::PathBuf> {
-    let path = dir.join("nginx-tls.conf");
-    let d = dir.display();
     let c = cert.display();
-    let text = format!(
-        r#"# written by cargo xtask bench: nginx to a TLS upstream (HTTP/1.1), for comparison
-daemon off;
-master_process off;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-error_log {d}/nginx-tls-error.log warn;
-pid {d}/nginx-tls.pid;
-events {{ worker_connections 20000; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream mock_tls {{ server {MOCK_TLS}; keepalive 64; }}
-    server {{
-        listen {NGINX_TLS} backlog=4096;
-        location / {{
-            proxy_pass https://mock_tls;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_ssl_trusted_certificate {c};
-            proxy_ssl_verify on;
-            proxy_ssl_name localhost;
-            proxy_ssl_server_name on;
-            proxy_ssl_session_reuse on;
-        }}
-    }}
-}}
-"#
-    );
-    std::fs::write(&path, text).map_err(|e| e.to_string())?;
-    Ok(path)
+    nginx_config_as(
+        dir,
+        "nginx-tls",
+        NGINX_TLS,
+        &format!("upstream mock_tls {{ server {MOCK_TLS}; keepalive 64; }}"),
+        &format!(
+            "proxy_pass https://mock_tls;\n            proxy_ssl_trusted_certificate {c};\n            proxy_ssl_verify on;\n            proxy_ssl_name localhost;\n            proxy_ssl_server_name on;\n            proxy_ssl_session_reuse on;"
+        ),
+    )
 }
 
 fn haproxy_h2_config(dir: &Path, cert: &Path) -> Result<std::path::PathBuf> {
