@@ -257,8 +257,9 @@ impl RedisStore {
         });
     }
 
-    /// Connects now, waiting at most the budget: a gateway calls it at start so that its
-    /// first decisions find the connection made. Whether Redis answered.
+    /// Connects now and pings, waiting at most the budget or half a second, whichever is
+    /// longer (for a caller that would rather start connected than call
+    /// [`connect_soon`](Self::connect_soon)). Whether Redis answered.
     pub async fn connect_now(&self) -> bool {
         let ping = async {
             let mut c = self.connection().await?;
