@@ -359,7 +359,18 @@ http {{
 
 /// HAProxy as a streaming reverse proxy: one thread, keep-alive to the mock.
 pub(crate) fn haproxy_config(dir: &Path) -> Result<PathBuf> {
-    let path = dir.join("haproxy.cfg");
+    haproxy_config_as(dir, "haproxy", HAPROXY, &format!("server mock {MOCK}"))
+}
+
+/// HAProxy (one thread, keep-alive, connections reused) listening on `listen`, to `server`
+/// (its backend's `server` line), its file named after `name`.
+pub(crate) fn haproxy_config_as(
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    server: &str,
+) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.cfg"));
     let text = format!(
         r#"# written by cargo xtask bench: HAProxy as a streaming reverse proxy, for comparison
 global
@@ -372,11 +383,11 @@ defaults
     timeout server 120s
     option http-keep-alive
 frontend bench
-    bind {HAPROXY} backlog 4096
+    bind {listen} backlog 4096
     default_backend mock
 backend mock
     http-reuse always
-    server mock {MOCK}
+    {server}
 "#
     );
     std::fs::write(&path, text).map_err(|e| e.to_string())?;

@@ -4,8 +4,8 @@
 //! (`proxy_ssl`), HAProxy over HTTP/2 (`alpn h2`). Clients speak plain HTTP/1.1 to the proxies.
 
 use crate::bench::{
-    bench_config_as, nginx_config_as, pinned, throughput, ttft, wait_port_for, Proc, Target, Work,
-    MOCK,
+    bench_config_as, haproxy_config_as, nginx_config_as, pinned, throughput, ttft, wait_port_for,
+    Proc, Target, Work, MOCK,
 };
 use crate::Result;
 use std::path::Path;
@@ -135,28 +135,13 @@ fn nginx_tls_config(dir: &Path, cert: &Path) -> Result<std::path::PathBuf> {
     )
 }
 
+/// HAProxy to the TLS mock over HTTP/2, verifying its certificate.
 fn haproxy_h2_config(dir: &Path, cert: &Path) -> Result<std::path::PathBuf> {
-    let path = dir.join("haproxy-h2.cfg");
     let c = cert.display();
-    let text = format!(
-        r#"# written by cargo xtask bench: HAProxy to a TLS upstream over HTTP/2, for comparison
-global
-    maxconn 9700
-    nbthread 1
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 120s
-    timeout server 120s
-    option http-keep-alive
-frontend bench
-    bind {HAPROXY_H2} backlog 4096
-    default_backend mock
-backend mock
-    http-reuse always
-    server mock {MOCK_TLS} ssl verify required ca-file {c} sni str(localhost) verifyhost localhost alpn h2
-"#
-    );
-    std::fs::write(&path, text).map_err(|e| e.to_string())?;
-    Ok(path)
+    haproxy_config_as(
+        dir,
+        "haproxy-h2",
+        HAPROXY_H2,
+        &format!("server mock {MOCK_TLS} ssl verify required ca-file {c} sni str(localhost) verifyhost localhost alpn h2"),
+    )
 }

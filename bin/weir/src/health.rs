@@ -270,7 +270,7 @@ pub(crate) fn breaker_metrics(gateway: &Gateway) -> Bytes {
             let labels = format!(
                 "provider=\"{}\",model=\"{}\"",
                 d.upstream.name,
-                escape(&d.model)
+                weir_metrics::escape_label(&d.model)
             );
             (labels, d.breaker.snapshot())
         })
@@ -560,18 +560,5 @@ fn family<'a>(
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (provider, value) in samples {
         let _ = writeln!(out, "{name}{{provider=\"{provider}\"}} {value}");
-    }
-}
-
-/// A label value as the text format writes it.
-fn escape(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.contains(['\\', '"', '\n']) {
-        value
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-            .into()
-    } else {
-        value.into()
     }
 }

@@ -102,7 +102,7 @@ mod tally;
 
 pub use body::ResponseBody;
 pub use layer::{Metrics, MetricsLayer, ResponseFuture};
-pub use prometheus::{PrometheusRecorder, Series};
+pub use prometheus::{escape_label, PrometheusRecorder, Series};
 pub use recorder::{Failover, Labels, Outcome, Phase, Price, Recorder, Report, Tokens};
 pub use tally::Tally;
 

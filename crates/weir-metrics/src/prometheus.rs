@@ -129,9 +129,9 @@ impl PrometheusRecorder {
         let label = |l: &Labels| {
             format!(
                 "route=\"{}\",provider=\"{}\",model=\"{}\"",
-                escape(&l.route),
-                escape(&l.provider),
-                escape(&l.model)
+                escape_label(&l.route),
+                escape_label(&l.provider),
+                escape_label(&l.model)
             )
         };
         head(out, "weir_requests_total", "counter", "Requests by route, provider, model, status and outcome (ok, rescued, client_error, rate_limited, upstream_error, truncated, cancelled).");
@@ -247,9 +247,9 @@ impl PrometheusRecorder {
             let _ = writeln!(
                 out,
                 "weir_failovers_total{{route=\"{}\",from=\"{}\",to=\"{}\",phase=\"{}\"}} {n}",
-                escape(&route),
-                escape(&from),
-                escape(&to),
+                escape_label(&route),
+                escape_label(&from),
+                escape_label(&to),
                 phase.as_str()
             );
         }
@@ -345,8 +345,9 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
     let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
 }
 
-/// A label value as the text format wants it.
-fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+/// A label value as the Prometheus text format wants it (backslash, quote and newline
+/// escaped): for pages that add series of their own beside the recorder's.
+pub fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
     if value.contains(['\\', '"', '\n']) {
         value
             .replace('\\', "\\\\")
