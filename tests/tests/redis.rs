@@ -88,7 +88,9 @@ async fn replicas_with(
         out.push(replica(&mock, &redis, limits, targets).await);
     }
     // Each replica's connection is made in the background at start.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis
+        .until("three replicas connected", |r| r.clients() >= 3)
+        .await;
     (mock, redis, out)
 }
 
@@ -107,6 +109,22 @@ async fn ask(weir: &weir::Running, max_tokens: u32) -> u16 {
     let status = response.status().as_u16();
     let _ = response.into_body().collect().await;
     status
+}
+
+/// Whether `/admin/providers` shows `model` cooling down (a retry-after on its breaker).
+async fn cooling(weir: &weir::Running, model: &str) -> bool {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let uri = format!("http://{}/admin/providers", weir.admin_addr());
+    let response = client.get(uri.parse().unwrap()).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let providers: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    providers
+        .as_array()
+        .or_else(|| providers["providers"].as_array())
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["models"].as_array().cloned().unwrap_or_default())
+        .any(|m| m["model"] == model && !m["retry_after_seconds"].is_null())
 }
 
 /// `weir_ratelimit_store_decisions_total{by}` and `weir_ratelimit_store_up` of one replica.
@@ -152,11 +170,15 @@ async fn a_key_limit_admits_the_configured_number_across_three_replicas() {
 async fn the_token_limit_settles_across_replicas_from_real_usage() {
     // 1,000 tokens a minute; each request is estimated at about 400 (max_tokens 400 and the
     // prompt) and really uses a few dozen: without the refunds two would pass, then none.
-    let (_mock, _redis, weirs) = replicas("{ tokens_per_minute = 1000 }").await;
+    let (_mock, redis, weirs) = replicas("{ tokens_per_minute = 1000 }").await;
     for i in 0..9 {
+        let before = redis.scripts_run();
         assert_eq!(ask(&weirs[i % 3], 400).await, 200, "request {i}");
-        // The refund is sent when the answer ends, without waiting: let it land.
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // The refund is sent when the answer ends, without waiting: two scripts (the
+        // decision, then the settle) once it has landed.
+        redis
+            .until("the settle", |r| r.scripts_run() >= before + 2)
+            .await;
     }
     // Asking for more than the minute's tokens at once is never admitted.
     assert_eq!(ask(&weirs[0], 2000).await, 429);
@@ -246,7 +268,16 @@ async fn a_models_429_seen_by_one_replica_keeps_the_others_off_it() {
     assert_eq!(ask(&weirs[0], 16).await, 200);
     assert_eq!(models(0), ["primary", "backup"]);
     // Within a read interval the others know it too: straight to the backup.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    for weir in &weirs[1..] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cooling(weir, "primary").await {
+            assert!(
+                Instant::now() < deadline,
+                "the cool-down never reached a replica"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let seen = mock.requests().len();
     for weir in &weirs[1..] {
         assert_eq!(ask(weir, 16).await, 200);
@@ -261,7 +292,7 @@ async fn a_reload_keeps_the_store_and_the_limits_unless_ratelimit_changed() {
     let limits = "{ requests_per_minute = 5 }";
     let config = replica_config(&mock, &redis, limits, ONE_TARGET, "e2e");
     let weir = weir::start(&config).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.until("weir connected", |r| r.clients() >= 1).await;
     for _ in 0..5 {
         assert_eq!(ask(&weir, 16).await, 200);
     }
@@ -279,6 +310,8 @@ async fn a_reload_keeps_the_store_and_the_limits_unless_ratelimit_changed() {
     // Another namespace: a new store, an empty state.
     let elsewhere = replica_config(&mock, &redis, limits, ONE_TARGET, "e2e-b");
     weir.reloader().reload(&elsewhere).unwrap();
+    // The new store connects in the background; the old one's connection may still be
+    // open, so the number of clients does not tell: give it the time a start is given.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ask(&weir, 16).await, 200);
     assert_eq!(store(&weir).await.0, 1.0, "a new store");

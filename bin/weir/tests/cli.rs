@@ -402,7 +402,7 @@ limits = {{ requests_per_minute = 30 }}
         .map(|_| start_weir_with(&path, &[("REDIS_URL", &url)]))
         .collect();
     // Each process connects to Redis in the background at start.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    runtime.block_on(redis.until("three processes connected", |r| r.clients() >= 3));
     let mut admitted = [0u32; 3];
     for i in 0..90 {
         match http_post_completion(&replicas[i % 3].addr, key) {

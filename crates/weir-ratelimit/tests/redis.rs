@@ -18,6 +18,20 @@ fn store(redis: &Redis, namespace: &str, on_failure: OnFailure) -> RedisStore {
     .unwrap()
 }
 
+/// The tokens `limiter` has left for "k" once `landed` holds (a settle made elsewhere reaches
+/// Redis in the background), asked every 2 ms for at most 5 s.
+async fn tokens_left_once(limiter: &Limiter<String>, landed: impl Fn(u32) -> bool) -> u32 {
+    for _ in 0..2500 {
+        let (_, standings) = limiter.check_shared("k".to_string(), 0).await.unwrap();
+        let left = standings.tokens.unwrap().remaining;
+        if landed(left) {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the settle never reached Redis");
+}
+
 fn n(v: u32) -> NonZeroU32 {
     NonZeroU32::new(v).unwrap()
 }
@@ -97,8 +111,9 @@ async fn token_charges_settle_across_replicas_from_real_usage() {
         Err((Refusal::Tokens { .. }, _))
     ));
     charge.settle(100);
-    // The refund reaches Redis in the background.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The refund reaches Redis in the background: replica 1 sees it once it has landed.
+    let left = tokens_left_once(&limiters[1], |left| left >= 895).await;
+    assert!((895..=910).contains(&left), "{left}");
     let (charge, standings) = limiters[1]
         .check_shared("k".to_string(), 500)
         .await
@@ -107,9 +122,7 @@ async fn token_charges_settle_across_replicas_from_real_usage() {
     assert!((395..=410).contains(&left), "{left}");
     // A debt: the estimate was 500, the answer used 800; replica 2 sees it.
     charge.settle(800);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (_, standings) = limiters[2].check_shared("k".to_string(), 0).await.unwrap();
-    let left = standings.tokens.unwrap().remaining;
+    let left = tokens_left_once(&limiters[2], |left| left <= 115).await;
     assert!((95..=115).contains(&left), "{left}");
     // Above the burst: never, and Redis is not asked.
     let before = limiters[2].counts().refused_tokens;
@@ -257,7 +270,12 @@ async fn an_answers_settles_across_its_limits_go_to_redis_in_one_script() {
         .unwrap()
         .0;
     warm.settle(100);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let loaded = redis.script_calls() + 2;
+    redis
+        .until("the settle script loaded and run", |r| {
+            r.script_calls() >= loaded
+        })
+        .await;
     let mut charges = Vec::new();
     for limiter in &limiters {
         charges.push(limiter.check_shared("k".into(), 500).await.unwrap().0);
@@ -266,17 +284,24 @@ async fn an_answers_settles_across_its_limits_go_to_redis_in_one_script() {
     for charge in charges {
         charge.settle(100);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Each limit gets its refund (10,000 - 500 + 400, and what replenishes meanwhile, 166 a
+    // second); every look at it is a script of its own, counted.
+    let mut looks = 0;
+    for limiter in &limiters {
+        loop {
+            looks += 1;
+            let (_, standings) = limiter.check_shared("k".into(), 0).await.unwrap();
+            let left = standings.tokens.unwrap().remaining;
+            if left >= 9895 {
+                assert!(left <= 9960, "{left}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
     assert_eq!(
         redis.script_calls(),
-        before + 1,
+        before + 1 + looks,
         "one round trip for four settles"
     );
-    // And each limit got its refund.
-    for limiter in &limiters {
-        let (_, standings) = limiter.check_shared("k".into(), 0).await.unwrap();
-        let left = standings.tokens.unwrap().remaining;
-        // 10,000 - 500 + 400, and what replenished meanwhile (166 a second).
-        assert!((9895..=9960).contains(&left), "{left}");
-    }
 }

@@ -107,6 +107,38 @@ impl RedisServer {
     /// How many scripts the server has run by hash (`EVALSHA` calls, from `INFO
     /// commandstats`): what a test counts round trips with.
     pub fn script_calls(&self) -> u64 {
+        self.info("commandstats", "cmdstat_evalsha:calls=")
+    }
+
+    /// How many scripts ran: `EVALSHA` calls less the failed ones (a script not loaded yet is
+    /// refused with `NOSCRIPT`, loaded, and called again).
+    pub fn scripts_run(&self) -> u64 {
+        let line = self.info_line("commandstats", "cmdstat_evalsha:");
+        let field = |name: &str| {
+            line.split(',')
+                .find_map(|kv| kv.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        field("calls=").saturating_sub(field("failed_calls="))
+    }
+
+    /// How many clients are connected (`INFO clients`), this query's own connection left out.
+    pub fn clients(&self) -> u64 {
+        self.info("clients", "connected_clients:").saturating_sub(1)
+    }
+
+    /// The number after `field` in `INFO section` (0 when absent).
+    fn info(&self, section: &str, field: &str) -> u64 {
+        self.info_line(section, field)
+            .split(',')
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The rest of the line of `INFO section` that starts with `field` (empty when absent).
+    fn info_line(&self, section: &str, field: &str) -> String {
         let mut c = TcpStream::connect(("127.0.0.1", self.port)).expect("redis accepts");
         if let Some(password) = &self.password {
             let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len());
@@ -114,8 +146,8 @@ impl RedisServer {
             let mut ok = [0u8; 5];
             std::io::Read::read_exact(&mut c, &mut ok).expect("+OK");
         }
-        c.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n")
-            .expect("sent");
+        let command = format!("*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n", section.len());
+        c.write_all(command.as_bytes()).expect("sent");
         let mut reply = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -134,10 +166,21 @@ impl RedisServer {
         }
         String::from_utf8_lossy(&reply)
             .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+            .find_map(|l| l.strip_prefix(field))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// Waits until `done` holds (checked every 5 ms, for at most 10 s): what a test waits on
+    /// instead of a guessed sleep, since Redis answers over a real socket in real time.
+    pub async fn until(&self, what: &str, mut done: impl FnMut(&Self) -> bool) {
+        for _ in 0..2000 {
+            if done(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("redis: {what} did not happen within 10 s");
     }
 }
 
