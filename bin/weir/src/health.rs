@@ -145,7 +145,7 @@ async fn endpoint_probe(upstream: &Upstream) -> Option<Result<(), String>> {
     Some(send(upstream, request, |s| !s.is_server_error()).await)
 }
 
-/// A one-token chat completion to `model`.
+/// A one-token chat completion (or message, on an Anthropic provider) to `model`.
 fn completion(upstream: &Upstream, model: &str) -> Request<Full<Bytes>> {
     let body = serde_json::json!({
         "model": model,
@@ -154,11 +154,22 @@ fn completion(upstream: &Upstream, model: &str) -> Request<Full<Bytes>> {
     });
     let mut request = Request::new(Full::new(Bytes::from(body.to_string())));
     *request.method_mut() = Method::POST;
-    *request.uri_mut() = upstream.uri(Endpoint::ChatCompletions);
     request.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // The same body is a one-token message to an Anthropic provider.
+    let endpoint = match upstream.config.api {
+        crate::config::ProviderApi::OpenAi => Endpoint::ChatCompletions,
+        crate::config::ProviderApi::Anthropic => {
+            request.headers_mut().insert(
+                http::HeaderName::from_static("anthropic-version"),
+                upstream.config.anthropic_version.clone(),
+            );
+            Endpoint::Messages
+        }
+    };
+    *request.uri_mut() = upstream.uri(endpoint);
     request
 }
 

@@ -52,7 +52,17 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    /// The inner body, pinned (`None` for a shed answer).
+    /// The inner body (`None` for an answer this layer made).
+    pub fn get_ref(&self) -> Option<&B> {
+        self.inner.get_ref()
+    }
+
+    /// The answer this layer made itself (a 503), if this is one and it is not read yet.
+    pub fn answer_data(&self) -> Option<&Bytes> {
+        self.inner.answer_data()
+    }
+
+    /// The inner body, pinned, if this is one (`None` for an answer this layer made).
     pub fn inner_pin_mut(self: Pin<&mut Self>) -> Option<Pin<&mut B>> {
         self.project().inner.inner_pin_mut()
     }

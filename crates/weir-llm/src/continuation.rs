@@ -26,7 +26,7 @@ static ID: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::
 
 /// The JSON string starting at `s[0] == b'"'`: its bytes between the quotes (still escaped),
 /// and the index after the closing quote.
-fn json_string(s: &[u8]) -> Option<(&[u8], usize)> {
+pub(crate) fn json_string(s: &[u8]) -> Option<(&[u8], usize)> {
     if s.first() != Some(&b'"') {
         return None;
     }
@@ -42,7 +42,7 @@ fn json_string(s: &[u8]) -> Option<(&[u8], usize)> {
     None
 }
 
-fn skip_ws(s: &[u8]) -> &[u8] {
+pub(crate) fn skip_ws(s: &[u8]) -> &[u8] {
     let start = s
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -51,7 +51,7 @@ fn skip_ws(s: &[u8]) -> &[u8] {
 }
 
 /// The string value of the first `"key":` found by `finder` in `json`, still escaped.
-fn string_field<'a>(json: &'a [u8], finder: &memmem::Finder<'_>) -> Option<&'a [u8]> {
+pub(crate) fn string_field<'a>(json: &'a [u8], finder: &memmem::Finder<'_>) -> Option<&'a [u8]> {
     let at = finder.find(json)?;
     let value = skip_ws(&json[at + finder.needle().len()..]);
     json_string(value).map(|(s, _)| s)
@@ -133,6 +133,19 @@ pub fn prefill_request(body: &[u8], partial: &str) -> Option<Bytes> {
     let messages = request.get_mut("messages")?.as_array_mut()?;
     messages.push(serde_json::json!({"role": "assistant", "content": partial}));
     serde_json::to_vec(&request).ok().map(Bytes::from)
+}
+
+/// What of `delivered` a prefill sends as the final assistant message, and what the
+/// continuation is expected to say again first (and is dropped from it): Anthropic's Messages
+/// API refuses a final assistant message that ends in whitespace, so that goes unsent.
+pub fn prefill_text(api: crate::Api, delivered: &str) -> (&str, &str) {
+    match api {
+        crate::Api::Messages => {
+            let sent = delivered.trim_end();
+            (sent, &delivered[sent.len()..])
+        }
+        _ => (delivered, ""),
+    }
 }
 
 /// Replaces the `id` of a continuation event with the original stream's, so that the client

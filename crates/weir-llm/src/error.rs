@@ -139,6 +139,16 @@ impl ErrorBody {
         &self.message
     }
 
+    /// The machine-readable code, if set.
+    pub fn code_str(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// The request field at fault, if set.
+    pub fn param_str(&self) -> Option<&str> {
+        self.param.as_deref()
+    }
+
     /// The HTTP status of the kind.
     pub fn status(&self) -> StatusCode {
         self.kind.status()

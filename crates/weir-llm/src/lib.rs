@@ -1,5 +1,7 @@
 //! LLM protocol vocabulary shared by every weir layer.
 //!
+//! - [`api`]: which API an exchange speaks (Chat Completions, Responses, Messages), and what
+//!   each marks as content, an end, usage and an error;
 //! - [`sse`]: an incremental Server-Sent Events decoder over `Bytes` frames;
 //! - [`chunk`]: cheap reads of OpenAI chat-completion chunks (content, finish reason, usage,
 //!   in-band errors);
@@ -12,6 +14,7 @@
 //! This crate knows the wire formats; it holds no I/O, no runtime and no tower types, so any
 //! layer (or any other proxy) can use it.
 
+pub mod api;
 pub mod chunk;
 pub mod continuation;
 pub mod error;
@@ -24,6 +27,7 @@ pub mod scan;
 pub mod sse;
 pub mod stream;
 
+pub use api::Api;
 pub use chunk::{Chunk, Usage};
 pub use error::{ErrorBody, ErrorKind};
 pub use failure::{Failure, Rejection};

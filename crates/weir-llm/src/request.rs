@@ -34,6 +34,12 @@ pub enum Endpoint {
     Completions,
     /// `POST /v1/embeddings`
     Embeddings,
+    /// `POST /v1/responses` (OpenAI's Responses API)
+    Responses,
+    /// `POST /v1/messages` (Anthropic's Messages API)
+    Messages,
+    /// `POST /v1/messages/count_tokens` (Anthropic's)
+    CountTokens,
 }
 
 impl Endpoint {
@@ -43,6 +49,9 @@ impl Endpoint {
             "/v1/chat/completions" => Some(Self::ChatCompletions),
             "/v1/completions" => Some(Self::Completions),
             "/v1/embeddings" => Some(Self::Embeddings),
+            "/v1/responses" => Some(Self::Responses),
+            "/v1/messages" => Some(Self::Messages),
+            "/v1/messages/count_tokens" => Some(Self::CountTokens),
             _ => None,
         }
     }
@@ -53,6 +62,18 @@ impl Endpoint {
             Self::ChatCompletions => "/chat/completions",
             Self::Completions => "/completions",
             Self::Embeddings => "/embeddings",
+            Self::Responses => "/responses",
+            Self::Messages => "/messages",
+            Self::CountTokens => "/messages/count_tokens",
+        }
+    }
+
+    /// The API the endpoint speaks.
+    pub fn api(self) -> crate::Api {
+        match self {
+            Self::ChatCompletions | Self::Completions | Self::Embeddings => crate::Api::Chat,
+            Self::Responses => crate::Api::Responses,
+            Self::Messages | Self::CountTokens => crate::Api::Messages,
         }
     }
 
@@ -62,6 +83,9 @@ impl Endpoint {
             Self::ChatCompletions => "chat",
             Self::Completions => "text_completion",
             Self::Embeddings => "embeddings",
+            Self::Responses => "responses",
+            Self::Messages => "messages",
+            Self::CountTokens => "count_tokens",
         }
     }
 }
@@ -77,6 +101,9 @@ pub struct LlmRequest {
     has_stream_options: bool,
     max_tokens: Option<u32>,
     prompt_token_estimate: u32,
+    /// Responses: the provider keeps state for it (stored, or continuing a stored one).
+    stateful: bool,
+    previous_response_id: Option<Box<str>>,
 }
 
 /// Why a body is not a request weir can route. The message is safe to show the client.
@@ -131,6 +158,20 @@ struct Raw<'a> {
     prompt: Option<&'a RawValue>,
     #[serde(default, borrow)]
     input: Option<&'a RawValue>,
+    #[serde(default)]
+    max_output_tokens: Option<u32>,
+    #[serde(default, borrow)]
+    instructions: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    system: Option<&'a RawValue>,
+    #[serde(default)]
+    store: Option<bool>,
+    #[serde(default)]
+    background: Option<bool>,
+    #[serde(default)]
+    previous_response_id: Option<String>,
+    #[serde(default, borrow)]
+    conversation: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -177,12 +218,14 @@ impl LlmRequest {
         }
         let start = model_raw.get().as_ptr() as usize - body.as_ptr() as usize;
         let model_span = start..start + model_raw.get().len();
-        let prompt = match endpoint {
-            Endpoint::ChatCompletions => raw.messages,
-            Endpoint::Completions => raw.prompt,
-            Endpoint::Embeddings => raw.input,
+        let len = |v: Option<&RawValue>| v.map_or(0, |p| p.get().len());
+        let prompt_bytes = match endpoint {
+            Endpoint::ChatCompletions => len(raw.messages),
+            Endpoint::Completions => len(raw.prompt),
+            Endpoint::Embeddings => len(raw.input),
+            Endpoint::Responses => len(raw.input) + len(raw.instructions),
+            Endpoint::Messages | Endpoint::CountTokens => len(raw.messages) + len(raw.system),
         };
-        let prompt_bytes = prompt.map_or(0, |p| p.get().len());
         let estimate = prompt_bytes.div_ceil(BYTES_PER_TOKEN);
         Ok(Self {
             endpoint,
@@ -191,8 +234,18 @@ impl LlmRequest {
             stream: raw.stream.unwrap_or(false),
             include_usage: raw.stream_options.as_ref().is_some_and(|o| o.include_usage),
             has_stream_options: raw.stream_options.is_some(),
-            max_tokens: raw.max_completion_tokens.or(raw.max_tokens),
+            max_tokens: raw
+                .max_completion_tokens
+                .or(raw.max_output_tokens)
+                .or(raw.max_tokens),
             prompt_token_estimate: u32::try_from(estimate).unwrap_or(u32::MAX),
+            // The Responses API stores a response unless told not to.
+            stateful: endpoint == Endpoint::Responses
+                && (raw.store != Some(false)
+                    || raw.previous_response_id.is_some()
+                    || raw.conversation.is_some_and(|c| c.get() != "null")
+                    || raw.background == Some(true)),
+            previous_response_id: raw.previous_response_id.map(Into::into),
         })
     }
 
@@ -216,9 +269,21 @@ impl LlmRequest {
         self.include_usage
     }
 
-    /// `max_completion_tokens`, or else `max_tokens`.
+    /// `max_completion_tokens`, or else `max_output_tokens` (Responses), or else `max_tokens`.
     pub fn max_tokens(&self) -> Option<u32> {
         self.max_tokens
+    }
+
+    /// Responses: whether the provider keeps state for this request (`store` not `false`, a
+    /// `previous_response_id`, a `conversation`, `background`): a replay elsewhere would not
+    /// be the same answer, so a cut one is not continued.
+    pub fn stateful(&self) -> bool {
+        self.stateful
+    }
+
+    /// Responses: the stored response this request continues, if any.
+    pub fn previous_response_id(&self) -> Option<&str> {
+        self.previous_response_id.as_deref()
     }
 
     /// A rough count of prompt tokens: the prompt's JSON length over [`BYTES_PER_TOKEN`].

@@ -19,9 +19,10 @@ finder!(COMPLETION, b"\"completion_tokens\":");
 finder!(TOTAL, b"\"total_tokens\":");
 finder!(FINISH, b"\"finish_reason\"");
 finder!(MODEL, b"\"model\":");
+finder!(ID, b"\"id\":");
 
 /// The unsigned number after the first occurrence of `finder`'s needle (whitespace allowed).
-fn number_after(frame: &[u8], finder: &Finder<'_>) -> Option<u32> {
+pub(crate) fn number_after(frame: &[u8], finder: &Finder<'_>) -> Option<u32> {
     let at = finder.find(frame)?;
     let rest = &frame[at + finder.needle().len()..];
     let rest = rest.trim_ascii_start();
@@ -112,6 +113,12 @@ pub fn finish_reason(data: &[u8]) -> Option<&[u8]> {
         return Some(&value[..end.min(128)]);
     }
     None
+}
+
+/// The first `id` in an answer or event, if it is a plain string (a Responses answer's, or
+/// its `response.created` event's: the response's id).
+pub fn first_id(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(string_after(data, &ID)?).ok()
 }
 
 /// The answer's `model` field, if it is in this event or answer.

@@ -216,6 +216,18 @@ impl Meter {
         self.0.complete.store(true, Ordering::Relaxed);
     }
 
+    /// [`observe_whole`](Self::observe_whole) for an answer of `api` (a Responses
+    /// `response` object, a Messages `message`: their usage and stop reason).
+    pub fn observe_answer(&self, api: crate::Api, answer: &[u8]) {
+        match api {
+            crate::Api::Chat => self.observe_whole(answer),
+            api => {
+                typed::observe_whole(self, api, answer);
+                self.0.complete.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn set_usage(&self, prompt: Option<u32>, completion: Option<u32>, total: u32) {
         let store = |cell: &AtomicU64, v: Option<u32>| {
             if let Some(v) = v {
@@ -538,33 +550,7 @@ impl Watch for ChatWatch {
             })
             .map_err(|_| Failure::MalformedEvent)?;
         chat.store_events();
-        let Some(mut out) = out else {
-            return Ok(None);
-        };
-        if let Some(end) = done_at {
-            // Nothing after `[DONE]` reaches the client.
-            out.truncate(end);
-        }
-        if drops.is_empty() {
-            return Ok(Some(out));
-        }
-        // Rare: an event dropped from the middle of a frame, or one rewritten.
-        let mut kept = BytesMut::with_capacity(out.len());
-        let mut at = 0;
-        for (range, replacement) in drops.drain(..) {
-            if range.start >= out.len() {
-                break;
-            }
-            kept.extend_from_slice(&out[at..range.start]);
-            if let Some(replacement) = replacement {
-                kept.extend_from_slice(&replacement);
-            }
-            at = range.end;
-        }
-        if at < out.len() {
-            kept.extend_from_slice(&out[at..]);
-        }
-        Ok((!kept.is_empty()).then(|| kept.freeze()))
+        Ok(out.and_then(|out| apply(out, done_at, drops)))
     }
 
     fn progress(&self) -> u64 {
@@ -637,6 +623,122 @@ impl Watch for ChatWatch {
     }
 }
 
+/// The complete events of a frame as they go on: cut after the end marker at `done_at`
+/// (nothing after it reaches the client), without the events `drops` names (or with their
+/// replacements). `None` when nothing is left.
+fn apply(
+    mut out: Bytes,
+    done_at: Option<usize>,
+    drops: &mut Vec<(Range<usize>, Option<Bytes>)>,
+) -> Option<Bytes> {
+    if let Some(end) = done_at {
+        out.truncate(end);
+    }
+    if drops.is_empty() {
+        return (!out.is_empty()).then_some(out);
+    }
+    // Rare: an event dropped from the middle of a frame, or one rewritten.
+    let mut kept = BytesMut::with_capacity(out.len());
+    let mut at = 0;
+    for (range, replacement) in drops.drain(..) {
+        if range.start >= out.len() {
+            break;
+        }
+        kept.extend_from_slice(&out[at..range.start]);
+        if let Some(replacement) = replacement {
+            kept.extend_from_slice(&replacement);
+        }
+        at = range.end;
+    }
+    if at < out.len() {
+        kept.extend_from_slice(&out[at..]);
+    }
+    (!kept.is_empty()).then(|| kept.freeze())
+}
+
+/// The watch of a stream of any [`Api`](crate::Api): the chat watch, or the typed-event one.
+#[derive(Debug)]
+pub enum ApiWatch {
+    /// Chat Completions (and legacy completions).
+    Chat(ChatWatch),
+    /// Responses or Messages.
+    Typed(TypedWatch),
+}
+
+impl ApiWatch {
+    /// What the watch learns of the answer.
+    pub fn meter(&self) -> &Meter {
+        match self {
+            Self::Chat(w) => w.meter(),
+            Self::Typed(w) => w.meter(),
+        }
+    }
+
+    /// Data events dropped because they were not JSON objects, since the last call.
+    pub fn take_malformed(&mut self) -> u64 {
+        match self {
+            Self::Chat(w) => w.take_malformed(),
+            Self::Typed(w) => w.take_malformed(),
+        }
+    }
+}
+
+/// Calls the same method of whichever watch this is.
+macro_rules! each {
+    ($self:ident, $w:ident => $e:expr) => {
+        match $self {
+            ApiWatch::Chat($w) => $e,
+            ApiWatch::Typed($w) => $e,
+        }
+    };
+}
+
+impl Watch for ApiWatch {
+    fn push(&mut self, frame: Bytes) -> Result<Option<Bytes>, Failure> {
+        each!(self, w => w.push(frame))
+    }
+
+    fn progress(&self) -> u64 {
+        each!(self, w => w.progress())
+    }
+
+    fn is_complete(&self) -> bool {
+        each!(self, w => w.is_complete())
+    }
+
+    fn is_done(&self) -> bool {
+        each!(self, w => w.is_done())
+    }
+
+    fn told(&self) -> bool {
+        each!(self, w => w.told())
+    }
+
+    fn ended(&mut self) {
+        each!(self, w => w.ended())
+    }
+
+    fn finish(&mut self) -> Option<Bytes> {
+        each!(self, w => w.finish())
+    }
+
+    fn cut(&self) -> Option<Cut> {
+        each!(self, w => w.cut())
+    }
+
+    fn resume(&mut self, how: Continuation) {
+        each!(self, w => w.resume(how))
+    }
+
+    fn take_held(&mut self) -> Bytes {
+        each!(self, w => w.take_held())
+    }
+
+    fn error_event(&self, failure: Failure, message: &str) -> Bytes {
+        each!(self, w => w.error_event(failure, message))
+    }
+}
+
 /// The watch of a body that is not an event stream (a whole answer too large to hold back):
 /// its bytes pass as they come, and it is complete when it ends cleanly.
 #[derive(Debug, Default)]
@@ -690,6 +792,9 @@ impl Watch for Opaque {
         Bytes::new()
     }
 }
+
+mod typed;
+pub use typed::TypedWatch;
 
 #[cfg(test)]
 mod tests;

@@ -46,7 +46,8 @@ impl Tally {
         });
     }
 
-    /// The GenAI operation (`chat`, `text_completion`, `embeddings`), for the trace span.
+    /// The GenAI operation (`chat`, `text_completion`, `embeddings`, `responses`, `messages`,
+    /// `count_tokens`), for the trace span.
     pub fn operation(&self, operation: &'static str) {
         self.with(|n| n.operation = Some(operation));
     }

@@ -90,6 +90,11 @@ impl<B, K: Key> ResponseBody<B, K> {
     pub fn get_ref(&self) -> Option<&B> {
         self.inner.get_ref()
     }
+
+    /// The 429 this layer answered, if this is one and it is not read yet.
+    pub fn answer_data(&self) -> Option<&Bytes> {
+        self.inner.answer_data()
+    }
 }
 
 impl<B, K> Body for ResponseBody<B, K>

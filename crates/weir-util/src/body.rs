@@ -59,6 +59,14 @@ impl<B> Local<B> {
         }
     }
 
+    /// The layer's own answer, if this is one and it is not read yet.
+    pub fn answer_data(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Inner { .. } => None,
+            Kind::Answer { data } => data.as_ref(),
+        }
+    }
+
     /// The inner body, pinned, if this is one.
     pub fn inner_pin_mut(self: Pin<&mut Self>) -> Option<Pin<&mut B>> {
         match self.project().kind.project() {

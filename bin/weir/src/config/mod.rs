@@ -36,7 +36,7 @@ mod websocket;
 pub(crate) use keys::key_hash;
 pub use keys::{hash_key, ClientKey};
 pub use limits::{AdaptiveConcurrency, Concurrency, RateLimit};
-pub use provider::{Health, Probe, Provider};
+pub use provider::{Health, Probe, Provider, ProviderApi};
 pub use ratelimit::{LimitStore, Redis};
 pub use read::parse_duration;
 pub use route::{Continuation, RetryBudgetConfig, Route, Target};

@@ -14,8 +14,13 @@ pub struct Provider {
     pub name: String,
     /// The base URL, without a trailing `/` (`https://api.openai.com/v1`).
     pub base_url: http::Uri,
-    /// Sent as `Authorization: Bearer <key>`.
+    /// The API it speaks: OpenAI's (chat, completions, embeddings, responses) or Anthropic's
+    /// (messages).
+    pub api: ProviderApi,
+    /// Sent as `Authorization: Bearer <key>` (OpenAI) or `x-api-key: <key>` (Anthropic).
     pub api_key: Option<Secret>,
+    /// Anthropic: the `anthropic-version` sent when the client sends none.
+    pub anthropic_version: http::HeaderValue,
     /// Extra headers sent on every request (values may be `${VAR}`; they are treated as
     /// secrets).
     pub headers: Vec<(http::HeaderName, Secret)>,
@@ -56,6 +61,25 @@ pub struct Provider {
     pub rate_limit: Option<RateLimit>,
 }
 
+/// The API a provider speaks (`api = "openai"` or `"anthropic"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProviderApi {
+    /// OpenAI's and every OpenAI-compatible server's: `/chat/completions`, `/completions`,
+    /// `/embeddings`, `/responses`; the key as `Authorization: Bearer`.
+    #[default]
+    OpenAi,
+    /// Anthropic's: `/messages`, `/messages/count_tokens`; the key as `x-api-key`, with
+    /// `anthropic-version`.
+    Anthropic,
+}
+
+impl ProviderApi {
+    /// Whether a provider of this API serves `endpoint`.
+    pub fn serves(self, endpoint: weir_llm::Endpoint) -> bool {
+        (endpoint.api() == weir_llm::Api::Messages) == (self == Self::Anthropic)
+    }
+}
+
 /// Active health probing of a provider.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
@@ -82,7 +106,9 @@ pub enum Probe {
 pub(super) const KEYS: &[&str] = &[
     "name",
     "base_url",
+    "api",
     "api_key",
+    "anthropic_version",
     "headers",
     "allow_http",
     "http_version",
@@ -192,7 +218,25 @@ pub(super) fn read(t: &Table<'_>, env: &dyn Fn(&str) -> Option<String>) -> Provi
             .string("name")
             .map_or_else(String::new, |n| n.value.to_owned()),
         base_url,
+        api: t.choice(
+            "api",
+            &[
+                ("openai", ProviderApi::OpenAi),
+                ("anthropic", ProviderApi::Anthropic),
+            ],
+        ),
         api_key,
+        anthropic_version: match t.string("anthropic_version") {
+            None => http::HeaderValue::from_static("2023-06-01"),
+            Some(v) => http::HeaderValue::from_str(v.value).unwrap_or_else(|_| {
+                t.problem(
+                    v.span.clone(),
+                    "anthropic_version",
+                    "is not a valid header value",
+                );
+                http::HeaderValue::from_static("2023-06-01")
+            }),
+        },
         headers,
         allow_http,
         http_version: t.choice(

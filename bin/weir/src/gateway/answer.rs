@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use weir_failover::stream::{Ended, OnEnd};
-use weir_llm::stream::{ChatWatch, Opaque};
+use weir_llm::stream::{ApiWatch, Opaque};
 
 pub use weir_failover::stream::StreamFailed;
 
@@ -33,8 +33,8 @@ pub(crate) type UpstreamBody = weir_ratelimit::ResponseBody<
     (),
 >;
 
-/// A committed chat stream.
-pub(crate) type ChatStream = weir_failover::StreamBody<UpstreamBody, ChatWatch, AttemptEnd>;
+/// A committed event stream, of any API.
+pub(crate) type ChatStream = weir_failover::StreamBody<UpstreamBody, ApiWatch, AttemptEnd>;
 
 /// A whole answer too large to hold back, passed on as it comes.
 pub(crate) type OpaqueStream = weir_failover::StreamBody<UpstreamBody, Opaque, AttemptEnd>;
@@ -50,8 +50,8 @@ pub(crate) struct AttemptEnd {
     pub(crate) malformed: Arc<AtomicU64>,
 }
 
-impl OnEnd<ChatWatch> for AttemptEnd {
-    fn ended(&mut self, how: Ended, watch: &mut ChatWatch) {
+impl OnEnd<ApiWatch> for AttemptEnd {
+    fn ended(&mut self, how: Ended, watch: &mut ApiWatch) {
         let dropped = watch.take_malformed();
         if dropped > 0 {
             self.malformed.fetch_add(dropped, Ordering::Relaxed);
@@ -104,6 +104,14 @@ impl ResponseBody {
 
     pub(crate) fn opaque(stream: OpaqueStream) -> Self {
         Self::of(Kind::Opaque(Box::new(stream)))
+    }
+
+    /// The data of a complete body not read yet.
+    pub(crate) fn full_data(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Full(data) => data.as_ref(),
+            _ => None,
+        }
     }
 
     /// The committed chat stream this body is, if it is one.

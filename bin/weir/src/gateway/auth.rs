@@ -1,4 +1,5 @@
-//! Client keys: a request's `Authorization: Bearer <key>` against the stored SHA-256 hashes,
+//! Client keys: a request's `Authorization: Bearer <key>` (or `x-api-key: <key>`, as
+//! Anthropic's clients send it) against the stored SHA-256 hashes,
 //! compared in constant time with every one. A missing, unknown or almost-right key gets one
 //! and the same 401; a known one becomes the request's [`Identity`]. With no keys configured
 //! (`auth = "off"`) every request passes, with no identity.
@@ -41,9 +42,11 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// The key a request carries, `Err` for a missing, unknown or malformed one.
 fn authenticate(keys: &[Arc<ClientKey>], headers: &HeaderMap) -> Result<Arc<ClientKey>, ()> {
+    // `Authorization: Bearer` (OpenAI's clients), or `x-api-key` (Anthropic's).
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .or_else(|| headers.get("x-api-key").map(|v| v.as_bytes()))
         .map(crate::config::key_hash);
     let mut found = None;
     if let Some(hash) = presented {

@@ -22,6 +22,8 @@ pub(crate) struct Call {
     pub(crate) failed: std::sync::atomic::AtomicUsize,
     /// A streamed chat answer that another target of the route may continue if it is cut.
     pub(crate) resumable: bool,
+    /// Responses, stored: where to remember which provider made it, and the client key.
+    pub(crate) owners: Option<(Arc<super::stored::Owners>, Option<Arc<str>>)>,
     /// What the answer's watch learns (usage, events, finish reason), for everyone who
     /// settles or records it.
     pub(crate) meter: weir_llm::stream::Meter,
@@ -59,11 +61,7 @@ impl Call {
 
 /// The GenAI operation name of an endpoint.
 pub(crate) fn operation(endpoint: Endpoint) -> &'static str {
-    match endpoint {
-        Endpoint::ChatCompletions => "chat",
-        Endpoint::Completions => "text_completion",
-        Endpoint::Embeddings => "embeddings",
-    }
+    endpoint.operation()
 }
 
 /// What one attempt carries from its request to its judgement.

@@ -9,6 +9,7 @@ use super::call::{operation, Call};
 use super::errors::{error, model_not_found, Local};
 use super::front::{Asked, RequestId};
 use super::route::{Classified, Route};
+use super::stored::{Owners, StoredRequest};
 use crate::config::Continuation;
 use crate::headers;
 use bytes::Bytes;
@@ -33,6 +34,7 @@ pub(crate) struct ClassifyLayer {
     routes: Arc<Routes>,
     max_request_bytes: usize,
     forward: Arc<headers::Forward>,
+    owners: Arc<Owners>,
 }
 
 impl ClassifyLayer {
@@ -40,11 +42,13 @@ impl ClassifyLayer {
         routes: Arc<Routes>,
         max_request_bytes: usize,
         forward: Arc<headers::Forward>,
+        owners: Arc<Owners>,
     ) -> Self {
         Self {
             routes,
             max_request_bytes,
             forward,
+            owners,
         }
     }
 }
@@ -58,6 +62,7 @@ impl<S> tower::Layer<S> for ClassifyLayer {
             routes: self.routes.clone(),
             max_request_bytes: self.max_request_bytes,
             forward: self.forward.clone(),
+            owners: self.owners.clone(),
         }
     }
 }
@@ -70,6 +75,7 @@ pub(crate) struct Classify<S> {
     max_request_bytes: usize,
     /// Which client headers go upstream.
     forward: Arc<headers::Forward>,
+    owners: Arc<Owners>,
 }
 
 type Classifying<T, E> = Pin<Box<dyn Future<Output = Result<Response<T>, E>> + Send>>;
@@ -97,18 +103,30 @@ where
         let routes = self.routes.clone();
         let max = self.max_request_bytes;
         let forward = self.forward.clone();
+        let owners = self.owners.clone();
         // hyper keeps the service future for as long as the connection lives; boxing it
         // leaves a pointer there, and frees the request's state as soon as the head is ready.
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
             let classified = match parts.extensions.get::<Asked>() {
                 Some(Asked::Call(endpoint)) => {
-                    match classify(*endpoint, &mut parts, body, &routes, max, &forward).await {
+                    match classify(*endpoint, &mut parts, body, &routes, max, &forward, &owners)
+                        .await
+                    {
                         Ok(call) => call,
                         Err(answer) => return Ok(answer),
                     }
                 }
                 Some(Asked::Models(model)) => Classified::Models(model.clone()),
+                Some(Asked::Stored(method, rest)) => Classified::Stored(StoredRequest {
+                    method: method.clone(),
+                    rest: rest.clone(),
+                    headers: headers::forwardable_client_headers(&parts.headers, &forward),
+                    key: parts
+                        .extensions
+                        .get::<Identity>()
+                        .map(|Identity(key)| key.name.clone()),
+                }),
                 None => Classified::Models(None),
             };
             let mut inner_request = Request::from_parts(parts, ());
@@ -126,6 +144,7 @@ async fn classify<B, T: Local>(
     routes: &Routes,
     max: usize,
     forward: &headers::Forward,
+    owners: &Arc<Owners>,
 ) -> Result<Classified, Response<T>>
 where
     B: http_body::Body<Data = Bytes>,
@@ -175,6 +194,9 @@ where
     let Some(route) = routes.get(llm.model()).filter(|_| allowed) else {
         return Err(model_not_found(llm.model()));
     };
+    let Some(lane) = route.lane(endpoint) else {
+        return Err(no_lane(llm.model(), endpoint));
+    };
     let tally = parts
         .extensions
         .remove::<weir_metrics::Tally>()
@@ -200,17 +222,51 @@ where
         tally,
         span: tracing::Span::current(),
         failed: std::sync::atomic::AtomicUsize::new(usize::MAX),
-        resumable: endpoint == Endpoint::ChatCompletions
-            && llm.stream()
-            && route.targets.len() > 1
-            && route
+        resumable: matches!(
+            endpoint,
+            Endpoint::ChatCompletions | Endpoint::Responses | Endpoint::Messages
+        ) && llm.stream()
+            // A stored response cannot be made again elsewhere as the same one.
+            && !llm.stateful()
+            && lane.targets.len() > 1
+            && lane
                 .targets
                 .iter()
                 .any(|t| t.continuation != Continuation::None),
+        // A stored response is remembered, for `GET /v1/responses/{id}`.
+        owners: (endpoint == Endpoint::Responses && llm.stateful()).then(|| {
+            (
+                owners.clone(),
+                parts
+                    .extensions
+                    .get::<Identity>()
+                    .map(|Identity(key)| key.name.clone()),
+            )
+        }),
         llm,
         meter: Default::default(),
     });
     // The client's own headers go no further than the call's copy.
     parts.headers = http::HeaderMap::new();
     Ok(Classified::Call(call, route.clone()))
+}
+
+/// The 404 for a model whose route has no provider speaking the endpoint's API.
+fn no_lane<T: Local>(model: &str, endpoint: Endpoint) -> Response<T> {
+    let api = match endpoint.api() {
+        weir_llm::Api::Messages => "Anthropic's Messages API",
+        weir_llm::Api::Responses => "OpenAI's Responses API",
+        weir_llm::Api::Chat => "OpenAI's API",
+    };
+    error(
+        ErrorBody::new(
+            ErrorKind::NotFound,
+            format!(
+                "The model `{}` has no provider that speaks {api}.",
+                super::errors::shorten(model, 128)
+            ),
+        )
+        .param("model")
+        .code("model_not_found"),
+    )
 }

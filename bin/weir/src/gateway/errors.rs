@@ -12,23 +12,56 @@ use weir_llm::{ErrorBody, ErrorKind};
 pub(crate) trait Local: Sized {
     /// A body of `data` alone.
     fn local(data: Bytes) -> Self;
+
+    /// The whole body, when it is one held in memory (an error, a small answer), not read yet.
+    fn whole(&self) -> Option<&Bytes>;
 }
 
 impl Local for ResponseBody {
     fn local(data: Bytes) -> Self {
         Self::full(data)
     }
-}
 
-impl<B> Local for weir_ratelimit::ResponseBody<B, ()> {
-    fn local(data: Bytes) -> Self {
-        Self::local(data)
+    fn whole(&self) -> Option<&Bytes> {
+        self.full_data()
     }
 }
 
-impl<B> Local for weir_backpressure::ResponseBody<B> {
+impl<B: Local> Local for weir_ratelimit::ResponseBody<B, ()> {
     fn local(data: Bytes) -> Self {
         Self::local(data)
+    }
+
+    fn whole(&self) -> Option<&Bytes> {
+        self.answer_data().or_else(|| self.get_ref()?.whole())
+    }
+}
+
+impl<B: Local> Local for weir_backpressure::ResponseBody<B> {
+    fn local(data: Bytes) -> Self {
+        Self::local(data)
+    }
+
+    fn whole(&self) -> Option<&Bytes> {
+        self.answer_data().or_else(|| self.get_ref()?.whole())
+    }
+}
+
+/// An error answer made for a client of `api`: in its shape (Anthropic's for the Messages
+/// API), whichever layer made it in OpenAI's; an upstream's own error in that shape already
+/// passes as it is.
+pub(crate) fn in_shape<T: Local>(api: weir_llm::Api, response: &mut Response<T>) {
+    if api != weir_llm::Api::Messages || response.status().is_success() {
+        return;
+    }
+    let status = response.status();
+    let reshaped = response
+        .body()
+        .whole()
+        .and_then(|body| api.reshape_error(status, body));
+    if let Some(body) = reshaped {
+        *response.body_mut() = T::local(body);
+        response.headers_mut().remove(header::CONTENT_LENGTH);
     }
 }
 
@@ -58,7 +91,7 @@ pub(crate) fn unauthorized<T: Local>() -> Response<T> {
     error(
         ErrorBody::new(
             ErrorKind::Authentication,
-            "Incorrect API key provided. Send the key weir issued you as `Authorization: Bearer <key>`.",
+            "Incorrect API key provided. Send the key weir issued you as `Authorization: Bearer <key>` (or `x-api-key: <key>`).",
         )
         .code("invalid_api_key"),
     )

@@ -32,6 +32,9 @@ pub(crate) enum Asked {
     Call(Endpoint),
     /// `GET /v1/models` (`None`), or `GET /v1/models/{id}`.
     Models(Option<String>),
+    /// A stored response: `GET` or `DELETE /v1/responses/{id}`, `GET .../input_items`,
+    /// `POST .../cancel` (the path after `/v1/responses/`, its query kept).
+    Stored(Method, String),
 }
 
 /// Applies [`Front`].
@@ -99,6 +102,29 @@ fn asked<T: Local>(request: &Request<impl Sized>) -> Result<Asked, Response<T>> 
             false => Err(method_not_allowed("GET")),
         };
     }
+    if let Some(rest) = path
+        .strip_prefix("/v1/responses/")
+        .filter(|r| !r.is_empty())
+    {
+        let cancel = rest.ends_with("/cancel");
+        let allowed = match *request.method() {
+            Method::GET | Method::DELETE => !cancel,
+            Method::POST => cancel,
+            _ => false,
+        };
+        if !allowed {
+            return Err(method_not_allowed(if cancel {
+                "POST"
+            } else {
+                "GET, DELETE"
+            }));
+        }
+        let rest = match request.uri().query() {
+            Some(query) => format!("{rest}?{query}"),
+            None => rest.to_owned(),
+        };
+        return Ok(Asked::Stored(request.method().clone(), rest));
+    }
     let Some(endpoint) = Endpoint::from_path(path) else {
         return Err(error(
             ErrorBody::new(
@@ -164,6 +190,9 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let id = self.ids.take_or_make(request.headers());
+        // Errors go back in the shape of the API the path names.
+        let api =
+            Endpoint::from_path(request.uri().path()).map_or(weir_llm::Api::Chat, Endpoint::api);
         let future = match asked(&request) {
             Ok(asked) => {
                 request.extensions_mut().insert(asked);
@@ -175,6 +204,7 @@ where
         WithId {
             future,
             id: Some(id),
+            api,
         }
     }
 }
@@ -185,6 +215,7 @@ pin_project! {
         #[pin]
         future: F,
         id: Option<HeaderValue>,
+        api: weir_llm::Api,
     }
 }
 
@@ -209,6 +240,7 @@ where
                 ))
             }
         };
+        super::errors::in_shape(*this.api, &mut response);
         if let Some(id) = this.id.take() {
             response.headers_mut().insert(X_REQUEST_ID.clone(), id);
         }

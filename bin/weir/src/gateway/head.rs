@@ -13,8 +13,8 @@ use http::Response;
 use http_body_util::BodyExt;
 use std::time::Duration;
 use tokio::time::Instant;
-use weir_llm::stream::{ChatWatch, Opaque, Watch};
-use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure};
+use weir_llm::stream::{ApiWatch, ChatWatch, Opaque, TypedWatch, Watch};
+use weir_llm::{Api, Endpoint, ErrorBody, ErrorKind, Failure};
 
 /// A 2xx answer read up to its commit point.
 pub(crate) enum Head {
@@ -84,20 +84,7 @@ pub(crate) async fn read_head(
     let mut detail = None;
     let failure = if sse {
         parts.headers.remove(header::CONTENT_LENGTH);
-        let call = &attempt.call;
-        let mut watch = ChatWatch::new(upstream.max_event_bytes)
-            .client_wants_usage(call.llm.include_usage())
-            .strip_usage(
-                call.endpoint == Endpoint::ChatCompletions && call.llm.can_ask_for_usage(),
-            );
-        if call.resumable {
-            watch = watch.with_transcript();
-        }
-        if attempt.resuming.is_none() {
-            // The call's own stream meters into the call's meter; a continuation's first
-            // events go through the original stream's watch, which meters them there.
-            watch = watch.with_meter(call.meter.clone());
-        }
+        let mut watch = watch_for(attempt, upstream);
         match first_event(&mut body, &mut watch, attempt.sent + first_token).await {
             Ok(prefix) => {
                 if watch.told() {
@@ -108,6 +95,7 @@ pub(crate) async fn read_head(
                     }
                 }
                 parts.extensions.insert(watch.meter().clone());
+                remember(attempt, upstream, prefix.as_deref());
                 let mut stream_attempt = stream_attempt().on_end(end);
                 if let Some((how, _)) = attempt.resuming {
                     stream_attempt = stream_attempt.continuing(how);
@@ -140,8 +128,12 @@ pub(crate) async fn read_head(
                     parts.headers.remove(header::CONTENT_LENGTH);
                     let whole = concat(prefix);
                     // Read once, for every layer that settles or records usage.
-                    attempt.call.meter.observe_whole(&whole);
+                    attempt
+                        .call
+                        .meter
+                        .observe_answer(attempt.call.endpoint.api(), &whole);
                     parts.extensions.insert(attempt.call.meter.clone());
+                    remember(attempt, upstream, Some(&whole));
                     return Head::Committed(Response::from_parts(parts, ResponseBody::full(whole)));
                 }
                 Ok(Some(Ok(frame))) => {
@@ -229,12 +221,63 @@ fn malformed(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
+/// A stored response's id (the first `id` of its answer or its first event), remembered
+/// with the provider that made it.
+fn remember(attempt: &Attempt, upstream: &Upstream, answer: Option<&[u8]>) {
+    let (Some((owners, key)), Some(answer)) = (&attempt.call.owners, answer) else {
+        return;
+    };
+    if let Some(id) = weir_llm::scan::first_id(answer) {
+        owners.record(
+            id,
+            super::stored::Owner {
+                provider: upstream.name.clone(),
+                key: key.clone(),
+            },
+        );
+    }
+}
+
+/// The watch of an attempt's stream, for the API the call speaks.
+fn watch_for(attempt: &Attempt, upstream: &Upstream) -> ApiWatch {
+    let call = &attempt.call;
+    // The call's own stream meters into the call's meter; a continuation's first events go
+    // through the original stream's watch, which meters them there.
+    let meter = attempt.resuming.is_none().then(|| call.meter.clone());
+    match call.endpoint.api() {
+        Api::Chat => {
+            let mut watch = ChatWatch::new(upstream.max_event_bytes)
+                .client_wants_usage(call.llm.include_usage())
+                .strip_usage(
+                    call.endpoint == Endpoint::ChatCompletions && call.llm.can_ask_for_usage(),
+                );
+            if call.resumable {
+                watch = watch.with_transcript();
+            }
+            if let Some(meter) = meter {
+                watch = watch.with_meter(meter);
+            }
+            ApiWatch::Chat(watch)
+        }
+        api => {
+            let mut watch = TypedWatch::new(api, upstream.max_event_bytes);
+            if call.resumable {
+                watch = watch.with_transcript();
+            }
+            if let Some(meter) = meter {
+                watch = watch.with_meter(meter);
+            }
+            ApiWatch::Typed(watch)
+        }
+    }
+}
+
 /// Reads a stream through its watch up to its first content event (by `deadline`): the
 /// whole events read, or why there were none (broken, silent, an event too large, or an
 /// opening in-band error).
 async fn first_event(
     body: &mut super::answer::UpstreamBody,
-    watch: &mut ChatWatch,
+    watch: &mut ApiWatch,
     deadline: Instant,
 ) -> Result<Option<Bytes>, Failure> {
     let mut prefix = Vec::new();

@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use weir_failover::router::{Cut, Judge, Judged, Resumer};
 use weir_llm::continuation;
-use weir_llm::{Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
+use weir_llm::{Api, Endpoint, ErrorBody, ErrorKind, Failure, LlmRequest};
+
+/// `anthropic-version`.
+static ANTHROPIC_VERSION: http::HeaderName = http::HeaderName::from_static("anthropic-version");
 
 /// The LLM half of the failover router: each target's request (and continuation request),
 /// and each answer read to its commit point and classified.
@@ -68,13 +71,26 @@ impl Judge<Arc<Call>> for LlmJudge {
     ) -> Option<(Request<Full<Bytes>>, Attempt)> {
         let t = &self.targets[target];
         let original = || call.llm.upstream_body(&call.body, &t.model, true);
-        let (body, how) = match t.continuation {
-            Continuation::None => return None,
-            Continuation::Prefill => (
-                continuation::prefill_request(&original(), &cut.answer.delivered)?,
-                weir_llm::stream::Continuation::Prefill,
-            ),
-            Continuation::Replay => (original(), weir_llm::stream::Continuation::Replay),
+        let delivered = &cut.answer.delivered;
+        let replay = || (original(), weir_llm::stream::Continuation::Replay);
+        let (body, how) = match (t.continuation, call.endpoint.api()) {
+            (Continuation::None, _) => return None,
+            // A response is one piece of state at its provider: only made again whole.
+            (_, Api::Responses) => replay(),
+            (Continuation::Prefill, api) => {
+                // Anthropic refuses a final assistant message that ends in whitespace: it is
+                // sent without it (the watch drops it from the continuation's start).
+                let (prefill, _) = continuation::prefill_text(api, delivered);
+                if prefill.is_empty() {
+                    replay()
+                } else {
+                    (
+                        continuation::prefill_request(&original(), prefill)?,
+                        weir_llm::stream::Continuation::Prefill,
+                    )
+                }
+            }
+            (Continuation::Replay, _) => replay(),
         };
         let mut request = outgoing_request(t, call, self.first_token);
         *request.body_mut() = Full::new(body);
@@ -226,6 +242,13 @@ pub(crate) fn outgoing_request(
     let upstream = &target.upstream;
     let mut headers = headers::upstream_request_headers(&call.headers, &upstream.headers);
     headers.insert(X_REQUEST_ID.clone(), call.id.clone());
+    if endpoint.api() == Api::Messages && !headers.contains_key(&ANTHROPIC_VERSION) {
+        // The client's own version goes as it is; else the provider's.
+        headers.insert(
+            ANTHROPIC_VERSION.clone(),
+            upstream.config.anthropic_version.clone(),
+        );
+    }
     // Streamed chat: weir asks for usage (its own accounting needs it) and, if the client did
     // not, drops the usage event on the way back.
     let ask_usage = endpoint == Endpoint::ChatCompletions;
@@ -257,8 +280,22 @@ pub(crate) async fn buffered_answer(
     response: Response<super::answer::UpstreamBody>,
     upstream: &Upstream,
 ) -> (Response<ResponseBody>, Option<Failure>) {
+    buffered(response, upstream, ERROR_BODY_LIMIT).await
+}
+
+/// An answer read whole (up to `limit`), classified, scrubbed of the provider's secrets, with
+/// the headers a client may see.
+pub(crate) async fn buffered<B>(
+    response: Response<B>,
+    upstream: &Upstream,
+    limit: usize,
+) -> (Response<ResponseBody>, Option<Failure>)
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<weir_breaker::BoxError>,
+{
     let (mut parts, body) = response.into_parts();
-    let bytes = match Limited::new(body, ERROR_BODY_LIMIT).collect().await {
+    let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };

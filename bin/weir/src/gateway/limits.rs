@@ -56,7 +56,7 @@ impl<B> Scope<B> for RouteScope {
     fn select<'a>(&'a self, request: &'a Request<B>) -> Option<(&'a Limiter<()>, ())> {
         match request.extensions().get::<Classified>()? {
             Classified::Call(_, route) => Some((route.limiter.as_ref()?, ())),
-            Classified::Models(_) => None,
+            Classified::Models(_) | Classified::Stored(_) => None,
         }
     }
 }

@@ -30,6 +30,7 @@ mod judge;
 mod limits;
 mod provider;
 mod route;
+mod stored;
 mod target;
 
 pub use answer::{ResponseBody, StreamFailed};
@@ -47,7 +48,7 @@ pub(crate) use judge::cool_down_name;
 use judge::LlmJudge;
 use limits::{CallCost, KeyScope, RouteScope, ServerScope};
 use provider::{limit_from, rate_limiter, unlimited};
-use route::{Route, Router};
+use route::{Lane, Route, Router};
 use std::convert::Infallible;
 use std::sync::Arc;
 use target::RouteTarget;
@@ -82,6 +83,8 @@ pub struct Gateway {
     forward: Arc<crate::headers::Forward>,
     /// Request ids: carried over reloads, so that none is given twice.
     ids: Arc<RequestIds>,
+    /// Which provider stored each response weir passed on (the Responses API).
+    owners: Arc<stored::Owners>,
     /// The server-wide limit on requests in flight (`[server] max_concurrency`).
     limit: Option<Limit>,
     /// The limit the stack applies: the configured one, or none that counts.
@@ -135,6 +138,7 @@ impl Gateway {
                 self.routes.clone(),
                 self.max_request_bytes,
                 self.forward.clone(),
+                self.owners.clone(),
             ))
             // The most specific limit innermost: its headers are the ones the client sees.
             .layer(RateLimitLayer::scoped(ServerScope(self.rate_limiter.clone())).cost(CallCost))
@@ -216,15 +220,22 @@ impl Gateway {
             .iter()
             .map(|r| r.model.as_str().into())
             .collect();
+        // Which provider stored which response outlives a reload.
+        let owners = previous.map(|g| g.owners.clone()).unwrap_or_default();
         let limit = match previous {
             Some(g) if g.server.concurrency == config.server.concurrency => g.limit.clone(),
             _ => config.server.concurrency.as_ref().map(limit_from),
         };
         Ok(Self {
+            router: Router {
+                models,
+                upstreams: upstreams.clone().into(),
+                owners: owners.clone(),
+            },
+            owners,
             upstreams,
             deployments,
             routes: Arc::new(routes),
-            router: Router { models },
             max_request_bytes: config.server.max_request_bytes,
             forward: Arc::new(crate::headers::Forward::new(&config.server.forward_headers)),
             ids: previous.map(|g| g.ids.clone()).unwrap_or_default(),
@@ -358,58 +369,69 @@ fn route(
             .expect("every target's deployment is built")
             .clone()
     };
-    let targets: Arc<[RouteTarget]> = r
-        .targets
-        .iter()
-        .map(|t| RouteTarget {
-            upstream: upstreams[t.provider].clone(),
-            deployment: deployment(t),
-            model: t.model.as_str().into(),
-            continuation: t.continuation,
-            price: config.prices.get(&t.model).copied(),
-        })
-        .collect::<Vec<_>>()
-        .into();
-    let b = r.retry_budget;
-    let router = Failover::builder(
-        r.targets
+    // One lane per API the route's providers speak: a call goes to its API's.
+    let lane = |api: crate::config::ProviderApi| -> Option<Lane> {
+        let chosen: Vec<&crate::config::Target> = r
+            .targets
             .iter()
-            .map(|t| {
-                Target::new(deployment(t).service.clone())
-                    .context_window(t.context_window)
-                    .model(t.model.as_str())
-                    .weight(t.weight)
+            .filter(|t| upstreams[t.provider].config.api == api)
+            .collect();
+        if chosen.is_empty() {
+            return None;
+        }
+        let targets: Arc<[RouteTarget]> = chosen
+            .iter()
+            .map(|t| RouteTarget {
+                upstream: upstreams[t.provider].clone(),
+                deployment: deployment(t),
+                model: t.model.as_str().into(),
+                continuation: t.continuation,
+                price: config.prices.get(&t.model).copied(),
             })
-            .collect(),
-        LlmJudge {
-            targets: targets.clone(),
-            first_token: r.first_token_timeout,
-            shared: store.cloned(),
-        },
-    )
-    .policy(r.retry.clone())
-    .budget(RetryBudget::new(
-        b.ratio,
-        b.per_second,
-        b.window,
-        Instant::now(),
-    ))
-    .deadline(r.request_timeout)
-    .hedge_after(r.hedge_after)
-    // A request waits for a target at its limit as long as its provider says.
-    .queue_timeout(
-        r.targets
-            .iter()
-            .map(|t| upstreams[t.provider].queue_timeout)
-            .max()
-            .unwrap_or_default(),
-    )
-    .order(if r.weighted {
-        Order::Weighted
-    } else {
-        Order::Priority
-    })
-    .build();
+            .collect::<Vec<_>>()
+            .into();
+        let b = r.retry_budget;
+        let router = Failover::builder(
+            chosen
+                .iter()
+                .map(|t| {
+                    Target::new(deployment(t).service.clone())
+                        .context_window(t.context_window)
+                        .model(t.model.as_str())
+                        .weight(t.weight)
+                })
+                .collect(),
+            LlmJudge {
+                targets: targets.clone(),
+                first_token: r.first_token_timeout,
+                shared: store.cloned(),
+            },
+        )
+        .policy(r.retry.clone())
+        .budget(RetryBudget::new(
+            b.ratio,
+            b.per_second,
+            b.window,
+            Instant::now(),
+        ))
+        .deadline(r.request_timeout)
+        .hedge_after(r.hedge_after)
+        // A request waits for a target at its limit as long as its provider says.
+        .queue_timeout(
+            chosen
+                .iter()
+                .map(|t| upstreams[t.provider].queue_timeout)
+                .max()
+                .unwrap_or_default(),
+        )
+        .order(if r.weighted {
+            Order::Weighted
+        } else {
+            Order::Priority
+        })
+        .build();
+        Some(Lane { targets, router })
+    };
     Route {
         name: r.model.as_str().into(),
         limiter: kept.unwrap_or_else(|| {
@@ -418,7 +440,7 @@ fn route(
                 .map(|c| rate_limiter(c, limits_store, &format!("route:{}", r.model)))
         }),
         rate_limit: r.rate_limit.clone(),
-        targets,
-        router,
+        openai: lane(crate::config::ProviderApi::OpenAi),
+        anthropic: lane(crate::config::ProviderApi::Anthropic),
     }
 }

@@ -4,9 +4,9 @@
 //! provider's limits, as one tower stack per deployment. An outage or a 429 of one model keeps
 //! only that model out; a failed connection counts against every model of the provider.
 
-use crate::config::{Health, Provider};
+use crate::config::{Health, Provider, ProviderApi};
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri};
 use http_body_util::Full;
 use std::sync::Arc;
@@ -93,7 +93,7 @@ pub(crate) struct Upstream {
     /// Malformed events dropped from this provider's streams.
     pub(crate) malformed: Arc<std::sync::atomic::AtomicU64>,
     /// The full URI of each endpoint under the base URL.
-    pub(crate) uris: [Uri; 3],
+    pub(crate) uris: [Uri; 6],
     /// `Authorization` and the configured extra headers, marked sensitive.
     pub(crate) headers: HeaderMap,
     /// The secret values sent to this provider (its key, its extra headers' values): scrubbed
@@ -169,10 +169,21 @@ impl Upstream {
         let mut secrets: Vec<Vec<u8>> = Vec::new();
         if let Some(key) = &p.api_key {
             secrets.push(key.expose().as_bytes().to_vec());
-            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key"));
+            let (name, value) = match p.api {
+                ProviderApi::OpenAi => (
+                    header::AUTHORIZATION,
+                    HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key")),
+                ),
+                ProviderApi::Anthropic => (
+                    HeaderName::from_static("x-api-key"),
+                    HeaderValue::from_str(key.expose())
+                        .unwrap_or_else(|_| HeaderValue::from_static("invalid-key")),
+                ),
+            };
+            let mut value = value;
             value.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, value);
+            headers.insert(name, value);
         }
         for (name, secret) in &p.headers {
             secrets.push(secret.expose().as_bytes().to_vec());
@@ -198,11 +209,7 @@ impl Upstream {
             models_uri: format!("{base}/models")
                 .parse()
                 .expect("a valid base URL plus a fixed path is a valid URI"),
-            uris: [
-                uri(Endpoint::ChatCompletions),
-                uri(Endpoint::Completions),
-                uri(Endpoint::Embeddings),
-            ],
+            uris: ENDPOINTS.map(uri),
             headers,
             // Short values would match ordinary text: a secret has some length.
             secrets: secrets.into_iter().filter(|s| s.len() >= 8).collect(),
@@ -212,14 +219,23 @@ impl Upstream {
     }
 
     pub(crate) fn uri(&self, endpoint: Endpoint) -> Uri {
-        self.uris[match endpoint {
-            Endpoint::ChatCompletions => 0,
-            Endpoint::Completions => 1,
-            Endpoint::Embeddings => 2,
-        }]
-        .clone()
+        let at = ENDPOINTS
+            .iter()
+            .position(|e| *e == endpoint)
+            .expect("every endpoint is listed");
+        self.uris[at].clone()
     }
 }
+
+/// The endpoints under a provider's base URL, in the order of `Upstream::uris`.
+const ENDPOINTS: [Endpoint; 6] = [
+    Endpoint::ChatCompletions,
+    Endpoint::Completions,
+    Endpoint::Embeddings,
+    Endpoint::Responses,
+    Endpoint::Messages,
+    Endpoint::CountTokens,
+];
 
 /// Whether a call's error is a failed connection: what counts against every model of a
 /// provider.

@@ -30,8 +30,28 @@ pub(crate) struct Route {
     pub(crate) name: Arc<str>,
     pub(crate) limiter: Option<weir_ratelimit::Limiter<()>>,
     pub(crate) rate_limit: Option<crate::config::RateLimit>,
+    /// The targets on providers that speak OpenAI's API (chat, completions, embeddings,
+    /// responses), and their router.
+    pub(crate) openai: Option<Lane>,
+    /// The targets on providers that speak Anthropic's (messages), and their router.
+    pub(crate) anthropic: Option<Lane>,
+}
+
+/// The targets of a route that speak one API, in order, and their failover router.
+#[derive(Debug)]
+pub(crate) struct Lane {
     pub(crate) targets: Arc<[RouteTarget]>,
     pub(crate) router: Failover<Guarded, LlmJudge>,
+}
+
+impl Route {
+    /// The lane that serves `endpoint`, if any of the route's providers speaks its API.
+    pub(crate) fn lane(&self, endpoint: weir_llm::Endpoint) -> Option<&Lane> {
+        match endpoint.api() {
+            weir_llm::Api::Messages => self.anthropic.as_ref(),
+            _ => self.openai.as_ref(),
+        }
+    }
 }
 
 /// What the classifier made of a request, for the router.
@@ -41,6 +61,8 @@ pub(crate) enum Classified {
     Models(Option<String>),
     /// A call, on its route.
     Call(Arc<Call>, Arc<Route>),
+    /// A stored response, at the provider that made it.
+    Stored(super::stored::StoredRequest),
 }
 
 /// The innermost service. See the [module docs](self).
@@ -48,6 +70,9 @@ pub(crate) enum Classified {
 pub(crate) struct Router {
     /// The routes' models, in config order: what `GET /v1/models` lists (those the key may use).
     pub(crate) models: Arc<[Arc<str>]>,
+    /// The providers, for stored responses.
+    pub(crate) upstreams: Arc<[Arc<super::provider::Upstream>]>,
+    pub(crate) owners: Arc<super::stored::Owners>,
 }
 
 type Answering = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
@@ -65,10 +90,14 @@ impl tower::Service<Request<()>> for Router {
         let classified = request.extensions().get::<Classified>().cloned();
         let key = request.extensions().get::<Identity>().map(|i| i.0.clone());
         let models = self.models.clone();
+        let (upstreams, owners) = (self.upstreams.clone(), self.owners.clone());
         Box::pin(async move {
             let allowed = |model: &str| key.as_ref().is_none_or(|k| k.allows(model));
             Ok(match classified {
                 Some(Classified::Call(call, route)) => answer(call, route).await,
+                Some(Classified::Stored(stored)) => {
+                    super::stored::answer(stored, &owners, &upstreams).await
+                }
                 Some(Classified::Models(Some(id))) => {
                     match models.iter().find(|m| ***m == *id).filter(|m| allowed(m)) {
                         Some(model) => json(model_object(model).to_string().into()),
@@ -95,13 +124,17 @@ fn model_object(model: &str) -> serde_json::Value {
 }
 
 async fn answer(call: Arc<Call>, route: Arc<Route>) -> Response<ResponseBody> {
-    match route.router.clone().oneshot(call.clone()).await {
+    let Some(lane) = route.lane(call.endpoint) else {
+        // The classifier sends no call to a route without a lane for it.
+        return model_not_found(call.llm.model());
+    };
+    match lane.router.clone().oneshot(call.clone()).await {
         Ok(Routed {
             answer,
             target: Some(served),
             attempts,
         }) => {
-            self::served(&call, &route, served, attempts);
+            self::served(&call, &route.name, lane, served, attempts);
             with_attempts(answer, attempts)
         }
         Ok(Routed {
@@ -110,13 +143,13 @@ async fn answer(call: Arc<Call>, route: Arc<Route>) -> Response<ResponseBody> {
             call.tally.attempts(attempts);
             // The answer is the last failed attempt's: its target, as the judge recorded it.
             let failed = call.failed.load(std::sync::atomic::Ordering::Relaxed);
-            if let Some(t) = route.targets.get(failed) {
+            if let Some(t) = lane.targets.get(failed) {
                 call.tally
                     .provider(t.upstream.name.clone(), t.model.clone());
             }
             with_attempts(answer, attempts)
         }
-        Err(_) => all_out(call.llm.model(), &route.targets),
+        Err(_) => all_out(call.llm.model(), &lane.targets),
     }
 }
 
@@ -206,10 +239,10 @@ fn all_out(model: &str, targets: &[RouteTarget]) -> Response<ResponseBody> {
 }
 
 /// Target `served` of `call` committed after `attempts`: the labels, price and failover it means.
-fn served(call: &Call, route: &Route, served: usize, attempts: u32) {
-    let target = &route.targets[served];
+fn served(call: &Call, route: &Arc<str>, lane: &Lane, served: usize, attempts: u32) {
+    let target = &lane.targets[served];
     call.tally.labels(weir_metrics::Labels {
-        route: route.name.clone(),
+        route: route.clone(),
         provider: target.upstream.name.clone(),
         model: target.model.clone(),
     });
@@ -218,7 +251,7 @@ fn served(call: &Call, route: &Route, served: usize, attempts: u32) {
         call.tally.price(price);
     }
     let failed = call.failed.load(std::sync::atomic::Ordering::Relaxed);
-    if let Some(from) = route.targets.get(failed).filter(|_| failed != served) {
+    if let Some(from) = lane.targets.get(failed).filter(|_| failed != served) {
         call.tally.failover(
             from.upstream.name.clone(),
             target.upstream.name.clone(),
