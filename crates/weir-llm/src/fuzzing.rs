@@ -3,7 +3,7 @@
 //! found (`fuzz/regressions/`) through them. Compiled for tests and with the `fuzzing` feature.
 
 use crate::sse::{Framer, SseDecoder, SseEvent};
-use crate::stream::{ChatWatch, Watch};
+use crate::stream::{ApiWatch, ChatWatch, TypedWatch, Watch};
 use bytes::Bytes;
 
 fn decode(frames: &[&[u8]]) -> Result<Vec<SseEvent>, ()> {
@@ -23,7 +23,8 @@ fn decode(frames: &[&[u8]]) -> Result<Vec<SseEvent>, ()> {
 /// - the decoder yields the same events whatever the framing;
 /// - the framer hands on a prefix of the input, in pieces that each end on an event
 ///   boundary, the same bytes whatever the framing, and its events are the decoder's;
-/// - the chat watch never panics, and what it forwards is whole events;
+/// - the watches (chat, Responses, Messages, and each as a continuation) never panic, and
+///   what they forward is whole events;
 /// - the chunk and request readers never panic.
 pub fn check_sse(data: &[u8]) {
     let Some((&seed, input)) = data.split_first() else {
@@ -68,18 +69,52 @@ pub fn check_sse(data: &[u8]) {
             assert_eq!(whole.1, data, "the framer's events are the decoder's");
         }
     }
-    let mut watch = ChatWatch::new(4096).with_transcript().strip_usage(true);
-    for frame in &frames {
-        match watch.push(Bytes::copy_from_slice(frame)) {
-            Ok(_) => {}
-            Err(_) => break,
-        }
+    let chat = ChatWatch::new(4096).with_transcript().strip_usage(true);
+    watched(ApiWatch::Chat(chat), &frames);
+    // The typed-event watches, and each again as a continuation (replaying what it had).
+    for api in [crate::Api::Responses, crate::Api::Messages] {
+        watched(
+            ApiWatch::Typed(TypedWatch::new(api, 4096).with_transcript()),
+            &frames,
+        );
     }
+    let _ = crate::Chunk::parse(input);
+    for endpoint in [
+        crate::Endpoint::ChatCompletions,
+        crate::Endpoint::Responses,
+        crate::Endpoint::Messages,
+    ] {
+        let _ = crate::LlmRequest::parse(endpoint, input);
+    }
+}
+
+/// A watch fed `frames`: it never panics, and what it forwards holds whole events only; once
+/// cut, the same frames again as the continuation.
+fn watched(mut watch: ApiWatch, frames: &[&[u8]]) {
+    let mut out = Vec::new();
+    let feed = |watch: &mut ApiWatch, out: &mut Vec<u8>| {
+        for frame in frames {
+            match watch.push(Bytes::copy_from_slice(frame)) {
+                Ok(Some(piece)) => out.extend_from_slice(&piece),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+    };
+    feed(&mut watch, &mut out);
     watch.ended();
     let _ = watch.finish();
-    let _ = watch.cut();
-    let _ = crate::Chunk::parse(input);
-    let _ = crate::LlmRequest::parse(crate::Endpoint::ChatCompletions, input);
+    if watch.cut().is_some() && !watch.is_done() {
+        watch.resume(crate::stream::Continuation::Replay);
+        feed(&mut watch, &mut out);
+    }
+    let mut decoder = SseDecoder::new();
+    decoder.push(Bytes::from(out));
+    while let Ok(Some(_)) = decoder.next_event() {}
+    assert!(
+        !decoder.has_partial_event(),
+        "a watch forwards whole events"
+    );
 }
 
 #[cfg(test)]

@@ -342,6 +342,46 @@ mod tests {
     }
 
     #[test]
+    fn responses_and_messages_requests() {
+        let responses =
+            |body: &str| LlmRequest::parse(Endpoint::Responses, body.as_bytes()).unwrap();
+        let r = responses(
+            r#"{"model":"m","input":"12345678","instructions":"abcd","max_output_tokens":9,"stream":true}"#,
+        );
+        assert_eq!(
+            (r.max_tokens(), r.prompt_token_estimate(), r.stream()),
+            (Some(9), 4, true)
+        );
+        assert!(r.stateful(), "stored unless told not to");
+        assert!(!responses(r#"{"model":"m","input":"x","store":false}"#).stateful());
+        let chained =
+            responses(r#"{"model":"m","input":"x","store":false,"previous_response_id":"resp_1"}"#);
+        assert!(chained.stateful());
+        assert_eq!(chained.previous_response_id(), Some("resp_1"));
+        assert!(responses(r#"{"model":"m","store":false,"background":true}"#).stateful());
+        assert!(!responses(r#"{"model":"m","store":false,"conversation":null}"#).stateful());
+        assert!(!parse(r#"{"model":"m","messages":[]}"#).unwrap().stateful());
+        let m = LlmRequest::parse(
+            Endpoint::Messages,
+            br#"{"model":"claude","max_tokens":64,"system":"1234","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (m.max_tokens(), m.endpoint().api()),
+            (Some(64), crate::Api::Messages)
+        );
+        assert!(m.prompt_token_estimate() > 6);
+        assert_eq!(
+            Endpoint::from_path("/v1/messages/count_tokens"),
+            Some(Endpoint::CountTokens)
+        );
+        assert_eq!(
+            Endpoint::CountTokens.upstream_path(),
+            "/messages/count_tokens"
+        );
+    }
+
+    #[test]
     fn reads_metadata() {
         let req = parse(
             r#"{"messages":[{"role":"user","content":"12345678"}],"model":"m","stream":true,

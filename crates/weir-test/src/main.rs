@@ -1,4 +1,5 @@
-//! `weir-mock`: the mock OpenAI-compatible upstream as a process, for benchmarks and demos.
+//! `weir-mock`: the mock upstream (Chat Completions, Completions, Responses, Messages) as a
+//! process, for benchmarks, demos and SDK checks (`tests/python/mock_sdk_shapes.py`).
 //!
 //! ```text
 //! weir-mock [--listen 127.0.0.1:8091] [--threads N] [--api-key KEY] [--defaults DIRECTIVES] [--log]

@@ -1,5 +1,8 @@
-use crate::body::{json_str, Injected, Shape, StreamBody, StreamParams, StreamStats};
-use crate::script::{Fault, Script};
+use crate::body::{
+    json_str, resume_point, ApiStream, Injected, Shape, StreamBody, StreamParams, StreamStats,
+};
+use crate::script::{Fault, Script, TOOL_ARGUMENTS};
+use crate::shapes::{self, ResponseObject, ResponsesReq};
 use bytes::Bytes;
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -23,7 +26,10 @@ type MockBody = Either<Full<Bytes>, StreamBody>;
 /// How the mock behaves for every request.
 #[derive(Clone, Debug, Default)]
 pub struct MockConfig {
-    /// When set, requests must carry `Authorization: Bearer <api_key>` or get a 401.
+    /// When set, requests must carry `Authorization: Bearer <api_key>` or get a 401. On the
+    /// Anthropic paths (`.../messages`, `.../messages/count_tokens`) the key is read from
+    /// `x-api-key` or, without one, from `Authorization: Bearer` (as the `anthropic` SDK 2.x
+    /// sends it), and the 401 is Anthropic-shaped.
     pub api_key: Option<String>,
     /// Keep no request log (for benchmarks).
     pub no_log: bool,
@@ -307,22 +313,121 @@ fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response<
     )
 }
 
-fn internal_error() -> Response<MockBody> {
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        "internal",
-        "The server had an error",
-    )
+/// Whose error shapes (and API key header) a path uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    /// Chat Completions, Completions, Responses: `{"error":{...}}`, `Authorization: Bearer`.
+    OpenAi,
+    /// Messages: `{"type":"error","error":{...}}`, `x-api-key`.
+    Anthropic,
 }
 
-fn overloaded() -> Response<MockBody> {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "server_error",
-        "overloaded",
-        "The engine is currently overloaded",
-    )
+fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response<MockBody> {
+    json(status, shapes::anthropic_error(kind, message))
+}
+
+/// An invalid request, in the path's shape.
+fn invalid(dialect: Dialect, code: &str, message: &str) -> Response<MockBody> {
+    match dialect {
+        Dialect::OpenAi => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message,
+        ),
+        Dialect::Anthropic => {
+            anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
+    }
+}
+
+fn internal_error(dialect: Dialect) -> Response<MockBody> {
+    match dialect {
+        Dialect::OpenAi => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal",
+            "The server had an error",
+        ),
+        Dialect::Anthropic => anthropic_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "Internal server error",
+        ),
+    }
+}
+
+fn overloaded(dialect: Dialect) -> Response<MockBody> {
+    match dialect {
+        Dialect::OpenAi => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "overloaded",
+            "The engine is currently overloaded",
+        ),
+        Dialect::Anthropic => anthropic_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded_error",
+            "Overloaded",
+        ),
+    }
+}
+
+/// Anthropic's overload status.
+fn overloaded_529(dialect: Dialect) -> Response<MockBody> {
+    let status = StatusCode::from_u16(529).expect("529 is a valid status");
+    match dialect {
+        Dialect::OpenAi => error(status, "server_error", "overloaded", "Overloaded"),
+        Dialect::Anthropic => anthropic_error(status, "overloaded_error", "Overloaded"),
+    }
+}
+
+/// What a request asks for, past the models list and embeddings.
+#[derive(Debug)]
+enum Endpoint {
+    /// An answer (streamed or whole) in this shape.
+    Answer(Shape),
+    /// `POST .../messages/count_tokens`.
+    CountTokens,
+    /// `GET .../responses/{id}`.
+    GetResponse(String),
+    /// `DELETE .../responses/{id}`.
+    DeleteResponse(String),
+}
+
+/// The API key of an Anthropic request: its `x-api-key`, or else its `Authorization: Bearer`
+/// (the official `anthropic` SDK, 2.x, sends the key that way).
+fn anthropic_key(headers: &HeaderMap) -> Option<&str> {
+    match headers.get("x-api-key") {
+        Some(key) => key.to_str().ok(),
+        None => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ")),
+    }
+}
+
+/// The id of a `.../responses/{id}` path.
+fn response_id(path: &str) -> Option<&str> {
+    let (_, id) = path.rsplit_once("/responses/")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The text of an assistant message's content: a string, or (`blocks`) an array of text
+/// blocks, concatenated.
+fn message_text(content: &serde_json::Value, blocks: bool) -> Option<std::borrow::Cow<'_, str>> {
+    match content {
+        serde_json::Value::String(text) => Some(text.as_str().into()),
+        serde_json::Value::Array(parts) if blocks => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(|t| t.as_str()) {
+                Some("text") => part.get("text").and_then(|t| t.as_str()),
+                _ => None,
+            })
+            .collect::<Option<String>>()
+            .map(Into::into),
+        _ => None,
+    }
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -361,21 +466,47 @@ async fn handle(
             model: parsed.model.clone(),
         });
     }
+    let path = parts.uri.path();
+    let dialect = if path.ends_with("/messages") || path.ends_with("/messages/count_tokens") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    };
     if let Some(key) = &shared.config.api_key {
-        let expected = format!("Bearer {key}");
-        if parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes())
-            != Some(expected.as_bytes())
-        {
-            return Ok(error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "invalid_api_key",
-                "Incorrect API key provided.",
-            ));
+        match dialect {
+            Dialect::OpenAi => {
+                let expected = format!("Bearer {key}");
+                if parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes())
+                    != Some(expected.as_bytes())
+                {
+                    return Ok(error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_request_error",
+                        "invalid_api_key",
+                        "Incorrect API key provided.",
+                    ));
+                }
+            }
+            Dialect::Anthropic => {
+                if anthropic_key(&parts.headers) != Some(key.as_str()) {
+                    return Ok(anthropic_error(
+                        StatusCode::UNAUTHORIZED,
+                        "authentication_error",
+                        "invalid x-api-key",
+                    ));
+                }
+            }
         }
+    }
+    if dialect == Dialect::Anthropic && !parts.headers.contains_key("anthropic-version") {
+        return Ok(invalid(
+            dialect,
+            "missing_required_header",
+            "anthropic-version: header is required",
+        ));
     }
     // Like OpenAI-compatible servers (LiteLLM, vLLM), a body is read as JSON only when it is
     // labelled so: a form-encoded body has no `messages`.
@@ -384,14 +515,16 @@ async fn handle(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if parts.method == Method::POST && !json_body {
-        return Ok(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "missing_required_parameter",
-            "Missing required parameter: 'messages'.",
-        ));
+        return Ok(match dialect {
+            Dialect::OpenAi => error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "missing_required_parameter",
+                "Missing required parameter: 'messages'.",
+            ),
+            Dialect::Anthropic => invalid(dialect, "", "messages: Field required"),
+        });
     }
-    let path = parts.uri.path();
     let defaults = shared.defaults.lock().expect("defaults lock").clone();
     if parts.method == Method::GET && path.ends_with("/models") {
         let mut script = Script::default();
@@ -400,10 +533,13 @@ async fn handle(
         }
         match script.fault {
             Some(Fault::ServerError | Fault::ServerErrorOnce) => {
-                return Ok(internal_error());
+                return Ok(internal_error(Dialect::OpenAi));
             }
             Some(Fault::Unavailable) => {
-                return Ok(overloaded());
+                return Ok(overloaded(Dialect::OpenAi));
+            }
+            Some(Fault::Overloaded) => {
+                return Ok(overloaded_529(Dialect::OpenAi));
             }
             Some(Fault::Reset) => {
                 reset.store(true, Ordering::Release);
@@ -417,10 +553,25 @@ async fn handle(
             r#"{"object":"list","data":[{"id":"mock","object":"model","created":1700000000,"owned_by":"weir-test"}]}"#.to_owned(),
         ));
     }
-    let shape = if path.ends_with("/chat/completions") {
-        Shape::Chat
+    let endpoint = if path.ends_with("/chat/completions") {
+        Endpoint::Answer(Shape::Chat)
     } else if path.ends_with("/completions") {
-        Shape::Text
+        Endpoint::Answer(Shape::Text)
+    } else if path.ends_with("/responses") {
+        Endpoint::Answer(Shape::Responses)
+    } else if path.ends_with("/messages") {
+        Endpoint::Answer(Shape::Messages)
+    } else if path.ends_with("/messages/count_tokens") {
+        Endpoint::CountTokens
+    } else if let (Some(id), true) = (
+        response_id(path),
+        matches!(parts.method, Method::GET | Method::DELETE),
+    ) {
+        if parts.method == Method::GET {
+            Endpoint::GetResponse(id.to_owned())
+        } else {
+            Endpoint::DeleteResponse(id.to_owned())
+        }
     } else if path.ends_with("/embeddings") {
         let model = parsed.model.unwrap_or_default();
         return Ok(json(
@@ -456,17 +607,28 @@ async fn handle(
     };
     let mut script = match Script::for_request(defaults.as_deref(), &model, header) {
         Ok(script) => script,
-        Err(message) => {
-            return Ok(error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "mock_directive",
-                &message,
-            ))
-        }
+        Err(message) => return Ok(invalid(dialect, "mock_directive", &message)),
     };
-    if let Some(max) = parsed.max_tokens {
+    // The Responses API's own request fields, read only for it.
+    let responses = matches!(endpoint, Endpoint::Answer(Shape::Responses))
+        .then(|| serde_json::from_slice::<ResponsesReq>(&body).unwrap_or_default());
+    let max = match &responses {
+        Some(req) => req.max_output_tokens,
+        None => parsed.max_tokens,
+    };
+    if let Some(max) = max {
         script.chunks = script.chunks.min(max);
+    }
+    let shape = match endpoint {
+        Endpoint::Answer(shape) => Some(shape),
+        _ => None,
+    };
+    let tool = match shape {
+        Some(Shape::Responses | Shape::Messages) | None => script.tool.clone(),
+        Some(Shape::Chat | Shape::Text) => None,
+    };
+    if tool.is_some() {
+        script.chunks = script.tool_pieces();
     }
 
     if !script.headers.is_zero() {
@@ -474,19 +636,26 @@ async fn handle(
     }
     match script.fault {
         Some(Fault::TooManyRequests) => {
-            let mut resp = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "requests",
-                "rate_limit_exceeded",
-                "Rate limit reached for requests",
-            );
+            let mut resp = match dialect {
+                Dialect::OpenAi => error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    "rate_limit_exceeded",
+                    "Rate limit reached for requests",
+                ),
+                Dialect::Anthropic => anthropic_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "Number of request tokens has exceeded your per-minute rate limit",
+                ),
+            };
             if let Some(secs) = script.retry_after {
                 resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
             }
             return Ok(resp);
         }
         Some(Fault::ServerError) => {
-            return Ok(internal_error());
+            return Ok(internal_error(dialect));
         }
         Some(Fault::ServerErrorOnce) => {
             let key = script
@@ -497,42 +666,69 @@ async fn handle(
             let seen = counters.entry(key).or_insert(0);
             *seen += 1;
             if *seen == 1 {
-                return Ok(internal_error());
+                return Ok(internal_error(dialect));
             }
         }
         Some(Fault::Unavailable) => {
-            return Ok(overloaded());
+            return Ok(overloaded(dialect));
+        }
+        Some(Fault::Overloaded) => {
+            return Ok(overloaded_529(dialect));
         }
         Some(Fault::ContextLength) => {
-            return Ok(error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "context_length_exceeded",
-                "This model's maximum context length is 8192 tokens.",
-            ));
+            return Ok(match dialect {
+                Dialect::OpenAi => error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "context_length_exceeded",
+                    "This model's maximum context length is 8192 tokens.",
+                ),
+                Dialect::Anthropic => invalid(
+                    dialect,
+                    "",
+                    "prompt is too long: 210000 tokens > 200000 maximum",
+                ),
+            });
         }
         Some(Fault::ContentPolicy) => {
-            return Ok(error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "content_policy_violation",
-                "Your request was rejected as a result of our safety system.",
-            ));
+            return Ok(match dialect {
+                Dialect::OpenAi => error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "content_policy_violation",
+                    "Your request was rejected as a result of our safety system.",
+                ),
+                Dialect::Anthropic => {
+                    invalid(dialect, "", "Output blocked by content filtering policy")
+                }
+            });
         }
         Some(Fault::EchoKey) => {
-            let presented = parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or_default()
-                .to_owned();
-            return Ok(error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "invalid_api_key",
-                &format!("Incorrect API key provided: {presented}. Check your key."),
-            ));
+            return Ok(match dialect {
+                Dialect::OpenAi => {
+                    let presented = parts
+                        .headers
+                        .get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .unwrap_or_default()
+                        .to_owned();
+                    error(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_request_error",
+                        "invalid_api_key",
+                        &format!("Incorrect API key provided: {presented}. Check your key."),
+                    )
+                }
+                Dialect::Anthropic => {
+                    let presented = anthropic_key(&parts.headers).unwrap_or_default();
+                    anthropic_error(
+                        StatusCode::UNAUTHORIZED,
+                        "authentication_error",
+                        &format!("invalid x-api-key: {presented}"),
+                    )
+                }
+            });
         }
         Some(Fault::Reset) => {
             reset.store(true, Ordering::Release);
@@ -542,18 +738,60 @@ async fn handle(
         _ => {}
     }
 
+    let prompt_tokens = (body.len() / 4) as u64;
+    let shape = match endpoint {
+        Endpoint::Answer(shape) => shape,
+        Endpoint::CountTokens => {
+            return Ok(json(
+                StatusCode::OK,
+                format!(r#"{{"input_tokens":{prompt_tokens}}}"#),
+            ));
+        }
+        Endpoint::DeleteResponse(id) => {
+            return Ok(json(
+                StatusCode::OK,
+                format!(
+                    r#"{{"id":{},"object":"response","deleted":true}}"#,
+                    json_str(&id)
+                ),
+            ));
+        }
+        Endpoint::GetResponse(id) => {
+            // Any id is a completed response of the script's answer.
+            let tag = id.strip_prefix("resp_mock_").unwrap_or(&id).to_owned();
+            let output = match &tool {
+                Some(name) => shapes::function_call_item(&tag, "completed", name, TOOL_ARGUMENTS),
+                None => shapes::message_item(&tag, "completed", Some(&script.answer())),
+            };
+            let object = ResponseObject::new(id, "mock", &ResponsesReq::default());
+            return Ok(json(
+                StatusCode::OK,
+                object.render(
+                    "completed",
+                    &format!("[{output}]"),
+                    Some((0, u64::from(script.chunks))),
+                ),
+            ));
+        }
+    };
+
     let prefill = match parsed.messages.last() {
-        Some(last) if last.get("role").and_then(|r| r.as_str()) == Some("assistant") => last
-            .get("content")
-            .and_then(|c| c.as_str())
-            .filter(|text| script.answer().starts_with(text))
-            .map(str::to_owned),
+        Some(last)
+            if tool.is_none() && last.get("role").and_then(|r| r.as_str()) == Some("assistant") =>
+        {
+            last.get("content")
+                .and_then(|c| message_text(c, shape == Shape::Messages))
+                .filter(|text| script.answer().starts_with(&**text))
+                .map(std::borrow::Cow::into_owned)
+        }
         _ => None,
     };
-    let id: Arc<str> = format!(
-        "chatcmpl-mock-{}",
-        shared.ids.fetch_add(1, Ordering::Relaxed)
-    )
+    let n = shared.ids.fetch_add(1, Ordering::Relaxed);
+    let id: Arc<str> = match shape {
+        Shape::Chat | Shape::Text => format!("chatcmpl-mock-{n}"),
+        Shape::Responses => format!("resp_mock_{n}"),
+        Shape::Messages => format!("msg_mock_{n}"),
+    }
     .into();
     let include_usage = parsed
         .stream_options
@@ -561,9 +799,18 @@ async fn handle(
         .and_then(|o| o.get("include_usage"))
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
-    let prompt_tokens = (body.len() / 4) as u64;
+    let response = responses
+        .as_ref()
+        .map(|req| ResponseObject::new(id.to_string(), &model, req));
 
     if parsed.stream {
+        let api = match shape {
+            Shape::Chat | Shape::Text => None,
+            Shape::Responses | Shape::Messages => Some(ApiStream {
+                tag: n.to_string(),
+                response,
+            }),
+        };
         let body = StreamBody::new(StreamParams {
             id,
             model: model.into(),
@@ -573,6 +820,7 @@ async fn handle(
             prompt_tokens,
             prefill,
             stats: shared.streams.clone(),
+            api,
         });
         return Ok(Response::builder()
             .header(header::CONTENT_TYPE, "text/event-stream")
@@ -615,6 +863,48 @@ async fn handle(
             json_str(&model),
             json_str(text)
         ),
+        Shape::Responses => {
+            let tag = n.to_string();
+            let output = match &tool {
+                Some(name) => shapes::function_call_item(&tag, "completed", name, TOOL_ARGUMENTS),
+                None => shapes::message_item(&tag, "completed", Some(text)),
+            };
+            response
+                .expect("a Responses request has its object")
+                .render(
+                    "completed",
+                    &format!("[{output}]"),
+                    Some((prompt_tokens, u64::from(script.chunks))),
+                )
+        }
+        Shape::Messages => match (&tool, n.to_string()) {
+            (Some(name), tag) => shapes::message(
+                &tag,
+                &model,
+                &shapes::tool_use(&tag, name, TOOL_ARGUMENTS),
+                "tool_use",
+                prompt_tokens,
+                u64::from(script.chunks),
+            ),
+            (None, tag) => {
+                // Only the chunks after a prefill are generated.
+                let generated = match &prefill {
+                    Some(prefix) => {
+                        let (piece, next) = resume_point(prefix, &script);
+                        u32::from(piece.is_some()) + script.chunks - next
+                    }
+                    None => script.chunks,
+                };
+                shapes::message(
+                    &tag,
+                    &model,
+                    &format!(r#"{{"type":"text","text":{}}}"#, json_str(text)),
+                    "end_turn",
+                    prompt_tokens,
+                    u64::from(generated),
+                )
+            }
+        },
     };
     Ok(json(StatusCode::OK, body))
 }

@@ -295,7 +295,8 @@ impl Splice {
             }
             // Text after a block the client saw closed: it cannot be shown as the same block.
             (Api::Messages, b"content_block_delta")
-                if number_at(data, &INDEX) == Some(0)
+                if caught_up
+                    && number_at(data, &INDEX) == Some(0)
                     && self.closed.iter().any(|c| **c == *b"content_block_stop") =>
             {
                 match string_at(data, &TEXT) {

@@ -556,3 +556,27 @@ fn bad_telemetry_and_prices_name_key_and_line() {
 }
 
 mod problems;
+
+#[test]
+fn a_provider_speaks_openai_unless_it_says_anthropic() {
+    let config = load(GOOD).unwrap();
+    assert_eq!(config.providers[0].api, ProviderApi::OpenAi);
+    let text = GOOD.replace(
+        "name = \"local\"\n",
+        "name = \"local\"\napi = \"anthropic\"\nanthropic_version = \"2024-01-01\"\n",
+    );
+    let config = load(&text).unwrap();
+    assert_eq!(config.providers[1].api, ProviderApi::Anthropic);
+    assert_eq!(config.providers[1].anthropic_version, "2024-01-01");
+    assert!(ProviderApi::Anthropic.serves(weir_llm::Endpoint::Messages));
+    assert!(!ProviderApi::Anthropic.serves(weir_llm::Endpoint::Responses));
+    assert!(ProviderApi::OpenAi.serves(weir_llm::Endpoint::Responses));
+    let message = error(&GOOD.replace(
+        "name = \"local\"\n",
+        "name = \"local\"\napi = \"antropic\"\n",
+    ));
+    assert!(
+        message.contains("weir.toml:16:7: providers[1].api: `antropic` is not one of \"openai\", \"anthropic\" (did you mean \"anthropic\"?)"),
+        "{message}"
+    );
+}

@@ -430,3 +430,28 @@ fn a_prefill_without_its_trailing_whitespace_drops_it_from_the_continuation() {
         .collect();
     assert_eq!(text, "Hello world");
 }
+
+#[test]
+fn whole_answers_of_both_apis_are_metered() {
+    let meter = Meter::default();
+    meter.observe_answer(
+        Api::Responses,
+        br#"{"id":"resp_1","object":"response","status":"completed","output":[{"type":"message","content":[{"type":"output_text","text":"\"input_tokens\":99"}]}],"usage":{"input_tokens":7,"output_tokens":3,"total_tokens":10}}"#,
+    );
+    assert_eq!(
+        meter.usage().map(|u| (u.prompt, u.completion, u.total)),
+        Some((Some(7), Some(3), 10))
+    );
+    assert_eq!(meter.finish_reason(), Some("stop"));
+    let meter = Meter::default();
+    meter.observe_answer(
+        Api::Messages,
+        br#"{"id":"msg_1","type":"message","content":[{"type":"tool_use","id":"t","name":"f","input":{}}],"stop_reason":"tool_use","usage":{"input_tokens":12,"cache_read_input_tokens":4,"output_tokens":5}}"#,
+    );
+    assert_eq!(
+        meter.usage().map(|u| (u.prompt, u.completion, u.total)),
+        Some((Some(16), Some(5), 21))
+    );
+    assert_eq!(meter.finish_reason(), Some("tool_calls"));
+    assert!(meter.is_complete());
+}
