@@ -389,7 +389,7 @@ enum Endpoint {
     Answer(Shape),
     /// `POST .../messages/count_tokens`.
     CountTokens,
-    /// `GET .../responses/{id}`.
+    /// `GET .../responses/{id}` (and `.../input_items`: an empty list).
     GetResponse(String),
     /// `DELETE .../responses/{id}`.
     DeleteResponse(String),
@@ -563,6 +563,13 @@ async fn handle(
         Endpoint::Answer(Shape::Messages)
     } else if path.ends_with("/messages/count_tokens") {
         Endpoint::CountTokens
+    } else if parts.method == Method::GET && path.ends_with("/input_items") {
+        // A stored response's input: none kept, an empty page.
+        return Ok(json(
+            StatusCode::OK,
+            r#"{"object":"list","data":[],"first_id":null,"last_id":null,"has_more":false}"#
+                .to_owned(),
+        ));
     } else if let (Some(id), true) = (
         response_id(path),
         matches!(parts.method, Method::GET | Method::DELETE),
