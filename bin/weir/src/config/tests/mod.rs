@@ -580,3 +580,23 @@ fn a_provider_speaks_openai_unless_it_says_anthropic() {
         "{message}"
     );
 }
+
+#[test]
+fn the_example_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    for name in ["providers.toml", "mock.toml"] {
+        let path = root.join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let env = |name: &str| {
+            name.ends_with("_KEY")
+                .then(|| "from-the-environment".to_owned())
+        };
+        let config = parse(&path, &text, &env).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name == "providers.toml" {
+            assert!(config
+                .providers
+                .iter()
+                .any(|p| p.api == ProviderApi::Anthropic));
+        }
+    }
+}
