@@ -186,6 +186,14 @@ fn rejection_from_body(body: &[u8]) -> Rejection {
             _ => {}
         }
     }
+    // Anthropic says it in the message of an `invalid_request_error`.
+    if error
+        .message
+        .as_deref()
+        .is_some_and(|m| m.starts_with("prompt is too long"))
+    {
+        return Rejection::ContextLengthExceeded;
+    }
     Rejection::InvalidRequest
 }
 
@@ -241,6 +249,21 @@ mod tests {
                 r#"{"error":{"type":"context_length_exceeded","code":null}}"#
             )),
             Rejection::ContextLengthExceeded
+        );
+        // Anthropic's: an `invalid_request_error` that says so.
+        assert_eq!(
+            reason(classify(
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 201234 tokens > 200000 maximum"}}"#
+            )),
+            Rejection::ContextLengthExceeded
+        );
+        assert_eq!(
+            reason(classify(
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: field required"}}"#
+            )),
+            Rejection::InvalidRequest
         );
         assert_eq!(reason(classify(400, "not json")), Rejection::InvalidRequest);
         assert_eq!(reason(classify(401, "")), Rejection::Auth);
