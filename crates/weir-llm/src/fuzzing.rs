@@ -74,7 +74,7 @@ pub fn check_sse(data: &[u8]) {
     // The typed-event watches, and each again as a continuation (replaying what it had).
     for api in [crate::Api::Responses, crate::Api::Messages] {
         watched(
-            ApiWatch::Typed(TypedWatch::new(api, 4096).with_transcript()),
+            ApiWatch::Typed(Box::new(TypedWatch::new(api, 4096).with_transcript())),
             &frames,
         );
     }

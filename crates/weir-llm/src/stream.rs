@@ -661,8 +661,8 @@ fn apply(
 pub enum ApiWatch {
     /// Chat Completions (and legacy completions).
     Chat(ChatWatch),
-    /// Responses or Messages.
-    Typed(TypedWatch),
+    /// Responses or Messages (boxed: the enum stays the chat watch's size).
+    Typed(Box<TypedWatch>),
 }
 
 impl ApiWatch {

@@ -267,7 +267,7 @@ fn watch_for(attempt: &Attempt, upstream: &Upstream) -> ApiWatch {
             if let Some(meter) = meter {
                 watch = watch.with_meter(meter);
             }
-            ApiWatch::Typed(watch)
+            ApiWatch::Typed(Box::new(watch))
         }
     }
 }

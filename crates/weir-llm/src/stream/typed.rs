@@ -87,26 +87,37 @@ fn replaced(data: &[u8], range: Range<usize>, with: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Every `"from"` (a quoted id) in `data` replaced by `"to"`.
-fn swap_id(data: Vec<u8>, from: &str, to: &str) -> Vec<u8> {
-    if from == to {
-        return data;
+/// A continuation's id to replace by the client's, wherever it is quoted.
+#[derive(Debug)]
+struct Swap {
+    from: Finder<'static>,
+    to: Box<[u8]>,
+}
+
+impl Swap {
+    /// `None` when there is nothing to swap.
+    fn new(from: &str, to: &str) -> Option<Self> {
+        (from != to).then(|| Self {
+            from: Finder::new(format!("\"{from}\"").as_bytes()).into_owned(),
+            to: format!("\"{to}\"").into_bytes().into(),
+        })
     }
-    let from = format!("\"{from}\"");
-    let to = format!("\"{to}\"");
-    let finder = Finder::new(from.as_bytes());
-    if finder.find(&data).is_none() {
-        return data;
+
+    /// Every quoted occurrence in `data` replaced.
+    fn apply(&self, data: Vec<u8>) -> Vec<u8> {
+        if self.from.find(&data).is_none() {
+            return data;
+        }
+        let mut out = Vec::with_capacity(data.len());
+        let mut rest = &data[..];
+        while let Some(at) = self.from.find(rest) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(&self.to);
+            rest = &rest[at + self.from.needle().len()..];
+        }
+        out.extend_from_slice(rest);
+        out
     }
-    let mut out = Vec::with_capacity(data.len());
-    let mut rest = &data[..];
-    while let Some(at) = finder.find(rest) {
-        out.extend_from_slice(&rest[..at]);
-        out.extend_from_slice(to.as_bytes());
-        rest = &rest[at + from.len()..];
-    }
-    out.extend_from_slice(rest);
-    out
 }
 
 /// An event's type: its `event:` field, or its data's first `"type"`.
@@ -240,6 +251,8 @@ struct Splice {
     delivered: u64,
     /// Responses: the continuation's first content part (the client has it) went by.
     part_seen: bool,
+    /// Responses: the continuation's response and item ids to the client's, made once.
+    swaps: Option<[Option<Swap>; 2]>,
 }
 
 impl Splice {
@@ -346,11 +359,20 @@ impl Splice {
             return Ok(Some(data));
         }
         let mut data = data;
-        if let (Some(from), Some(to)) = (&self.new_id, &self.id) {
-            data = swap_id(data, from, to);
+        if self.swaps.is_none() && caught_up {
+            // The continuation's ids are known by the time it caught up.
+            let swap = |new: &Option<Box<str>>, old: &Option<Box<str>>| Swap::new(new.as_deref()?, old.as_deref()?);
+            self.swaps = Some([swap(&self.new_id, &self.id), swap(&self.new_item, &self.item)]);
         }
-        if let (Some(from), Some(to)) = (&self.new_item, &self.item) {
-            data = swap_id(data, from, to);
+        for swap in self.swaps.iter().flatten().flatten() {
+            data = swap.apply(data);
+        }
+        if self.swaps.is_none() {
+            for (new, old) in [(&self.new_id, &self.id), (&self.new_item, &self.item)] {
+                if let Some(swap) = Swap::new(new.as_deref().unwrap_or_default(), old.as_deref().unwrap_or_default()) {
+                    data = swap.apply(data);
+                }
+            }
         }
         if let Some(r) = value_at(&data, &SEQUENCE) {
             data = replaced(&data, r, next_sequence.to_string().as_bytes());
@@ -747,6 +769,7 @@ impl Watch for TypedWatch {
             closed: transcript.closed.clone(),
             delivered: cut.events,
             part_seen: false,
+            swaps: None,
         }));
     }
 

@@ -455,3 +455,12 @@ fn whole_answers_of_both_apis_are_metered() {
     assert_eq!(meter.finish_reason(), Some("tool_calls"));
     assert!(meter.is_complete());
 }
+
+#[test]
+fn a_typed_watch_costs_a_chat_stream_nothing() {
+    // The chat watch is what most streams hold: the enum is no larger than it.
+    assert_eq!(
+        std::mem::size_of::<crate::stream::ApiWatch>(),
+        std::mem::size_of::<crate::stream::ChatWatch>()
+    );
+}
