@@ -658,6 +658,9 @@ fn apply(
 
 /// The watch of a stream of any [`Api`](crate::Api): the chat watch, or the typed-event one.
 #[derive(Debug)]
+// The chat watch is what most streams hold, inline: boxing it would cost an allocation per
+// chat stream; the typed one is boxed instead.
+#[allow(clippy::large_enum_variant)]
 pub enum ApiWatch {
     /// Chat Completions (and legacy completions).
     Chat(ChatWatch),
