@@ -361,15 +361,23 @@ impl Splice {
         let mut data = data;
         if self.swaps.is_none() && caught_up {
             // The continuation's ids are known by the time it caught up.
-            let swap = |new: &Option<Box<str>>, old: &Option<Box<str>>| Swap::new(new.as_deref()?, old.as_deref()?);
-            self.swaps = Some([swap(&self.new_id, &self.id), swap(&self.new_item, &self.item)]);
+            let swap = |new: &Option<Box<str>>, old: &Option<Box<str>>| {
+                Swap::new(new.as_deref()?, old.as_deref()?)
+            };
+            self.swaps = Some([
+                swap(&self.new_id, &self.id),
+                swap(&self.new_item, &self.item),
+            ]);
         }
         for swap in self.swaps.iter().flatten().flatten() {
             data = swap.apply(data);
         }
         if self.swaps.is_none() {
             for (new, old) in [(&self.new_id, &self.id), (&self.new_item, &self.item)] {
-                if let Some(swap) = Swap::new(new.as_deref().unwrap_or_default(), old.as_deref().unwrap_or_default()) {
+                if let Some(swap) = Swap::new(
+                    new.as_deref().unwrap_or_default(),
+                    old.as_deref().unwrap_or_default(),
+                ) {
                     data = swap.apply(data);
                 }
             }
@@ -575,6 +583,8 @@ pub struct TypedWatch {
     typed: Typed,
     splice: Option<Box<Splice>>,
     drops: Vec<(Range<usize>, Option<Bytes>)>,
+    /// The end event a clean end cut from its blank line, framed, for [`Watch::finish`].
+    tail: Option<Bytes>,
 }
 
 impl TypedWatch {
@@ -599,6 +609,7 @@ impl TypedWatch {
             },
             splice: None,
             drops: Vec::new(),
+            tail: None,
         }
     }
 
@@ -717,15 +728,65 @@ impl Watch for TypedWatch {
         self.typed.told
     }
 
+    fn ended(&mut self) {
+        // The end of an answer cut from its blank line by a clean end of the stream is still
+        // its end, when its data is whole JSON (a clean end right after a `}` inside it is
+        // not): it goes on, framed. (Chat's watch does the same for `[DONE]`.)
+        let partial = self.framer.partial();
+        if self.typed.done || partial.is_empty() {
+            return;
+        }
+        let mut name: &[u8] = b"";
+        let mut data: Option<&[u8]> = None;
+        for line in partial.split(|b| *b == b'\n' || *b == b'\r') {
+            if let Some(v) = line.strip_prefix(b"event:") {
+                name = v.trim_ascii();
+            } else if let Some(v) = line.strip_prefix(b"data:") {
+                if data.replace(v.trim_ascii()).is_some() {
+                    return;
+                }
+            }
+        }
+        let Some(data) = data else {
+            return;
+        };
+        if name.is_empty() {
+            name = string_at(data, &TYPE).unwrap_or_default();
+        }
+        let api = self.typed.api;
+        let ends = api.kind(name) == EventKind::End
+            || (api == Api::Messages
+                && name == b"message_delta"
+                && string_at(data, &STOP_REASON).is_some());
+        if !ends || serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err() {
+            return;
+        }
+        let mut framed = partial.to_vec();
+        framed.extend_from_slice(if framed.ends_with(b"\n") {
+            b"\n"
+        } else {
+            b"\n\n"
+        });
+        self.framer = Framer::new(self.framer.max_event());
+        if let Ok(out) = self.push(Bytes::from(framed)) {
+            self.tail = out.filter(|_| self.typed.is_complete());
+        }
+    }
+
     fn finish(&mut self) -> Option<Bytes> {
-        if self.typed.done || !self.typed.is_complete() {
+        let tail = self.tail.take();
+        if !self.typed.is_complete() {
             return None;
         }
-        self.typed.done = true;
         // Messages: the stop reason came, the `message_stop` did not.
-        (self.typed.api == Api::Messages).then(|| {
-            Bytes::from_static(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
-        })
+        let stop = (!self.typed.done && self.typed.api == Api::Messages)
+            .then_some(&b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"[..]);
+        self.typed.done = true;
+        match (tail, stop) {
+            (tail, None) => tail,
+            (None, Some(stop)) => Some(Bytes::from_static(stop)),
+            (Some(tail), Some(stop)) => Some([&tail[..], stop].concat().into()),
+        }
     }
 
     fn cut(&self) -> Option<Cut> {

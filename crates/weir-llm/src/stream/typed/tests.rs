@@ -464,3 +464,49 @@ fn a_typed_watch_costs_a_chat_stream_nothing() {
         std::mem::size_of::<crate::stream::ChatWatch>()
     );
 }
+
+#[test]
+fn an_end_cut_from_its_blank_line_by_a_clean_end_is_still_the_end() {
+    for (api, wire, end) in [
+        (
+            Api::Responses,
+            responses("resp_1", "msg_1", &["Hi"], true),
+            "event: response.completed",
+        ),
+        (
+            Api::Messages,
+            messages("msg_1", &["Hi"], 1),
+            "event: message_delta",
+        ),
+    ] {
+        let at = wire.find(end).unwrap();
+        let close = at + wire[at..].find("\n\n").unwrap();
+        // The end event without its blank line (or with half of it): finished, framed.
+        for cut in [close, close + 1] {
+            let mut watch = TypedWatch::new(api, 1 << 20);
+            let mut client = push_all(&mut watch, &wire.as_bytes()[..cut], &[]);
+            assert!(!watch.is_complete(), "{api:?}");
+            watch.ended();
+            assert!(watch.is_complete(), "{api:?} at {cut}");
+            client.extend_from_slice(&watch.finish().unwrap());
+            let events = decoded(&client);
+            let last = &events.last().unwrap().0;
+            assert_eq!(
+                last,
+                if api == Api::Responses {
+                    "response.completed"
+                } else {
+                    "message_stop"
+                }
+            );
+            assert_eq!(watch.finish(), None, "once");
+        }
+        // Cut inside its data, right after an inner `}`: not whole, not the end.
+        let inner = at + wire[at..close].rfind('}').unwrap();
+        let mut watch = TypedWatch::new(api, 1 << 20);
+        push_all(&mut watch, &wire.as_bytes()[..inner], &[]);
+        watch.ended();
+        assert!(!watch.is_complete(), "{api:?}: a cut inside the end event");
+        assert_eq!(watch.finish(), None);
+    }
+}
