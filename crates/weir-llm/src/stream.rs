@@ -796,7 +796,7 @@ impl Watch for Opaque {
     }
 }
 
-mod typed;
+pub mod typed;
 pub use typed::TypedWatch;
 
 #[cfg(test)]
