@@ -210,6 +210,11 @@ async fn a_stored_response_is_fetched_from_the_provider_that_made_it() {
             "",
         ),
         weir_e2e::route("gpt-one", r#"[{ provider = "one", model = "m" }]"#, ""),
+        weir_e2e::route(
+            "gpt-both",
+            r#"[{ provider = "one", model = "m" }, { provider = "two", model = "m" }]"#,
+            "",
+        ),
     ])
     .await;
     let (status, headers, read) = send(
@@ -223,6 +228,26 @@ async fn a_stored_response_is_fetched_from_the_provider_that_made_it() {
     assert_eq!(status, 200, "{:?}", read.bytes);
     assert_eq!(headers["x-weir-provider"], "two");
     let id = read.json()["id"].as_str().unwrap().to_owned();
+    // A response that continues it goes to the provider that keeps it, though the route
+    // would ask `one` first; a new one follows the route's order.
+    let body = format!(r#"{{"model":"gpt-both","input":"more","previous_response_id":"{id}"}}"#);
+    let (status, headers, _) = send(&weir, Method::POST, "/v1/responses", &[], &body).await;
+    assert_eq!(
+        (status, headers["x-weir-provider"].to_str().unwrap()),
+        (200, "two")
+    );
+    let (status, headers, _) = send(
+        &weir,
+        Method::POST,
+        "/v1/responses",
+        &[],
+        r#"{"model":"gpt-both","input":"new"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, headers["x-weir-provider"].to_str().unwrap()),
+        (200, "one")
+    );
     let asked = (first.requests().len(), second.requests().len());
     let (status, _, read) = send(
         &weir,

@@ -31,7 +31,8 @@ pub(crate) fn json_string(s: &[u8]) -> Option<(&[u8], usize)> {
         return None;
     }
     let mut i = 1;
-    while let Some(at) = memchr::memchr2(b'"', b'\\', &s[i..]) {
+    // An escape at the very end leaves nothing after it: no closing quote (found by fuzzing).
+    while let Some(at) = memchr::memchr2(b'"', b'\\', s.get(i..)?) {
         let at = i + at;
         if s[at] == b'\\' {
             i = at + 2;
@@ -284,6 +285,16 @@ mod tests {
             br#"{"id":"c1","choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]}}]}"#,
         );
         assert!(t.has_tool_calls());
+    }
+
+    #[test]
+    fn a_string_cut_after_an_escape_has_no_end() {
+        assert_eq!(json_string(br#""a\"#), None);
+        assert_eq!(json_string(br#""a\"b"#), None);
+        assert_eq!(
+            json_string(br#""a\"b""#).map(|(s, _)| s),
+            Some(&br#"a\"b"#[..])
+        );
     }
 
     #[test]

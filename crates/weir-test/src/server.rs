@@ -793,7 +793,14 @@ async fn handle(
         }
         _ => None,
     };
-    let n = shared.ids.fetch_add(1, Ordering::Relaxed);
+    // Responses and messages are numbered across every mock in the process, as a provider's
+    // ids are unique: a gateway remembering which provider made which response must never
+    // see two mocks hand out the same one.
+    static TYPED_IDS: AtomicU64 = AtomicU64::new(0);
+    let n = match shape {
+        Shape::Chat | Shape::Text => shared.ids.fetch_add(1, Ordering::Relaxed),
+        Shape::Responses | Shape::Messages => TYPED_IDS.fetch_add(1, Ordering::Relaxed),
+    };
     let id: Arc<str> = match shape {
         Shape::Chat | Shape::Text => format!("chatcmpl-mock-{n}"),
         Shape::Responses => format!("resp_mock_{n}"),

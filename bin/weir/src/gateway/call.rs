@@ -22,6 +22,9 @@ pub(crate) struct Call {
     pub(crate) failed: std::sync::atomic::AtomicUsize,
     /// A streamed chat answer that another target of the route may continue if it is cut.
     pub(crate) resumable: bool,
+    /// Responses continuing a stored one: the provider that keeps it, whose targets alone
+    /// are tried.
+    pub(crate) pinned: Option<Arc<str>>,
     /// Responses, stored: where to remember which provider made it, and the client key.
     pub(crate) owners: Option<(Arc<super::stored::Owners>, Option<Arc<str>>)>,
     /// What the answer's watch learns (usage, events, finish reason), for everyone who

@@ -194,7 +194,17 @@ where
     let Some(route) = routes.get(llm.model()).filter(|_| allowed) else {
         return Err(model_not_found(llm.model()));
     };
-    let Some(lane) = route.lane(endpoint) else {
+    let key = parts
+        .extensions
+        .get::<Identity>()
+        .map(|Identity(key)| key.name.clone());
+    // A response that continues a stored one goes where that one is kept.
+    let pinned = llm
+        .previous_response_id()
+        .and_then(|id| owners.get(id))
+        .filter(|owner| owner.key == key)
+        .map(|owner| owner.provider);
+    let Some(lane) = route.lane_for(endpoint, pinned.as_deref()) else {
         return Err(no_lane(llm.model(), endpoint));
     };
     let tally = parts
@@ -234,15 +244,9 @@ where
                 .iter()
                 .any(|t| t.continuation != Continuation::None),
         // A stored response is remembered, for `GET /v1/responses/{id}`.
-        owners: (endpoint == Endpoint::Responses && llm.stateful()).then(|| {
-            (
-                owners.clone(),
-                parts
-                    .extensions
-                    .get::<Identity>()
-                    .map(|Identity(key)| key.name.clone()),
-            )
-        }),
+        owners: (endpoint == Endpoint::Responses && llm.stateful())
+            .then(|| (owners.clone(), key.clone())),
+        pinned,
         llm,
         meter: Default::default(),
     });

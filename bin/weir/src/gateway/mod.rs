@@ -370,15 +370,8 @@ fn route(
             .clone()
     };
     // One lane per API the route's providers speak: a call goes to its API's.
-    let lane = |api: crate::config::ProviderApi| -> Option<Lane> {
-        let chosen: Vec<&crate::config::Target> = r
-            .targets
-            .iter()
-            .filter(|t| upstreams[t.provider].config.api == api)
-            .collect();
-        if chosen.is_empty() {
-            return None;
-        }
+    // The targets `chosen` (a subset of the route's, in order) and their router.
+    let lane_of = |chosen: &[&crate::config::Target]| -> Lane {
         let targets: Arc<[RouteTarget]> = chosen
             .iter()
             .map(|t| RouteTarget {
@@ -430,7 +423,38 @@ fn route(
             Order::Priority
         })
         .build();
-        Some(Lane { targets, router })
+        Lane {
+            targets,
+            router,
+            pinned: Vec::new(),
+        }
+    };
+    let lane = |api: crate::config::ProviderApi| -> Option<Lane> {
+        let chosen: Vec<&crate::config::Target> = r
+            .targets
+            .iter()
+            .filter(|t| upstreams[t.provider].config.api == api)
+            .collect();
+        if chosen.is_empty() {
+            return None;
+        }
+        let mut lane = lane_of(&chosen);
+        // A request continuing a stored response goes to the provider that keeps it: one
+        // lane per provider, when there are several.
+        let mut providers: Vec<usize> = chosen.iter().map(|t| t.provider).collect();
+        providers.sort_unstable();
+        providers.dedup();
+        if api == crate::config::ProviderApi::OpenAi && providers.len() > 1 {
+            lane.pinned = providers
+                .iter()
+                .map(|&p| {
+                    let only: Vec<&crate::config::Target> =
+                        chosen.iter().copied().filter(|t| t.provider == p).collect();
+                    (upstreams[p].name.clone(), lane_of(&only))
+                })
+                .collect();
+        }
+        Some(lane)
     };
     Route {
         name: r.model.as_str().into(),

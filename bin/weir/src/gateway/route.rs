@@ -42,6 +42,9 @@ pub(crate) struct Route {
 pub(crate) struct Lane {
     pub(crate) targets: Arc<[RouteTarget]>,
     pub(crate) router: Failover<Guarded, LlmJudge>,
+    /// Responses, on a lane over several providers: the lane of each provider's targets
+    /// alone, for a request that continues a response stored there.
+    pub(crate) pinned: Vec<(Arc<str>, Lane)>,
 }
 
 impl Route {
@@ -51,6 +54,18 @@ impl Route {
             weir_llm::Api::Messages => self.anthropic.as_ref(),
             _ => self.openai.as_ref(),
         }
+    }
+
+    /// The lane for `endpoint`, narrowed to `provider`'s targets when the call is pinned
+    /// there (and the route has that provider).
+    pub(crate) fn lane_for(
+        &self,
+        endpoint: weir_llm::Endpoint,
+        provider: Option<&str>,
+    ) -> Option<&Lane> {
+        let lane = self.lane(endpoint)?;
+        let pinned = provider.and_then(|p| lane.pinned.iter().find(|(name, _)| **name == *p));
+        Some(pinned.map_or(lane, |(_, lane)| lane))
     }
 }
 
@@ -124,7 +139,7 @@ fn model_object(model: &str) -> serde_json::Value {
 }
 
 async fn answer(call: Arc<Call>, route: Arc<Route>) -> Response<ResponseBody> {
-    let Some(lane) = route.lane(call.endpoint) else {
+    let Some(lane) = route.lane_for(call.endpoint, call.pinned.as_deref()) else {
         // The classifier sends no call to a route without a lane for it.
         return model_not_found(call.llm.model());
     };
