@@ -323,6 +323,20 @@ async fn a_stored_response_is_fetched_from_the_provider_that_made_it() {
     let id = read.json()["id"].as_str().unwrap().to_owned();
     let (status, _, _) = send(&weir, Method::GET, &format!("/v1/responses/{id}"), &[], "").await;
     assert_eq!(status, 404);
+    // Only an id and what the API has under it: nothing else rides on the provider's key.
+    let asked = (first.requests().len(), second.requests().len());
+    for path in [
+        "/v1/responses/../files/file-1",
+        "/v1/responses/resp_1/../../models",
+        "/v1/responses/%2e%2e",
+        "/v1/responses/resp_1/other",
+        "/v1/responses/",
+    ] {
+        let (status, _, read) = send(&weir, Method::DELETE, path, &[], "").await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(weir_e2e::assert_openai_error(&read)["code"], "unknown_url");
+    }
+    assert_eq!((first.requests().len(), second.requests().len()), asked);
     let (status, headers, _) = send(&weir, Method::PUT, "/v1/responses/resp_1", &[], "").await;
     assert_eq!(
         (status, headers["allow"].to_str().unwrap()),

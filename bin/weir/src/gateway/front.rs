@@ -102,11 +102,28 @@ fn asked<T: Local>(request: &Request<impl Sized>) -> Result<Asked, Response<T>> 
             false => Err(method_not_allowed("GET")),
         };
     }
-    if let Some(rest) = path
-        .strip_prefix("/v1/responses/")
-        .filter(|r| !r.is_empty())
-    {
-        let cancel = rest.ends_with("/cancel");
+    if let Some(rest) = path.strip_prefix("/v1/responses/") {
+        // An id (letters, digits, `_`, `-`) and nothing but what the API has under it: the
+        // path goes upstream with the provider's key, so no `..` or other path may ride on it.
+        let (id, under) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid_id = !id.is_empty()
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_id || !matches!(under, "" | "input_items" | "cancel") {
+            return Err(error(
+                ErrorBody::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "Unknown request URL: {} {}.",
+                        request.method(),
+                        shorten(path, 128)
+                    ),
+                )
+                .code("unknown_url"),
+            ));
+        }
+        let cancel = under == "cancel";
         let allowed = match *request.method() {
             Method::GET | Method::DELETE => !cancel,
             Method::POST => cancel,
