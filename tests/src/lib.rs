@@ -751,3 +751,18 @@ pub mod otlp {
         id.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
+
+/// The Python that runs the SDK checks (`tests/python/requirements.txt` installed):
+/// `WEIR_PYTHON`, or `.venv/bin/python` at the workspace root, which `cargo xtask test`
+/// creates. `what` names the packages a test needs, for the message when there is none.
+pub fn python(what: &str) -> std::path::PathBuf {
+    if let Some(python) = std::env::var_os("WEIR_PYTHON") {
+        return python.into();
+    }
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with {what}: run `cargo xtask test` (it creates .venv) or set WEIR_PYTHON"
+    );
+    venv
+}

@@ -12,18 +12,6 @@ use weir_test::{MockConfig, MockUpstream};
 const PROVIDER_KEY: &str = "sk-provider-0123456789abcdef";
 const CLIENT_KEY: &str = "sk-weir-client-0123456789";
 
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("WEIR_PYTHON") {
-        return python.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with the openai and anthropic SDKs: run `cargo xtask test` (it creates .venv) or set WEIR_PYTHON"
-    );
-    venv
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_and_anthropic_sdks_speak_their_apis_through_weir() {
     // The mock wants the provider key: as a bearer token on OpenAI's paths, as `x-api-key`
@@ -90,7 +78,7 @@ async fn openai_and_anthropic_sdks_speak_their_apis_through_weir() {
     .unwrap();
     let weir = weir::start(&config).await.unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/apis_sdk_check.py");
-    let out = tokio::process::Command::new(python())
+    let out = tokio::process::Command::new(weir_e2e::python("the openai and anthropic SDKs"))
         .arg(script)
         .arg(weir.addr().to_string())
         .arg(CLIENT_KEY)
@@ -209,7 +197,7 @@ async fn the_mock_speaks_what_the_official_sdks_parse() {
     })
     .await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/mock_sdk_shapes.py");
-    let out = tokio::process::Command::new(python())
+    let out = tokio::process::Command::new(weir_e2e::python("the openai and anthropic SDKs"))
         .arg(script)
         .arg(mock.base_url())
         .output()

@@ -8,23 +8,11 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("WEIR_PYTHON") {
-        return python.into();
-    }
-    let venv = root().join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with check-jsonschema: run `cargo xtask test` (it creates .venv) or set WEIR_PYTHON"
-    );
-    venv
-}
-
 #[test]
 fn the_compose_stack_follows_the_spec_and_its_files_exist() {
     let dir = std::env::temp_dir().join(format!("weir-deploy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(weir_e2e::python("check-jsonschema"))
         .arg(root().join("tests/python/deploy_check.py"))
         .arg(root().join("deploy"))
         .arg(&dir)

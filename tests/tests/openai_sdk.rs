@@ -6,23 +6,11 @@
 use std::path::PathBuf;
 use weir_e2e::Harness;
 
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("WEIR_PYTHON") {
-        return python.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with the openai SDK: run `cargo xtask test` (it creates .venv) or set WEIR_PYTHON"
-    );
-    venv
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_sdk_streams_through_weir_unchanged() {
     let h = Harness::start().await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/openai_sdk_check.py");
-    let out = tokio::process::Command::new(python())
+    let out = tokio::process::Command::new(weir_e2e::python("the openai SDK"))
         .arg(script)
         .arg(h.base_url())
         .output()
@@ -130,7 +118,7 @@ async fn openai_python_sdk_gets_whole_answers_or_an_error_at_any_cut() {
     let expected: String = (0..3)
         .map(|i| weir_test::script::word_token("wörld", i))
         .collect();
-    let out = tokio::process::Command::new(python())
+    let out = tokio::process::Command::new(weir_e2e::python("the openai SDK"))
         .arg(script)
         .arg(format!("http://{}/v1", weir.addr()))
         .arg(&expected)
@@ -175,7 +163,7 @@ async fn openai_python_sdk_lists_and_retrieves_the_models_its_key_may_use() {
     let config = weir::config::parse("models.toml".as_ref(), &text, &|_| None).unwrap();
     let weir = weir::start(&config).await.unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/openai_models_check.py");
-    let out = tokio::process::Command::new(python())
+    let out = tokio::process::Command::new(weir_e2e::python("the openai SDK"))
         .arg(script)
         .arg(format!("http://{}/v1", weir.addr()))
         .arg(key)

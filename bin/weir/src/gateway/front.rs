@@ -111,17 +111,7 @@ fn asked<T: Local>(request: &Request<impl Sized>) -> Result<Asked, Response<T>> 
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid_id || !matches!(under, "" | "input_items" | "cancel") {
-            return Err(error(
-                ErrorBody::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "Unknown request URL: {} {}.",
-                        request.method(),
-                        shorten(path, 128)
-                    ),
-                )
-                .code("unknown_url"),
-            ));
+            return Err(unknown_url(request));
         }
         let cancel = under == "cancel";
         let allowed = match *request.method() {
@@ -143,22 +133,27 @@ fn asked<T: Local>(request: &Request<impl Sized>) -> Result<Asked, Response<T>> 
         return Ok(Asked::Stored(request.method().clone(), rest));
     }
     let Some(endpoint) = Endpoint::from_path(path) else {
-        return Err(error(
-            ErrorBody::new(
-                ErrorKind::NotFound,
-                format!(
-                    "Unknown request URL: {} {}.",
-                    request.method(),
-                    shorten(path, 128)
-                ),
-            )
-            .code("unknown_url"),
-        ));
+        return Err(unknown_url(request));
     };
     if *request.method() != Method::POST {
         return Err(method_not_allowed("POST"));
     }
     Ok(Asked::Call(endpoint))
+}
+
+/// The 404 for a path weir does not serve.
+fn unknown_url<T: Local>(request: &Request<impl Sized>) -> Response<T> {
+    error(
+        ErrorBody::new(
+            ErrorKind::NotFound,
+            format!(
+                "Unknown request URL: {} {}.",
+                request.method(),
+                shorten(request.uri().path(), 128)
+            ),
+        )
+        .code("unknown_url"),
+    )
 }
 
 /// `%XX` escapes decoded (an invalid one kept as it is).
