@@ -766,3 +766,21 @@ pub fn python(what: &str) -> std::path::PathBuf {
     );
     venv
 }
+
+/// Runs `tests/python/{script}` with `args` on [`python`]`(what)`; its stdout, after
+/// asserting that it succeeded (its output in the failure message).
+pub async fn run_python(what: &str, script: &str, args: &[String]) -> String {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let out = tokio::process::Command::new(python(what))
+        .arg(path)
+        .args(args)
+        .output()
+        .await
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    stdout
+}

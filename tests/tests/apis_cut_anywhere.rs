@@ -264,6 +264,19 @@ fn done_at(api: Api, wire: &[u8]) -> usize {
     at + wire[at..].windows(2).position(|w| w == b"\n\n").unwrap() + 2
 }
 
+/// Responses: the client's events are numbered 0, 1, 2... whatever was spliced or told.
+fn assert_one_sequence(events: &[(String, serde_json::Value)], what: &str) {
+    let sequence: Vec<u64> = events
+        .iter()
+        .map(|(_, d)| d["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        sequence,
+        (0..sequence.len() as u64).collect::<Vec<_>>(),
+        "{what}: one unbroken sequence"
+    );
+}
+
 /// The whole answer, exactly once, as one response or message, ended properly and cleanly.
 fn assert_whole(s: &Setup, got: &Got, what: &str) {
     assert_eq!(got.status, 200, "{what}");
@@ -282,15 +295,7 @@ fn assert_whole(s: &Setup, got: &Got, what: &str) {
     assert!(!got.broken, "{what}: the body ends cleanly");
     match s.api {
         Api::Responses => {
-            let sequence: Vec<u64> = events
-                .iter()
-                .map(|(_, d)| d["sequence_number"].as_u64().unwrap())
-                .collect();
-            assert_eq!(
-                sequence,
-                (0..sequence.len() as u64).collect::<Vec<_>>(),
-                "{what}: one unbroken sequence"
-            );
+            assert_one_sequence(&events, what);
             let created = events
                 .iter()
                 .filter(|(n, _)| n == "response.created")
@@ -397,15 +402,7 @@ async fn honest(api: Api) {
             let message = match api {
                 Api::Responses => {
                     assert_eq!(error["code"], "stream_broken", "{what}");
-                    let sequence: Vec<u64> = events
-                        .iter()
-                        .map(|(_, d)| d["sequence_number"].as_u64().unwrap())
-                        .collect();
-                    assert_eq!(
-                        sequence,
-                        (0..sequence.len() as u64).collect::<Vec<_>>(),
-                        "{what}: the error goes on the sequence"
-                    );
+                    assert_one_sequence(&events, &what);
                     error["message"].as_str().unwrap()
                 }
                 Api::Messages => {

@@ -6,7 +6,7 @@
 //! Needs a Python with both packages: `WEIR_PYTHON`, or `.venv/bin/python` at the workspace
 //! root (`cargo xtask test` creates it from `tests/python/requirements.txt`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use weir_test::{MockConfig, MockUpstream};
 
 const PROVIDER_KEY: &str = "sk-provider-0123456789abcdef";
@@ -77,20 +77,12 @@ async fn openai_and_anthropic_sdks_speak_their_apis_through_weir() {
     })
     .unwrap();
     let weir = weir::start(&config).await.unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/apis_sdk_check.py");
-    let out = tokio::process::Command::new(weir_e2e::python("the openai and anthropic SDKs"))
-        .arg(script)
-        .arg(weir.addr().to_string())
-        .arg(CLIENT_KEY)
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK check failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = weir_e2e::run_python(
+        "the openai and anthropic SDKs",
+        "apis_sdk_check.py",
+        &[weir.addr().to_string(), CLIENT_KEY.to_string()],
+    )
+    .await;
     println!("{stdout}");
     for step in [
         "ok responses.create(stream=True)",
@@ -196,18 +188,11 @@ async fn the_mock_speaks_what_the_official_sdks_parse() {
         ..MockConfig::default()
     })
     .await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/mock_sdk_shapes.py");
-    let out = tokio::process::Command::new(weir_e2e::python("the openai and anthropic SDKs"))
-        .arg(script)
-        .arg(mock.base_url())
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "mock shape check failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = weir_e2e::run_python(
+        "the openai and anthropic SDKs",
+        "mock_sdk_shapes.py",
+        &[mock.base_url().to_string()],
+    )
+    .await;
     assert!(stdout.contains("checks passed"), "{stdout}");
 }

@@ -3,25 +3,17 @@
 //! Needs a Python with the `openai` package: `WEIR_PYTHON`, or `.venv/bin/python` at the
 //! workspace root (`cargo xtask test` creates it).
 
-use std::path::PathBuf;
 use weir_e2e::Harness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_sdk_streams_through_weir_unchanged() {
     let h = Harness::start().await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/openai_sdk_check.py");
-    let out = tokio::process::Command::new(weir_e2e::python("the openai SDK"))
-        .arg(script)
-        .arg(h.base_url())
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK check failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = weir_e2e::run_python(
+        "the openai SDK",
+        "openai_sdk_check.py",
+        &[h.base_url().to_string()],
+    )
+    .await;
     for step in [
         "ok streaming 21",
         "ok streaming usage 20",
@@ -114,24 +106,12 @@ async fn openai_python_sdk_gets_whole_answers_or_an_error_at_any_cut() {
         find(b"[DONE]") + 3,
         wire.len() - 3,
     ];
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/openai_cut_check.py");
     let expected: String = (0..3)
         .map(|i| weir_test::script::word_token("wörld", i))
         .collect();
-    let out = tokio::process::Command::new(weir_e2e::python("the openai SDK"))
-        .arg(script)
-        .arg(format!("http://{}/v1", weir.addr()))
-        .arg(&expected)
-        .args(offsets.iter().map(usize::to_string))
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK cut check failed:\n{stdout}\n{stderr}"
-    );
+    let mut args = vec![format!("http://{}/v1", weir.addr()), expected.clone()];
+    args.extend(offsets.iter().map(usize::to_string));
+    let stdout = weir_e2e::run_python("the openai SDK", "openai_cut_check.py", &args).await;
     println!("{stdout}");
     let checked = offsets.len() * 2 * 3;
     assert!(
@@ -162,20 +142,12 @@ async fn openai_python_sdk_lists_and_retrieves_the_models_its_key_may_use() {
     );
     let config = weir::config::parse("models.toml".as_ref(), &text, &|_| None).unwrap();
     let weir = weir::start(&config).await.unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/openai_models_check.py");
-    let out = tokio::process::Command::new(weir_e2e::python("the openai SDK"))
-        .arg(script)
-        .arg(format!("http://{}/v1", weir.addr()))
-        .arg(key)
-        .output()
-        .await
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK check failed:\n{stdout}\n{stderr}"
-    );
+    let stdout = weir_e2e::run_python(
+        "the openai SDK",
+        "openai_models_check.py",
+        &[format!("http://{}/v1", weir.addr()), key.to_string()],
+    )
+    .await;
     for step in [
         "ok models.list ['gpt-a', 'team/b']",
         "ok models.retrieve gpt-a",

@@ -24,7 +24,7 @@
 //! assert_eq!(&body[..], br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#);
 //! ```
 
-use crate::error::{ErrorBody, ErrorKind};
+use crate::error::ErrorBody;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
 
@@ -188,29 +188,10 @@ fn anthropic_error(kind: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&wire).expect("writing to memory"))
 }
 
-impl ErrorKind {
-    /// The kind for an HTTP status an API error carries (a 5xx that is not one weir names is
-    /// a bad gateway).
-    pub fn from_status(status: StatusCode) -> Self {
-        match status.as_u16() {
-            400 => Self::InvalidRequest,
-            401 => Self::Authentication,
-            403 => Self::Permission,
-            404 => Self::NotFound,
-            405 => Self::MethodNotAllowed,
-            413 => Self::PayloadTooLarge,
-            429 => Self::RateLimited,
-            500 => Self::Internal,
-            503 => Self::Unavailable,
-            504 => Self::GatewayTimeout,
-            _ => Self::BadGateway,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
     #[test]
     fn error_shapes() {

@@ -50,9 +50,10 @@ pub(crate) struct Lane {
 impl Route {
     /// The lane that serves `endpoint`, if any of the route's providers speaks its API.
     pub(crate) fn lane(&self, endpoint: weir_llm::Endpoint) -> Option<&Lane> {
-        match endpoint.api() {
-            weir_llm::Api::Messages => self.anthropic.as_ref(),
-            _ => self.openai.as_ref(),
+        if crate::config::ProviderApi::Anthropic.serves(endpoint) {
+            self.anthropic.as_ref()
+        } else {
+            self.openai.as_ref()
         }
     }
 
